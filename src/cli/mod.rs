@@ -1,0 +1,250 @@
+//! The command line: argument parsing (clap) and dispatch onto the query layer.
+//!
+//! Every command prints a human answer, or with `--json` exactly one JSON document on
+//! stdout. Exit status: 0 a positive answer, 1 a negative one (not found, not the same,
+//! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
+
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::{Config, Overrides};
+use crate::crawl;
+use crate::identity::Homes;
+use crate::index::{ArchivedFilter, Index, Journal};
+use crate::query::{ListParams, Queries, QueryError};
+use crate::rollout::HeadLimits;
+
+/// rolloutd: find, check and repair OpenAI Codex rollout files by identity.
+#[derive(Debug, Parser)]
+#[command(name = "rolloutd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// A Codex home to index (repeatable) [default: $CODEX_HOME, else ~/.codex]
+    #[arg(long = "codex-home", value_name = "DIR", global = true)]
+    pub codex_home: Vec<PathBuf>,
+    /// The index database [default: $XDG_STATE_HOME/rolloutd/index.sqlite]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub index: Option<PathBuf>,
+    /// The config file [default: $XDG_CONFIG_HOME/rolloutd/config.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print exactly one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Crawl the homes (or reconcile an existing index) and print counts
+    Index,
+    /// Print the thread record for a thread id, a unique id prefix (8+ chars), or a path
+    Resolve {
+        /// THREAD_ID, id prefix, or PATH
+        target: String,
+    },
+    /// Answer whether two paths are the same rollout file
+    Same { a: PathBuf, b: PathBuf },
+    /// Check that PATH may be used to resume THREAD_ID
+    CheckResume { thread_id: String, path: PathBuf },
+    /// List threads, newest first
+    List(ListArgs),
+    /// List bad files and duplicate threads, with reasons
+    Problems,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only archived threads
+    #[arg(long, conflicts_with = "all")]
+    pub archived: bool,
+    /// Active and archived threads
+    #[arg(long)]
+    pub all: bool,
+    /// Only threads started in this directory
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Only threads whose title or cwd contains TEXT (case-insensitive)
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+    /// At most N threads
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+    /// Continue from the nextCursor of an earlier page
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// What a command produced: the JSON document, the human text, and the exit status.
+pub struct Answer {
+    pub json: serde_json::Value,
+    pub human: String,
+    pub positive: bool,
+}
+
+impl Answer {
+    fn new(value: &impl Serialize, human: String, positive: bool) -> Answer {
+        Answer {
+            json: serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+            human,
+            positive,
+        }
+    }
+}
+
+/// Parses the process arguments, runs the command, prints, and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let json = cli.global.json;
+    match run(cli) {
+        Ok(answer) => {
+            if json {
+                println!("{}", answer.json);
+            } else if !answer.human.is_empty() {
+                println!("{}", answer.human.trim_end());
+            }
+            ExitCode::from(if answer.positive { 0 } else { 1 })
+        }
+        Err(failure) => {
+            eprintln!("rolloutd: {}", failure.message);
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": {"reason": failure.reason, "message": failure.message}})
+                );
+            }
+            ExitCode::from(if failure.negative { 1 } else { 2 })
+        }
+    }
+}
+
+/// A command that could not give an answer.
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    /// A "no" (exit 1) rather than an error (exit 2).
+    pub negative: bool,
+}
+
+impl From<QueryError> for Failure {
+    fn from(e: QueryError) -> Self {
+        Failure {
+            reason: e.reason(),
+            negative: e.is_negative_answer(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn failure(reason: &'static str, e: impl std::fmt::Display) -> Failure {
+    Failure {
+        reason,
+        message: e.to_string(),
+        negative: false,
+    }
+}
+
+/// Runs one command against the index directly.
+pub fn run(cli: Cli) -> Result<Answer, Failure> {
+    let config = Config::load(&Overrides {
+        config_file: cli.global.config.clone(),
+        homes: cli.global.codex_home.clone(),
+        index: cli.global.index.clone(),
+    })
+    .map_err(|e| failure("config", e))?;
+    let homes = Homes::new(&config.homes, &config.aliases);
+    let index = Index::open(&config.index, Journal::Wal).map_err(|e| failure("indexError", e))?;
+    let q = Queries {
+        homes: &homes,
+        index: &index,
+        limits: HeadLimits::default(),
+    };
+    match cli.command {
+        Command::Index => {
+            for home in &homes.homes {
+                if !home.real.is_dir() {
+                    eprintln!("rolloutd: warning: Codex home {} does not exist (yet); nothing to index there", home.configured.display());
+                }
+            }
+            let bar = render::ProgressBar::new(cli.global.json);
+            let summary = crawl::reconcile(&homes, &index, &q.limits, &bar)
+                .map_err(|e| failure("indexError", e))?;
+            bar.finish();
+            let counts = index.counts().map_err(|e| failure("indexError", e))?;
+            let value = json!({"counts": counts, "summary": summary, "homes": homes.homes.iter().map(|h| &h.configured).collect::<Vec<_>>(), "index": config.index});
+            Ok(Answer::new(
+                &value,
+                render::index(&counts, &summary, homes.homes.len()),
+                true,
+            ))
+        }
+        Command::Resolve { target } => {
+            let record = if looks_like_id(&target) {
+                q.resolve_thread(&target)?
+            } else {
+                q.resolve_path(&PathBuf::from(&target))?
+            };
+            Ok(Answer::new(&record, render::record(&record), true))
+        }
+        Command::Same { a, b } => {
+            let answer = q.same(&a, &b)?;
+            let positive = answer.same;
+            Ok(Answer::new(&answer, render::same(&answer), positive))
+        }
+        Command::CheckResume { thread_id, path } => {
+            let answer = q.check_resume(&thread_id, &path)?;
+            let positive = answer.ok;
+            Ok(Answer::new(
+                &answer,
+                render::check_resume(&answer, &path),
+                positive,
+            ))
+        }
+        Command::List(args) => {
+            let archived = match (args.archived, args.all) {
+                (_, true) => ArchivedFilter::All,
+                (true, false) => ArchivedFilter::Archived,
+                (false, false) => ArchivedFilter::Active,
+            };
+            let page = q.list(&ListParams {
+                archived,
+                cwd: args.cwd,
+                search: args.search,
+                limit: args.limit,
+                cursor: args.cursor,
+            })?;
+            Ok(Answer::new(&page, render::list(&page), true))
+        }
+        Command::Problems => {
+            let report = q.problems()?;
+            Ok(Answer::new(&report, render::problems(&report), true))
+        }
+    }
+}
+
+/// A target made only of hex digits and dashes is an id or prefix; anything else a path.
+fn looks_like_id(target: &str) -> bool {
+    !target.is_empty() && target.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,360 @@
+//! Full scan and incremental reconcile of the configured homes into the index.
+//!
+//! A crawl lists `sessions/` (recursively) and `archived_sessions/` (flat) of every home,
+//! skips files whose stamp (dev, ino, size, mtime) matches their row, head-reads the rest on
+//! all cores, and writes in batched transactions. Rows of files that are gone are removed.
+//!
+//! Symlink policy: a file symlink is followed when its target lies inside a configured home
+//! (the index records the target, its real location); a target outside every home is
+//! reported as `outsideHome` and never opened. Directory symlinks are never followed, so a
+//! link loop cannot trap the walk.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use walkdir::WalkDir;
+
+use crate::identity::{canonicalize, Area, Home, Homes, Stamp};
+use crate::index::{Index, IndexError, IndexedFile, ProblemRow};
+use crate::rollout::{self, name, BadFile, HeadLimits, Inspected, ProblemKind};
+
+/// How many heads are read between two index transactions.
+const BATCH: usize = 1024;
+
+/// A rollout-named path found in a home, resolved to its real location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Canonical path of the file (the symlink target for a followed file symlink).
+    pub path: PathBuf,
+    /// Realpath of the home it belongs to.
+    pub home: PathBuf,
+    pub archived: bool,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileSummary {
+    /// Rollout-named entries listed.
+    pub seen: u64,
+    /// Heads read because a file was new or changed.
+    pub read: u64,
+    /// Files whose stamp matched their row.
+    pub unchanged: u64,
+    /// Rows removed because their file is gone.
+    pub removed: u64,
+    /// Bad files found in this pass.
+    pub problems: u64,
+    #[serde(serialize_with = "as_millis")]
+    pub elapsed: Duration,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// Receives crawl progress (a progress bar, or nothing).
+pub trait Progress: Sync {
+    fn found(&self, _total: u64) {}
+    fn advanced(&self, _n: u64) {}
+}
+
+impl Progress for () {}
+
+/// Brings the index in line with every configured home.
+pub fn reconcile(
+    homes: &Homes,
+    index: &Index,
+    limits: &HeadLimits,
+    progress: &dyn Progress,
+) -> Result<ReconcileSummary, IndexError> {
+    let started = Instant::now();
+    let mut summary = ReconcileSummary::default();
+    let roots = allowed_roots(homes);
+    for home in &homes.homes {
+        reconcile_home(home, &roots, index, limits, progress, &mut summary)?;
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn reconcile_home(
+    home: &Home,
+    roots: &[PathBuf],
+    index: &Index,
+    limits: &HeadLimits,
+    progress: &dyn Progress,
+    summary: &mut ReconcileSummary,
+) -> Result<(), IndexError> {
+    let known: HashMap<PathBuf, Stamp> = index.stamps_under(&home.real)?.into_iter().collect();
+    let old_problems = index.problem_paths_under(&home.real)?;
+    let (candidates, walk_problems) = discover(home, roots, &|_| true);
+    summary.seen += (candidates.len() + walk_problems.len()) as u64;
+    progress.found(candidates.len() as u64);
+
+    let mut seen: HashSet<PathBuf> = walk_problems.iter().map(|p| p.path.clone()).collect();
+    let mut to_read = Vec::new();
+    for c in candidates {
+        if !seen.insert(c.path.clone()) {
+            continue; // a symlink and its target inside the home: one file
+        }
+        match (Stamp::of(&c.path), known.get(&c.path)) {
+            (Ok(now), Some(before)) if now.unchanged(before) => summary.unchanged += 1,
+            _ => to_read.push(c),
+        }
+    }
+    progress.advanced(summary.unchanged);
+    index.record_problems(&walk_problems)?;
+    summary.problems += walk_problems.len() as u64;
+
+    let mut vanished = Vec::new();
+    for chunk in to_read.chunks(BATCH) {
+        let outcomes: Vec<_> = chunk
+            .par_iter()
+            .map(|c| (c, rollout::inspect(&c.path, limits)))
+            .collect();
+        let (files, problems, gone) = split_outcomes(outcomes);
+        summary.read += files.len() as u64;
+        summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
+        index.upsert_files(&files)?;
+        index.record_problems(&problems)?;
+        vanished.extend(gone);
+        progress.advanced(chunk.len() as u64);
+    }
+
+    let mut gone: Vec<PathBuf> = known.into_keys().filter(|p| !seen.contains(p)).collect();
+    summary.removed += gone.len() as u64;
+    gone.extend(old_problems.into_iter().filter(|p| !seen.contains(p)));
+    gone.extend(vanished);
+    index.remove_paths(&gone)?;
+    Ok(())
+}
+
+type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
+
+/// Splits head reads into rows to write, problems to record, and paths that vanished.
+fn split_outcomes(outcomes: Outcomes<'_>) -> (Vec<IndexedFile>, Vec<ProblemRow>, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    let mut gone = Vec::new();
+    for (c, outcome) in outcomes {
+        match outcome {
+            Ok(inspected) => {
+                if let Some(detail) = inspected.name_mismatch() {
+                    problems.push(ProblemRow {
+                        path: c.path.clone(),
+                        home: c.home.clone(),
+                        kind: ProblemKind::NameMismatch,
+                        detail,
+                        thread_id: Some(inspected.head.thread_id.clone()),
+                    });
+                }
+                files.push(indexed(c, inspected));
+            }
+            Err(bad) if bad.kind == ProblemKind::Vanished => gone.push(c.path.clone()),
+            Err(bad) => problems.push(problem_row(&c.home, bad)),
+        }
+    }
+    (files, problems, gone)
+}
+
+/// The row for a file that was read.
+pub fn indexed(c: &Candidate, inspected: Inspected) -> IndexedFile {
+    IndexedFile {
+        path: c.path.clone(),
+        home: c.home.clone(),
+        stamp: inspected.stamp,
+        archived: c.archived,
+        compression: inspected.compression,
+        head: inspected.head,
+    }
+}
+
+fn problem_row(home: &Path, bad: BadFile) -> ProblemRow {
+    ProblemRow {
+        path: bad.path,
+        home: home.to_owned(),
+        kind: bad.kind,
+        detail: bad.detail,
+        thread_id: None,
+    }
+}
+
+/// Realpaths a followed symlink may point into: each home, and its rollout directories
+/// (which may themselves be symlinks elsewhere).
+pub fn allowed_roots(homes: &Homes) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    for h in &homes.homes {
+        roots.push(h.real.clone());
+        for dir in [h.sessions_dir(), h.archived_dir()] {
+            if let Ok(real) = canonicalize(&dir) {
+                roots.push(real);
+            }
+        }
+    }
+    roots
+}
+
+/// Lists the rollout-named entries of a home whose file name passes `wanted`.
+///
+/// Returns candidates (files and other non-directories, resolved to canonical paths) and the
+/// problems found while walking (rollout-named directories, unreadable directories, symlinks
+/// that are broken, loop or leave the homes).
+pub fn discover(
+    home: &Home,
+    roots: &[PathBuf],
+    wanted: &dyn Fn(&str) -> bool,
+) -> (Vec<Candidate>, Vec<ProblemRow>) {
+    let mut candidates = Vec::new();
+    let mut problems = Vec::new();
+    for (area, dir, depth) in [
+        (Area::Sessions, home.sessions_dir(), usize::MAX),
+        (Area::Archived, home.archived_dir(), 1),
+    ] {
+        let Ok(root) = canonicalize(&dir) else {
+            continue; // not created yet: Codex makes these on first use
+        };
+        let archived = area == Area::Archived;
+        let mut walk = WalkDir::new(&root)
+            .min_depth(1)
+            .max_depth(depth)
+            .follow_links(false)
+            .into_iter();
+        while let Some(entry) = walk.next() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    if let Some(path) = e.path() {
+                        let io = e.io_error().map(|io| BadFile::from_io(path, io));
+                        let bad = io.unwrap_or_else(|| {
+                            BadFile::new(path, ProblemKind::Unreadable, e.to_string())
+                        });
+                        problems.push(problem_row(&home.real, bad));
+                    }
+                    continue;
+                }
+            };
+            let Some(file_name) = entry.file_name().to_str() else {
+                continue;
+            };
+            let named = name::looks_like_rollout(file_name) && wanted(file_name);
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                if named {
+                    problems.push(problem_row(
+                        &home.real,
+                        BadFile::new(entry.path(), ProblemKind::Directory, "is a directory"),
+                    ));
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            if !named {
+                continue;
+            }
+            let path = if ft.is_symlink() {
+                match follow_file_symlink(entry.path(), roots) {
+                    Ok(target) => target,
+                    Err(bad) => {
+                        problems.push(problem_row(&home.real, bad));
+                        continue;
+                    }
+                }
+            } else {
+                entry.into_path()
+            };
+            candidates.push(Candidate {
+                path,
+                home: home.real.clone(),
+                archived,
+            });
+        }
+    }
+    (candidates, problems)
+}
+
+/// Resolves a rollout-named symlink under the policy above.
+fn follow_file_symlink(link: &Path, roots: &[PathBuf]) -> Result<PathBuf, BadFile> {
+    let target = canonicalize(link).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            BadFile::new(link, ProblemKind::Unreadable, "symlink loop")
+        } else if e.kind() == std::io::ErrorKind::NotFound {
+            BadFile::new(link, ProblemKind::Unreadable, "dangling symlink")
+        } else {
+            BadFile::from_io(link, &e)
+        }
+    })?;
+    if !roots.iter().any(|r| target.starts_with(r)) {
+        return Err(BadFile::new(
+            link,
+            ProblemKind::OutsideHome,
+            format!(
+                "symlink to {} outside every configured home; not followed",
+                target.display()
+            ),
+        ));
+    }
+    if target.is_dir() {
+        return Err(BadFile::new(
+            link,
+            ProblemKind::Directory,
+            "symlink to a directory; not followed",
+        ));
+    }
+    Ok(target)
+}
+
+/// Head-reads one file and writes the outcome to the index: the read-repair step.
+///
+/// Returns the row when the file is a good rollout. A file that vanished has its row removed.
+pub fn refresh(
+    index: &Index,
+    candidate: &Candidate,
+    limits: &HeadLimits,
+) -> Result<Result<IndexedFile, BadFile>, IndexError> {
+    match rollout::inspect(&candidate.path, limits) {
+        Ok(inspected) => {
+            let mismatch = inspected.name_mismatch();
+            let file = indexed(candidate, inspected);
+            index.upsert_files(std::slice::from_ref(&file))?;
+            if let Some(detail) = mismatch {
+                index.record_problems(&[ProblemRow {
+                    path: file.path.clone(),
+                    home: file.home.clone(),
+                    kind: ProblemKind::NameMismatch,
+                    detail,
+                    thread_id: Some(file.head.thread_id.clone()),
+                }])?;
+            }
+            Ok(Ok(file))
+        }
+        Err(bad) if bad.kind == ProblemKind::Vanished => {
+            index.remove_paths(std::slice::from_ref(&candidate.path))?;
+            Ok(Err(bad))
+        }
+        Err(bad) => {
+            index.record_problems(&[problem_row(&candidate.home, bad.clone())])?;
+            Ok(Err(bad))
+        }
+    }
+}
+
+/// Where a canonical path sits among the homes, as a candidate; `None` outside every home's
+/// rollout directories.
+pub fn candidate_for(homes: &Homes, canonical: &Path) -> Option<Candidate> {
+    for home in &homes.homes {
+        for (archived, dir) in [(false, home.sessions_dir()), (true, home.archived_dir())] {
+            let root = canonicalize(&dir).unwrap_or(dir);
+            if canonical.starts_with(&root) {
+                return Some(Candidate {
+                    path: canonical.to_owned(),
+                    home: home.real.clone(),
+                    archived,
+                });
+            }
+        }
+    }
+    None
+}

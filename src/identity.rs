@@ -1,0 +1,288 @@
+//! File identity and the spellings of a Codex home.
+//!
+//! A file is (st_dev, st_ino): [`FileId`]. Inode numbers get reused, so an id alone is never
+//! trusted; a [`Stamp`] adds the validation tuple (size, mtime in ns), and callers confirm the
+//! thread id from the head before calling two spellings one file.
+//!
+//! A Codex home is known by every spelling a tool may use for it ([`Home`]): as configured,
+//! its realpath, and configured aliases (`/home/u` ↔ `/mnt/users/u`). A path that no longer
+//! exists can still be mapped between spellings lexically.
+
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Serialize;
+
+/// The identity of a file on this machine: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What kind of filesystem object a path names, after following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileKind {
+    File,
+    Directory,
+    Fifo,
+    Socket,
+    Device,
+    Other,
+}
+
+/// `FileId` plus the validation tuple. Two stamps equal means "unchanged since last read".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stamp {
+    pub id: FileId,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl Stamp {
+    pub fn from_metadata(meta: &Metadata) -> Self {
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            FileKind::File
+        } else if ft.is_dir() {
+            FileKind::Directory
+        } else if ft.is_fifo() {
+            FileKind::Fifo
+        } else if ft.is_socket() {
+            FileKind::Socket
+        } else if ft.is_block_device() || ft.is_char_device() {
+            FileKind::Device
+        } else {
+            FileKind::Other
+        };
+        Stamp {
+            id: FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            kind,
+            size: meta.size(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+        }
+    }
+
+    /// Stats `path`, following symlinks. Never opens the file.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        std::fs::metadata(path).map(|m| Stamp::from_metadata(&m))
+    }
+
+    /// True when identity, size and mtime all agree: the head read earlier still holds.
+    pub fn unchanged(&self, other: &Stamp) -> bool {
+        self == other
+    }
+}
+
+/// Canonical form of an existing path: symlinks resolved, no `\\?\` prefixes (dunce).
+pub fn canonicalize(path: &Path) -> std::io::Result<PathBuf> {
+    dunce::canonicalize(path)
+}
+
+/// Makes `path` absolute against the current directory and folds `.` and `..` lexically,
+/// without touching the filesystem. Used for paths that may not exist.
+pub fn normalize_lexically(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(path)
+    };
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// One configured Codex home and every spelling it is known by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// As configured (absolute, lexically normalized). Codex writes this spelling when the
+    /// home was not canonicalized (no `CODEX_HOME`, symlinked `$HOME`).
+    pub configured: PathBuf,
+    /// The realpath, or `configured` when the home does not exist (yet).
+    pub real: PathBuf,
+    /// Every spelling, `real` first, without repeats.
+    pub spellings: Vec<PathBuf>,
+}
+
+impl Home {
+    /// Builds a home from its configured path and alias pairs (`a` ↔ `b`: a path under one is
+    /// the same as the path under the other).
+    pub fn new(configured: &Path, aliases: &[(PathBuf, PathBuf)]) -> Self {
+        let configured = normalize_lexically(configured);
+        let real = canonicalize(&configured).unwrap_or_else(|_| configured.clone());
+        let mut spellings = vec![real.clone()];
+        push_unique(&mut spellings, configured.clone());
+        // Close the set over the alias pairs; bounded because each pass only adds new paths
+        // and there are finitely many (spelling, pair) combinations.
+        let mut i = 0;
+        while i < spellings.len() && spellings.len() < 64 {
+            let current = spellings[i].clone();
+            for (a, b) in aliases {
+                for (from, to) in [(a, b), (b, a)] {
+                    if let Ok(rest) = current.strip_prefix(from) {
+                        push_unique(&mut spellings, to.join(rest));
+                    }
+                }
+            }
+            i += 1;
+        }
+        Home {
+            configured,
+            real,
+            spellings,
+        }
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.real.join(SESSIONS_DIR)
+    }
+
+    pub fn archived_dir(&self) -> PathBuf {
+        self.real.join(ARCHIVED_DIR)
+    }
+
+    /// The part of `path` below this home, if `path` starts with any of its spellings.
+    pub fn relative<'p>(&self, path: &'p Path) -> Option<&'p Path> {
+        self.spellings
+            .iter()
+            .find_map(|spelling| path.strip_prefix(spelling).ok())
+    }
+
+    /// Every spelling of `path` (which must lie under this home), `real` first.
+    pub fn spellings_of(&self, path: &Path) -> Vec<PathBuf> {
+        match self.relative(path) {
+            Some(rest) => self.spellings.iter().map(|s| s.join(rest)).collect(),
+            None => vec![path.to_owned()],
+        }
+    }
+
+    /// The spelling a user of this home would recognise: under the configured path.
+    pub fn display_spelling(&self, path: &Path) -> PathBuf {
+        match self.relative(path) {
+            Some(rest) => self.configured.join(rest),
+            None => path.to_owned(),
+        }
+    }
+}
+
+/// The directory of active rollouts, nested by `YYYY/MM/DD`.
+pub const SESSIONS_DIR: &str = "sessions";
+/// The flat directory archived rollouts are moved into.
+pub const ARCHIVED_DIR: &str = "archived_sessions";
+
+/// Where under a home a rollout path lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Sessions,
+    Archived,
+}
+
+impl Area {
+    /// Which rollout area `relative` (a path relative to a home) is in, if any.
+    pub fn of_relative(relative: &Path) -> Option<Area> {
+        match relative.components().next()? {
+            Component::Normal(first) if first == SESSIONS_DIR => Some(Area::Sessions),
+            Component::Normal(first) if first == ARCHIVED_DIR => Some(Area::Archived),
+            _ => None,
+        }
+    }
+}
+
+fn push_unique(v: &mut Vec<PathBuf>, p: PathBuf) {
+    if !v.contains(&p) {
+        v.push(p);
+    }
+}
+
+/// The configured homes, searched in order.
+#[derive(Debug, Clone, Default)]
+pub struct Homes {
+    pub homes: Vec<Home>,
+}
+
+impl Homes {
+    pub fn new(configured: &[PathBuf], aliases: &[(PathBuf, PathBuf)]) -> Self {
+        Homes {
+            homes: configured.iter().map(|h| Home::new(h, aliases)).collect(),
+        }
+    }
+
+    /// The home `path` lies under (by any spelling), with the path relative to it.
+    pub fn locate<'p>(&self, path: &'p Path) -> Option<(&Home, &'p Path)> {
+        self.homes
+            .iter()
+            .find_map(|h| h.relative(path).map(|rest| (h, rest)))
+    }
+
+    /// Every spelling of a path that may not exist, through the home spellings. The input
+    /// itself comes first.
+    pub fn lexical_alternatives(&self, path: &Path) -> Vec<PathBuf> {
+        let path = normalize_lexically(path);
+        let mut out = vec![path.clone()];
+        if let Some((home, _)) = self.locate(&path) {
+            for p in home.spellings_of(&path) {
+                push_unique(&mut out, p);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalization_folds_dots() {
+        assert_eq!(
+            normalize_lexically(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(
+            normalize_lexically(Path::new("/../../etc/shadow")),
+            PathBuf::from("/etc/shadow")
+        );
+    }
+
+    #[test]
+    fn aliases_give_every_spelling_of_a_missing_home() {
+        let home = Home::new(
+            Path::new("/nonexistent-rolloutd/home/u/.codex"),
+            &[(
+                PathBuf::from("/nonexistent-rolloutd/home/u"),
+                PathBuf::from("/nonexistent-rolloutd/mnt/users/u"),
+            )],
+        );
+        assert_eq!(home.spellings.len(), 2);
+        let stale = Path::new("/nonexistent-rolloutd/mnt/users/u/.codex/sessions/x.jsonl");
+        assert_eq!(
+            home.spellings_of(stale),
+            vec![
+                PathBuf::from("/nonexistent-rolloutd/home/u/.codex/sessions/x.jsonl"),
+                stale.to_owned()
+            ]
+        );
+        assert_eq!(
+            Area::of_relative(home.relative(stale).unwrap()),
+            Some(Area::Sessions)
+        );
+    }
+}

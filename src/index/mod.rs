@@ -1,0 +1,569 @@
+//! The SQLite index: a cache of what every rollout file's head says, keyed by canonical path
+//! and carrying each file's identity stamp. The only module that speaks SQL.
+//!
+//! One writer connection per process ([`Index::open`]); readers open their own connections
+//! ([`Index::open_reader`]). A corrupt or unreadable index is moved aside and rebuilt: the
+//! filesystem is the truth, so nothing is lost.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use crate::identity::{FileId, FileKind, Stamp};
+use crate::rollout::{Compression, ProblemKind, RolloutHead};
+
+/// An index failure, with the index path and what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("index {}: {action}: {source}", path.display())]
+pub struct IndexError {
+    pub path: PathBuf,
+    pub action: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// One indexed rollout file: its identity stamp and what its head says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedFile {
+    /// Canonical path (symlinks resolved).
+    pub path: PathBuf,
+    /// Realpath of the home the file belongs to.
+    pub home: PathBuf,
+    pub stamp: Stamp,
+    /// True when the file lies under `archived_sessions/`.
+    pub archived: bool,
+    pub compression: Compression,
+    pub head: RolloutHead,
+}
+
+impl IndexedFile {
+    pub fn thread_id(&self) -> &str {
+        &self.head.thread_id
+    }
+
+    /// The thread's start in ms since the epoch, from `session_meta.timestamp`.
+    pub fn created_at_ms(&self) -> Option<i64> {
+        let ts = self.head.timestamp.as_deref()?;
+        let t = humantime::parse_rfc3339_weak(ts.trim_end_matches('Z')).ok()?;
+        let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+        i64::try_from(ms).ok()
+    }
+}
+
+/// A recorded problem with a path in a home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProblemRow {
+    pub path: PathBuf,
+    pub home: PathBuf,
+    pub kind: ProblemKind,
+    pub detail: String,
+    /// The thread involved, when known (name mismatches, duplicates).
+    pub thread_id: Option<String>,
+}
+
+/// Which archive state a listing wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchivedFilter {
+    Active,
+    Archived,
+    All,
+}
+
+/// A page request for [`Index::list`].
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub archived: ArchivedFilter,
+    /// Exact `session_meta.cwd` values to match (the caller passes every spelling).
+    pub cwd: Vec<String>,
+    /// Case-insensitive substring of the title or cwd.
+    pub search: Option<String>,
+    pub limit: usize,
+    /// Continue after this (created_at_ms, thread_id).
+    pub after: Option<(i64, String)>,
+}
+
+/// Row counts for status lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub files: u64,
+    pub threads: u64,
+    pub archived: u64,
+    pub problems: u64,
+}
+
+/// Journal mode. WAL needs shared memory that network filesystems do not provide, so the
+/// agent asks for `Delete` when the index must live on one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    Wal,
+    Delete,
+}
+
+/// A connection to the index.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
+     compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
+     forked_from_id, git_branch, title";
+
+impl Index {
+    /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
+    /// newer-than-known index is moved aside to `<name>.corrupt-<unix secs>` and rebuilt.
+    pub fn open(path: &Path, journal: Journal) -> Result<Index, IndexError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_private_dir(parent).map_err(|e| err(path, "creating its directory", e))?;
+        }
+        match Index::try_open(path, journal) {
+            Ok(index) => Ok(index),
+            Err(reason) => {
+                let aside =
+                    move_aside(path).map_err(|e| err(path, "moving a corrupt index aside", e))?;
+                tracing::warn!(
+                    index = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "index unusable; moved aside and rebuilding from the filesystem"
+                );
+                Index::try_open(path, journal).map_err(|e| err(path, "rebuilding", e))
+            }
+        }
+    }
+
+    fn try_open(
+        path: &Path,
+        journal: Journal,
+    ) -> Result<Index, Box<dyn std::error::Error + Send + Sync>> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode = match journal {
+            Journal::Wal => "WAL",
+            Journal::Delete => "DELETE",
+        };
+        conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |_| Ok(()))?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(format!("quick_check: {check}").into());
+        }
+        match schema::migrate(&mut conn) {
+            Ok(()) => {}
+            Err(schema::SchemaError::TooNew(v)) => {
+                return Err(format!(
+                    "schema version {v} is newer than this build's {}",
+                    schema::VERSION
+                )
+                .into())
+            }
+            Err(schema::SchemaError::Sql(e)) => return Err(e.into()),
+        }
+        Ok(Index {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens a read-only connection to an index a writer already created.
+    pub fn open_reader(path: &Path) -> Result<Index, IndexError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err(path, "opening for reading", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| err(path, "setting the busy timeout", e))?;
+        Ok(Index {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Inserts or replaces files, and forgets any problem recorded at their paths, in one
+    /// transaction.
+    pub fn upsert_files(&self, files: &[IndexedFile]) -> Result<(), IndexError> {
+        self.write("upserting files", |tx| {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+            ))?;
+            let mut forget = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
+            for f in files {
+                let path = path_text(&f.path);
+                insert.execute(params![
+                    path,
+                    path_text(&f.home),
+                    f.stamp.id.dev as i64,
+                    f.stamp.id.ino as i64,
+                    f.stamp.size as i64,
+                    f.stamp.mtime_ns,
+                    f.head.thread_id,
+                    f.archived,
+                    f.compression.as_str(),
+                    f.created_at_ms(),
+                    f.head.cwd,
+                    f.head.source,
+                    f.head.originator,
+                    f.head.cli_version,
+                    f.head.model_provider,
+                    f.head.forked_from_id,
+                    f.head.git_branch,
+                    f.head.title,
+                ])?;
+                forget.execute([&path])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the rows (and problems) of paths that are gone.
+    pub fn remove_paths(&self, paths: &[PathBuf]) -> Result<(), IndexError> {
+        self.write("removing files", |tx| {
+            let mut files = tx.prepare_cached("DELETE FROM files WHERE path = ?1")?;
+            let mut problems = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
+            for p in paths {
+                let p = path_text(p);
+                files.execute([&p])?;
+                problems.execute([&p])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records problems, replacing any earlier problem at the same path. A problem that makes
+    /// a file unusable also drops that path's file row.
+    pub fn record_problems(&self, problems: &[ProblemRow]) -> Result<(), IndexError> {
+        self.write("recording problems", |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO problems (path, home, kind, detail, thread_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut drop_file = tx.prepare_cached("DELETE FROM files WHERE path = ?1")?;
+            for p in problems {
+                let path = path_text(&p.path);
+                insert.execute(params![path, path_text(&p.home), p.kind.as_str(), p.detail, p.thread_id])?;
+                if !p.kind.is_warning() {
+                    drop_file.execute([&path])?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every file row's stamp under `home`, for incremental reconcile.
+    pub fn stamps_under(&self, home: &Path) -> Result<Vec<(PathBuf, Stamp)>, IndexError> {
+        self.read("listing stamps", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path, dev, ino, size, mtime_ns FROM files WHERE home = ?1",
+            )?;
+            let rows = stmt.query_map([path_text(home)], |r| {
+                Ok((
+                    PathBuf::from(r.get::<_, String>(0)?),
+                    Stamp {
+                        id: FileId {
+                            dev: r.get::<_, i64>(1)? as u64,
+                            ino: r.get::<_, i64>(2)? as u64,
+                        },
+                        kind: FileKind::File,
+                        size: r.get::<_, i64>(3)? as u64,
+                        mtime_ns: r.get(4)?,
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Paths of every problem recorded under `home`.
+    pub fn problem_paths_under(&self, home: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        self.read("listing problem paths", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT path FROM problems WHERE home = ?1")?;
+            let rows = stmt.query_map([path_text(home)], |r| {
+                Ok(PathBuf::from(r.get::<_, String>(0)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Every file whose `session_meta.id` is `thread_id`, preferred first: active before
+    /// archived, plain before compressed (Codex's own preference).
+    pub fn files_for_thread(&self, thread_id: &str) -> Result<Vec<IndexedFile>, IndexError> {
+        self.read("looking up a thread", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1 \
+                 ORDER BY archived, compression <> 'none', path"
+            ))?;
+            let rows = stmt.query_map([thread_id], file_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Distinct thread ids starting with `prefix`, at most `limit` of them.
+    pub fn thread_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, IndexError> {
+        self.read("looking up an id prefix", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT thread_id FROM files WHERE thread_id >= ?1 AND thread_id < ?2 \
+                 ORDER BY thread_id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![prefix, prefix_end(prefix), limit as i64], |r| {
+                r.get(0)
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The file row at a canonical path.
+    pub fn file_at(&self, path: &Path) -> Result<Option<IndexedFile>, IndexError> {
+        self.read("looking up a path", |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?;
+            stmt.query_row([path_text(path)], file_from_row).optional()
+        })
+    }
+
+    /// File rows with the given identity (a moved or hard-linked file).
+    pub fn files_with_id(&self, id: FileId) -> Result<Vec<IndexedFile>, IndexError> {
+        self.read("looking up a file id", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE dev = ?1 AND ino = ?2"
+            ))?;
+            let rows = stmt.query_map(params![id.dev as i64, id.ino as i64], file_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// One page of files, newest thread first. A thread with duplicate files may appear once
+    /// per file; callers fold duplicates.
+    pub fn list(&self, q: &ListQuery) -> Result<Vec<IndexedFile>, IndexError> {
+        let mut sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        match q.archived {
+            ArchivedFilter::Active => sql.push_str(" AND archived = 0"),
+            ArchivedFilter::Archived => sql.push_str(" AND archived = 1"),
+            ArchivedFilter::All => {}
+        }
+        if !q.cwd.is_empty() {
+            let marks = vec!["?"; q.cwd.len()].join(", ");
+            sql.push_str(&format!(" AND cwd IN ({marks})"));
+            args.extend(q.cwd.iter().cloned().map(Into::into));
+        }
+        if let Some(search) = &q.search {
+            sql.push_str(" AND (title LIKE ? ESCAPE '\\' OR cwd LIKE ? ESCAPE '\\')");
+            let pattern = format!("%{}%", escape_like(search));
+            args.push(pattern.clone().into());
+            args.push(pattern.into());
+        }
+        if let Some((ms, id)) = &q.after {
+            sql.push_str(" AND (coalesce(created_at_ms, 0) < ? OR (coalesce(created_at_ms, 0) = ? AND thread_id > ?))");
+            args.push((*ms).into());
+            args.push((*ms).into());
+            args.push(id.clone().into());
+        }
+        sql.push_str(" ORDER BY coalesce(created_at_ms, 0) DESC, thread_id LIMIT ?");
+        args.push((q.limit as i64).into());
+        self.read("listing threads", |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), file_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Every recorded problem, by path.
+    pub fn problems(&self) -> Result<Vec<ProblemRow>, IndexError> {
+        self.read("listing problems", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path, home, kind, detail, thread_id FROM problems ORDER BY path",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let kind: String = r.get(2)?;
+                Ok(ProblemRow {
+                    path: PathBuf::from(r.get::<_, String>(0)?),
+                    home: PathBuf::from(r.get::<_, String>(1)?),
+                    kind: ProblemKind::parse(&kind).unwrap_or(ProblemKind::Unreadable),
+                    detail: r.get(3)?,
+                    thread_id: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Thread ids held by more than one file, with those files' paths.
+    pub fn duplicates(&self) -> Result<Vec<(String, Vec<PathBuf>)>, IndexError> {
+        self.read("listing duplicates", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT thread_id, path FROM files WHERE thread_id IN \
+                 (SELECT thread_id FROM files GROUP BY thread_id HAVING count(*) > 1) \
+                 ORDER BY thread_id, archived, compression <> 'none', path",
+            )?;
+            let mut out: Vec<(String, Vec<PathBuf>)> = Vec::new();
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PathBuf::from(r.get::<_, String>(1)?),
+                ))
+            })?;
+            for row in rows {
+                let (id, path) = row?;
+                match out.last_mut() {
+                    Some((last, paths)) if *last == id => paths.push(path),
+                    _ => out.push((id, vec![path])),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn counts(&self) -> Result<Counts, IndexError> {
+        self.read("counting", |conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM files), (SELECT count(DISTINCT thread_id) FROM files), \
+                 (SELECT count(*) FROM files WHERE archived = 1), (SELECT count(*) FROM problems)",
+                [],
+                |r| {
+                    Ok(Counts {
+                        files: r.get::<_, i64>(0)? as u64,
+                        threads: r.get::<_, i64>(1)? as u64,
+                        archived: r.get::<_, i64>(2)? as u64,
+                        problems: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+        })
+    }
+
+    fn read<T>(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, IndexError> {
+        f(&self.conn).map_err(|e| err(&self.path, action, e))
+    }
+
+    fn write(
+        &self,
+        action: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), IndexError> {
+        let run = || {
+            let tx = self.conn.unchecked_transaction()?;
+            f(&tx)?;
+            tx.commit()
+        };
+        run().map_err(|e| err(&self.path, action, e))
+    }
+}
+
+fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
+    let compression: String = r.get(8)?;
+    Ok(IndexedFile {
+        path: PathBuf::from(r.get::<_, String>(0)?),
+        home: PathBuf::from(r.get::<_, String>(1)?),
+        stamp: Stamp {
+            id: FileId {
+                dev: r.get::<_, i64>(2)? as u64,
+                ino: r.get::<_, i64>(3)? as u64,
+            },
+            kind: FileKind::File,
+            size: r.get::<_, i64>(4)? as u64,
+            mtime_ns: r.get(5)?,
+        },
+        archived: r.get(7)?,
+        compression: Compression::parse(&compression).unwrap_or(Compression::None),
+        head: RolloutHead {
+            thread_id: r.get(6)?,
+            timestamp: r
+                .get::<_, Option<i64>>(9)?
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| {
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + Duration::from_millis(ms),
+                    )
+                    .to_string()
+                }),
+            cwd: r.get(10)?,
+            source: r.get(11)?,
+            originator: r.get(12)?,
+            cli_version: r.get(13)?,
+            model_provider: r.get(14)?,
+            forked_from_id: r.get(15)?,
+            git_branch: r.get(16)?,
+            title: r.get(17)?,
+        },
+    })
+}
+
+fn err(
+    path: &Path,
+    action: &'static str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> IndexError {
+    IndexError {
+        path: path.to_owned(),
+        action,
+        source: e.into(),
+    }
+}
+
+/// Paths are stored as text; rollout paths Codex writes are UTF-8.
+fn path_text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut s = prefix.to_owned();
+    s.push(char::MAX);
+    s
+}
+
+fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Renames the index and its WAL/SHM companions to `<name>.corrupt-<secs>[-wal|-shm]`.
+fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(aside);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(aside)
+}

@@ -1,0 +1,77 @@
+//! The index schema and its forward migrations, versioned by `PRAGMA user_version`.
+//!
+//! Migration `n` takes the schema from version `n` to `n + 1`. The index is a cache of the
+//! filesystem, so a version newer than this build knows is refused rather than guessed at
+//! (the caller moves the file aside and rebuilds).
+
+use rusqlite::Connection;
+
+/// Each entry upgrades from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    r#"
+    CREATE TABLE files (
+        path            TEXT PRIMARY KEY,   -- canonical path of the rollout file
+        home            TEXT NOT NULL,      -- realpath of the home it was found under
+        dev             INTEGER NOT NULL,
+        ino             INTEGER NOT NULL,
+        size            INTEGER NOT NULL,
+        mtime_ns        INTEGER NOT NULL,
+        thread_id       TEXT NOT NULL,      -- session_meta.payload.id
+        archived        INTEGER NOT NULL,
+        compression     TEXT NOT NULL,
+        created_at_ms   INTEGER,
+        cwd             TEXT,
+        source          TEXT,
+        originator      TEXT,
+        cli_version     TEXT,
+        model_provider  TEXT,
+        forked_from_id  TEXT,
+        git_branch      TEXT,
+        title           TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX files_thread ON files(thread_id);
+    CREATE INDEX files_identity ON files(dev, ino);
+    CREATE INDEX files_newest ON files(archived, created_at_ms DESC, thread_id);
+    CREATE INDEX files_cwd_newest ON files(cwd, archived, created_at_ms DESC, thread_id);
+    CREATE TABLE problems (
+        path        TEXT PRIMARY KEY,
+        home        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        detail      TEXT NOT NULL,
+        thread_id   TEXT
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug)]
+pub enum SchemaError {
+    /// Written by a newer rolloutd.
+    TooNew(i64),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for SchemaError {
+    fn from(e: rusqlite::Error) -> Self {
+        SchemaError::Sql(e)
+    }
+}
+
+/// Applies every missing migration, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(SchemaError::TooNew(current));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! rolloutd: a per-user agent that indexes OpenAI Codex rollout files by file identity and
+//! answers resolve / check / repair queries.
+//!
+//! Data flows one way: filesystem → [`crawl`] → [`index`] → [`query`] → [`cli`].
+//! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
+//! speaks SQL, and [`identity`] owns what "the same file" means.
+
+pub mod cli;
+pub mod config;
+pub mod crawl;
+pub mod identity;
+pub mod index;
+pub mod query;
+pub mod rollout;

@@ -1,0 +1,68 @@
+//! `index/problems`: bad files and duplicate threads, with reasons.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{Queries, QueryError};
+use crate::rollout::ProblemKind;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProblemEntry {
+    pub path: PathBuf,
+    pub reason: ProblemKind,
+    pub detail: String,
+    pub thread_id: Option<String>,
+}
+
+/// One thread id held by several files, preferred file first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DuplicateEntry {
+    pub thread_id: String,
+    pub reason: ProblemKind,
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemsReport {
+    pub problems: Vec<ProblemEntry>,
+    pub duplicates: Vec<DuplicateEntry>,
+}
+
+impl ProblemsReport {
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty() && self.duplicates.is_empty()
+    }
+}
+
+impl Queries<'_> {
+    pub fn problems(&self) -> Result<ProblemsReport, QueryError> {
+        let problems = self
+            .index
+            .problems()?
+            .into_iter()
+            .map(|p| ProblemEntry {
+                path: p.path,
+                reason: p.kind,
+                detail: p.detail,
+                thread_id: p.thread_id,
+            })
+            .collect();
+        let duplicates = self
+            .index
+            .duplicates()?
+            .into_iter()
+            .map(|(thread_id, paths)| DuplicateEntry {
+                thread_id,
+                reason: ProblemKind::Duplicate,
+                paths,
+            })
+            .collect();
+        Ok(ProblemsReport {
+            problems,
+            duplicates,
+        })
+    }
+}

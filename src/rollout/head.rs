@@ -1,0 +1,420 @@
+//! The bounded head read: the first `session_meta` line and the first real user prompt.
+//!
+//! Rollouts reach many GB, so this never reads past [`HeadLimits`]. Codex writes each line
+//! with one `write_all`, so lines are whole in practice, but a trailing partial line and
+//! unparsable lines are tolerated after the first.
+
+use std::borrow::Cow;
+use std::io::{self, BufRead, Read};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::problem::ProblemKind;
+
+/// Bounds on one head read.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Longest first line accepted. Codex 0.169 writes ~21 KB; forks and large base
+    /// instructions make it bigger.
+    pub meta_line_max: usize,
+    /// Total (decompressed) bytes looked at before giving up on finding a title.
+    pub max_bytes: usize,
+    /// Lines looked at before giving up on finding a title.
+    pub max_lines: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            meta_line_max: 4 << 20,
+            max_bytes: 8 << 20,
+            max_lines: 256,
+        }
+    }
+}
+
+/// What the head of a rollout says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutHead {
+    /// `session_meta.payload.id`: the thread id of record.
+    pub thread_id: String,
+    /// `session_meta.payload.timestamp` (UTC, `…Z`), the thread's start.
+    pub timestamp: Option<String>,
+    pub cwd: Option<String>,
+    pub originator: Option<String>,
+    pub cli_version: Option<String>,
+    /// `"cli"`, `"exec"`, … or compact JSON for structured sources (`{"subagent":…}`).
+    pub source: Option<String>,
+    pub model_provider: Option<String>,
+    pub forked_from_id: Option<String>,
+    pub git_branch: Option<String>,
+    /// The first real user prompt.
+    pub title: Option<String>,
+}
+
+/// Why a head could not be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The content is not a rollout head; carries the kind and a detail fragment.
+    Bad(ProblemKind, String),
+    /// Reading failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for HeadError {
+    fn from(e: io::Error) -> Self {
+        HeadError::Io(e)
+    }
+}
+
+/// Reads the head from `reader` (already decompressed if needed).
+pub fn read_head<R: BufRead>(
+    reader: &mut R,
+    limits: &HeadLimits,
+) -> Result<RolloutHead, HeadError> {
+    let mut line = Vec::with_capacity(32 << 10);
+    let mut budget = limits.max_bytes;
+    match read_line_capped(reader, &mut line, limits.meta_line_max)? {
+        LineRead::Eof => return Err(HeadError::Bad(ProblemKind::Empty, "no bytes".into())),
+        LineRead::TooLong => {
+            return Err(HeadError::Bad(
+                ProblemKind::HeadTooLarge,
+                format!("first line exceeds {} bytes", limits.meta_line_max),
+            ))
+        }
+        LineRead::Complete | LineRead::Partial => {}
+    }
+    budget = budget.saturating_sub(line.len() + 1);
+    let mut head = parse_session_meta(&line)?;
+
+    for _ in 1..limits.max_lines {
+        if budget == 0 {
+            break;
+        }
+        match read_line_capped(reader, &mut line, budget)? {
+            LineRead::Eof | LineRead::TooLong => break,
+            LineRead::Complete | LineRead::Partial => {}
+        }
+        budget = budget.saturating_sub(line.len() + 1);
+        if let Some(title) = user_prompt(&line) {
+            head.title = Some(title);
+            break;
+        }
+    }
+    Ok(head)
+}
+
+enum LineRead {
+    Complete,
+    /// Bytes then EOF without a newline.
+    Partial,
+    /// The line would exceed the cap; nothing past the cap was consumed.
+    TooLong,
+    Eof,
+}
+
+/// Reads one line (without its `\n`) into `buf`, never holding more than `cap` bytes.
+fn read_line_capped<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, cap: usize) -> io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Partial
+            });
+        }
+        let newline = available.iter().position(|&b| b == b'\n');
+        let take = newline.unwrap_or(available.len());
+        if buf.len() + take > cap {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        r.consume(take + usize::from(newline.is_some()));
+        if newline.is_some() {
+            return Ok(LineRead::Complete);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct MetaPayload {
+    id: Option<String>,
+    timestamp: Option<String>,
+    cwd: Option<String>,
+    originator: Option<String>,
+    cli_version: Option<String>,
+    source: Option<Box<RawValue>>,
+    model_provider: Option<String>,
+    forked_from_id: Option<String>,
+    git: Option<Git>,
+}
+
+#[derive(Deserialize)]
+struct Git {
+    branch: Option<String>,
+}
+
+fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
+    let text = std::str::from_utf8(line).map_err(|e| {
+        HeadError::Bad(
+            ProblemKind::InvalidUtf8,
+            format!("first line is not UTF-8 ({e})"),
+        )
+    })?;
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+        HeadError::Bad(
+            ProblemKind::InvalidJson,
+            format!("first line is not a JSON record ({e})"),
+        )
+    })?;
+    if envelope.kind != "session_meta" {
+        return Err(HeadError::Bad(
+            ProblemKind::NotSessionMeta,
+            format!("first record is {:?}, not session_meta", envelope.kind),
+        ));
+    }
+    let payload = envelope.payload.ok_or_else(|| {
+        HeadError::Bad(
+            ProblemKind::NotSessionMeta,
+            "session_meta has no payload".into(),
+        )
+    })?;
+    let meta: MetaPayload = serde_json::from_str(payload.get()).map_err(|e| {
+        HeadError::Bad(
+            ProblemKind::NotSessionMeta,
+            format!("session_meta payload does not parse ({e})"),
+        )
+    })?;
+    let thread_id = meta
+        .id
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            HeadError::Bad(ProblemKind::NotSessionMeta, "session_meta has no id".into())
+        })?;
+    let source = meta.source.map(|raw| {
+        serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
+    });
+    Ok(RolloutHead {
+        thread_id,
+        timestamp: meta.timestamp,
+        cwd: meta.cwd,
+        originator: meta.originator,
+        cli_version: meta.cli_version,
+        source,
+        model_provider: meta.model_provider,
+        forked_from_id: meta.forked_from_id,
+        git_branch: meta.git.and_then(|g| g.branch),
+        title: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct Tagged<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct EventUserMessage {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct EventItemCompleted {
+    item: CompletedItem,
+}
+
+#[derive(Deserialize)]
+struct CompletedItem {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    content: Vec<ContentPart>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMessage {
+    role: Option<String>,
+    #[serde(default)]
+    content: Vec<ContentPart>,
+    internal_chat_message_metadata_passthrough: Option<Passthrough>,
+}
+
+#[derive(Deserialize)]
+struct Passthrough {
+    content_item_kinds: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+/// Codex puts injected context before this marker in a user message; the prompt follows it.
+const USER_MESSAGE_BEGIN: &str = "## My request for Codex:";
+
+/// Openings of user-role messages that Codex injects rather than the user typing them.
+const INJECTED_PREFIXES: &[&str] = &[
+    "<environment_context>",
+    "<user_instructions>",
+    "<user_shell_command>",
+    "<permissions instructions>",
+    "<INSTRUCTIONS>",
+    "<turn_aborted>",
+    "<subagent_notification>",
+    "<skill>",
+    "# AGENTS.md instructions",
+];
+
+/// The user prompt a line carries, if it is one of the three shapes Codex writes.
+fn user_prompt(line: &[u8]) -> Option<String> {
+    let envelope: Envelope = serde_json::from_slice(line).ok()?;
+    let payload = envelope.payload?.get();
+    let tag: Tagged = serde_json::from_str(payload).ok()?;
+    let text = match (envelope.kind.as_ref(), tag.kind.as_ref()) {
+        ("event_msg", "user_message") => {
+            serde_json::from_str::<EventUserMessage>(payload)
+                .ok()?
+                .message
+        }
+        ("event_msg", "item_completed") => {
+            let item = serde_json::from_str::<EventItemCompleted>(payload)
+                .ok()?
+                .item;
+            if item.kind != "UserMessage" {
+                return None;
+            }
+            join_text(&item.content)
+        }
+        ("response_item", "message") => {
+            let msg: ResponseMessage = serde_json::from_str(payload).ok()?;
+            if msg.role.as_deref() != Some("user") {
+                return None;
+            }
+            let kinds = msg
+                .internal_chat_message_metadata_passthrough
+                .and_then(|p| p.content_item_kinds);
+            if let Some(kinds) = kinds {
+                if !kinds.iter().any(|k| k.starts_with("user.")) {
+                    return None;
+                }
+            }
+            join_text(&msg.content)
+        }
+        _ => return None,
+    };
+    clean_prompt(&text)
+}
+
+fn join_text(parts: &[ContentPart]) -> String {
+    let texts: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.kind.ends_with("text"))
+        .filter_map(|p| p.text.as_deref())
+        .collect();
+    texts.join("\n")
+}
+
+fn clean_prompt(text: &str) -> Option<String> {
+    let text = match text.find(USER_MESSAGE_BEGIN) {
+        Some(at) => &text[at + USER_MESSAGE_BEGIN.len()..],
+        None => text,
+    };
+    let text = text.trim();
+    if text.is_empty() || INJECTED_PREFIXES.iter().any(|p| text.starts_with(p)) {
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+/// A reader that counts the bytes taken from the file, so callers can prove the bound.
+pub struct CountingReader<R> {
+    inner: R,
+    pub count: u64,
+}
+
+impl<R> CountingReader<R> {
+    pub fn new(inner: R) -> Self {
+        CountingReader { inner, count: 0 }
+    }
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(text: &str) -> Result<RolloutHead, HeadError> {
+        read_head(
+            &mut io::Cursor::new(text.as_bytes()),
+            &HeadLimits::default(),
+        )
+    }
+
+    const META: &str = r#"{"timestamp":"2026-11-21T19:02:43.663Z","ordinal":0,"type":"session_meta","payload":{"id":"01a1ff7d-4aab-7f60-bd31-0e4a5bf4615c","timestamp":"2026-11-21T19:02:43.635Z","cwd":"/w","originator":"codex_exec","cli_version":"0.169.0","source":{"subagent":"review"},"model_provider":"openai","git":{"branch":"main"}}}"#;
+
+    #[test]
+    fn title_skips_injected_context() {
+        let text = format!(
+            "{META}\n{}\n{}\n",
+            r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"<environment_context>cwd</environment_context>"}]}}"#,
+            r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"fix the cart"}]}}"#
+        );
+        let head = head_of(&text).unwrap();
+        assert_eq!(head.title.as_deref(), Some("fix the cart"));
+        assert_eq!(head.source.as_deref(), Some(r#"{"subagent":"review"}"#));
+        assert_eq!(head.git_branch.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn title_from_each_shape() {
+        for line in [
+            r#"{"type":"event_msg","payload":{"type":"user_message","message":"one"}}"#,
+            r#"{"type":"event_msg","payload":{"type":"item_completed","item":{"type":"UserMessage","content":[{"type":"text","text":"one"}]}}}"#,
+            r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"ctx ## My request for Codex: one"}]}}"#,
+        ] {
+            let head = head_of(&format!("{META}\n{line}")).unwrap();
+            assert_eq!(head.title.as_deref(), Some("one"), "{line}");
+        }
+    }
+
+    #[test]
+    fn passthrough_kinds_mark_harness_messages() {
+        let line = r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"looks real"}],"internal_chat_message_metadata_passthrough":{"content_item_kinds":["environments.environment_context"]}}}"#;
+        assert_eq!(head_of(&format!("{META}\n{line}\n")).unwrap().title, None);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        match head_of(&deep) {
+            Err(HeadError::Bad(ProblemKind::InvalidJson, _)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

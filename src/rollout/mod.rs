@@ -1,0 +1,129 @@
+//! What a rollout file is: its name ([`name`]), its bounded head ([`head`]), and the typed
+//! reasons a file is bad ([`problem`]). This is the only module that knows the JSONL format.
+
+pub mod head;
+pub mod name;
+pub mod problem;
+
+use std::fs::OpenOptions;
+use std::io::BufReader;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::identity::{FileKind, Stamp};
+pub use head::{HeadLimits, RolloutHead};
+pub use name::{Compression, RolloutName};
+pub use problem::{BadFile, ProblemKind};
+
+/// A rollout file that was read: its stamp at read time, its head, and what its name said.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// The stamp of the file that was actually read (from the open descriptor).
+    pub stamp: Stamp,
+    pub head: RolloutHead,
+    pub compression: Compression,
+    /// The parsed file name, when it has a recognised shape.
+    pub name: Option<RolloutName>,
+    /// Bytes taken from the file (compressed bytes for `.zst`), to prove the bound.
+    pub bytes_read: u64,
+}
+
+impl Inspected {
+    /// A warning when the file name's thread id is missing or differs from `session_meta.id`.
+    pub fn name_mismatch(&self) -> Option<String> {
+        match &self.name {
+            Some(name)
+                if name.thread_id.to_string() == self.head.thread_id.to_ascii_lowercase() =>
+            {
+                None
+            }
+            Some(name) => Some(format!(
+                "file name says {} but session_meta.id is {}",
+                name.thread_id, self.head.thread_id
+            )),
+            None => Some(format!(
+                "file name has no thread id; session_meta.id is {}",
+                self.head.thread_id
+            )),
+        }
+    }
+}
+
+/// Stats, classifies and head-reads `path` (symlinks followed).
+///
+/// Never opens anything but a regular file, so a FIFO named like a rollout cannot block.
+/// The descriptor is opened non-blocking and re-checked against the stat, so a file swapped
+/// in between is reported as [`ProblemKind::Replaced`] rather than read.
+pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
+    let before = Stamp::of(path).map_err(|e| BadFile::from_io(path, &e))?;
+    match before.kind {
+        FileKind::File => {}
+        FileKind::Directory => {
+            return Err(BadFile::new(path, ProblemKind::Directory, "is a directory"))
+        }
+        other => {
+            return Err(BadFile::new(
+                path,
+                ProblemKind::NotRegularFile,
+                format!("is a {other:?}, not a regular file").to_lowercase(),
+            ))
+        }
+    }
+    if before.size == 0 {
+        return Err(BadFile::new(path, ProblemKind::Empty, "file is empty"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| BadFile::from_io(path, &e))?;
+    let opened = file
+        .metadata()
+        .map(|m| Stamp::from_metadata(&m))
+        .map_err(|e| BadFile::from_io(path, &e))?;
+    if opened.id != before.id || opened.kind != FileKind::File {
+        return Err(BadFile::new(
+            path,
+            ProblemKind::Replaced,
+            "a different file took the path between stat and open",
+        ));
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let compression = name::compression_of(file_name);
+    let mut counting = head::CountingReader::new(file);
+    let result = match compression {
+        Compression::None => head::read_head(
+            &mut BufReader::with_capacity(64 << 10, &mut counting),
+            limits,
+        ),
+        Compression::Zstd => match zstd::stream::read::Decoder::new(&mut counting) {
+            Ok(decoder) => {
+                head::read_head(&mut BufReader::with_capacity(64 << 10, decoder), limits)
+            }
+            Err(e) => Err(head::HeadError::Io(e)),
+        },
+    };
+    let head = result.map_err(|e| match e {
+        head::HeadError::Bad(kind, detail) => BadFile::new(path, kind, detail),
+        head::HeadError::Io(e) if compression == Compression::Zstd && is_decode_error(&e) => {
+            BadFile::new(path, ProblemKind::CorruptCompression, e.to_string())
+        }
+        head::HeadError::Io(e) => BadFile::from_io(path, &e),
+    })?;
+    Ok(Inspected {
+        stamp: opened,
+        head,
+        compression,
+        name: name::parse(file_name),
+        bytes_read: counting.count,
+    })
+}
+
+fn is_decode_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::Other
+            | std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+    )
+}
