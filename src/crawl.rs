@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use walkdir::WalkDir;
 
 use crate::identity::{canonicalize, Area, Home, Homes, Stamp};
-use crate::index::{Index, IndexError, IndexedFile, ProblemRow};
+use crate::index::{Index, IndexAccess, IndexError, IndexedFile, ProblemRow};
 use crate::rollout::{self, name, BadFile, HeadLimits, Inspected, ProblemKind};
 
 /// How many heads are read between two index transactions.
@@ -64,9 +64,9 @@ pub trait Progress: Sync {
 impl Progress for () {}
 
 /// Brings the index in line with every configured home.
-pub fn reconcile(
+pub fn reconcile<A: IndexAccess>(
     homes: &Homes,
-    index: &Index,
+    index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
 ) -> Result<ReconcileSummary, IndexError> {
@@ -80,16 +80,16 @@ pub fn reconcile(
     Ok(summary)
 }
 
-fn reconcile_home(
+fn reconcile_home<A: IndexAccess>(
     home: &Home,
     roots: &[PathBuf],
-    index: &Index,
+    index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
     summary: &mut ReconcileSummary,
 ) -> Result<(), IndexError> {
-    let known: HashMap<PathBuf, Stamp> = index.stamps_under(&home.real)?.into_iter().collect();
-    let old_problems = index.problem_paths_under(&home.real)?;
+    let known: HashMap<PathBuf, Stamp> = index.with(|i| i.stamps_under(&home.real))?.into_iter().collect();
+    let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
     let (candidates, walk_problems) = discover(home, roots, &|_| true);
     summary.seen += (candidates.len() + walk_problems.len()) as u64;
     progress.found(candidates.len() as u64);
@@ -106,7 +106,7 @@ fn reconcile_home(
         }
     }
     progress.advanced(summary.unchanged);
-    index.record_problems(&walk_problems)?;
+    index.with(|i| i.record_problems(&walk_problems))?;
     summary.problems += walk_problems.len() as u64;
 
     let mut vanished = Vec::new();
@@ -118,8 +118,10 @@ fn reconcile_home(
         let (files, problems, gone) = split_outcomes(outcomes);
         summary.read += files.len() as u64;
         summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
-        index.upsert_files(&files)?;
-        index.record_problems(&problems)?;
+        index.with(|i| {
+            i.upsert_files(&files)?;
+            i.record_problems(&problems)
+        })?;
         vanished.extend(gone);
         progress.advanced(chunk.len() as u64);
     }
@@ -128,8 +130,7 @@ fn reconcile_home(
     summary.removed += gone.len() as u64;
     gone.extend(old_problems.into_iter().filter(|p| !seen.contains(p)));
     gone.extend(vanished);
-    index.remove_paths(&gone)?;
-    Ok(())
+    index.with(|i| i.remove_paths(&gone))
 }
 
 type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
@@ -202,77 +203,86 @@ pub fn allowed_roots(homes: &Homes) -> Vec<PathBuf> {
 /// Returns candidates (files and other non-directories, resolved to canonical paths) and the
 /// problems found while walking (rollout-named directories, unreadable directories, symlinks
 /// that are broken, loop or leave the homes).
-pub fn discover(
-    home: &Home,
-    roots: &[PathBuf],
-    wanted: &dyn Fn(&str) -> bool,
-) -> (Vec<Candidate>, Vec<ProblemRow>) {
-    let mut candidates = Vec::new();
-    let mut problems = Vec::new();
-    for (area, dir, depth) in [
-        (Area::Sessions, home.sessions_dir(), usize::MAX),
-        (Area::Archived, home.archived_dir(), 1),
-    ] {
-        let Ok(root) = canonicalize(&dir) else {
-            continue; // not created yet: Codex makes these on first use
-        };
-        let archived = area == Area::Archived;
-        let mut walk = WalkDir::new(&root)
-            .min_depth(1)
-            .max_depth(depth)
-            .follow_links(false)
-            .into_iter();
-        while let Some(entry) = walk.next() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    if let Some(path) = e.path() {
-                        let io = e.io_error().map(|io| BadFile::from_io(path, io));
-                        let bad = io.unwrap_or_else(|| {
-                            BadFile::new(path, ProblemKind::Unreadable, e.to_string())
-                        });
-                        problems.push(problem_row(&home.real, bad));
-                    }
-                    continue;
-                }
-            };
-            let Some(file_name) = entry.file_name().to_str() else {
-                continue;
-            };
-            let named = name::looks_like_rollout(file_name) && wanted(file_name);
-            let ft = entry.file_type();
-            if ft.is_dir() {
-                if named {
-                    problems.push(problem_row(
-                        &home.real,
-                        BadFile::new(entry.path(), ProblemKind::Directory, "is a directory"),
-                    ));
-                    walk.skip_current_dir();
-                }
-                continue;
-            }
-            if !named {
-                continue;
-            }
-            let path = if ft.is_symlink() {
-                match follow_file_symlink(entry.path(), roots) {
-                    Ok(target) => target,
-                    Err(bad) => {
-                        problems.push(problem_row(&home.real, bad));
-                        continue;
-                    }
-                }
-            } else {
-                entry.into_path()
-            };
-            candidates.push(Candidate {
-                path,
-                home: home.real.clone(),
-                archived,
-            });
+pub fn discover(home: &Home, roots: &[PathBuf], wanted: &dyn Fn(&str) -> bool) -> (Vec<Candidate>, Vec<ProblemRow>) {
+    let mut found = (Vec::new(), Vec::new());
+    for (area, dir) in [(Area::Sessions, home.sessions_dir()), (Area::Archived, home.archived_dir())] {
+        // A missing directory is normal: Codex makes these on first use.
+        if let Ok(root) = canonicalize(&dir) {
+            walk(home, roots, area, &root, wanted, &mut found);
         }
     }
-    (candidates, problems)
+    found
+}
+
+/// As [`discover`], for one directory inside a home (a directory that just appeared).
+pub fn discover_under(home: &Home, roots: &[PathBuf], dir: &Path) -> (Vec<Candidate>, Vec<ProblemRow>) {
+    let mut found = (Vec::new(), Vec::new());
+    for (area, area_dir) in [(Area::Sessions, home.sessions_dir()), (Area::Archived, home.archived_dir())] {
+        let Ok(root) = canonicalize(&area_dir) else { continue };
+        if root.starts_with(dir) {
+            walk(home, roots, area, &root, &|_| true, &mut found);
+        } else if dir.starts_with(&root) && area == Area::Sessions {
+            walk(home, roots, area, dir, &|_| true, &mut found);
+        }
+    }
+    found
+}
+
+fn walk(
+    home: &Home,
+    roots: &[PathBuf],
+    area: Area,
+    dir: &Path,
+    wanted: &dyn Fn(&str) -> bool,
+    (candidates, problems): &mut (Vec<Candidate>, Vec<ProblemRow>),
+) {
+    let archived = area == Area::Archived;
+    let depth = if archived { 1 } else { usize::MAX };
+    let mut entries = WalkDir::new(dir).min_depth(1).max_depth(depth).follow_links(false).into_iter();
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(path) = e.path() {
+                    let io = e.io_error().map(|io| BadFile::from_io(path, io));
+                    let bad = io.unwrap_or_else(|| BadFile::new(path, ProblemKind::Unreadable, e.to_string()));
+                    problems.push(problem_row(&home.real, bad));
+                }
+                continue;
+            }
+        };
+        let Some(file_name) = entry.file_name().to_str() else {
+            continue;
+        };
+        let named = name::looks_like_rollout(file_name) && wanted(file_name);
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            if named {
+                problems.push(problem_row(&home.real, BadFile::new(entry.path(), ProblemKind::Directory, "is a directory")));
+                entries.skip_current_dir();
+            }
+            continue;
+        }
+        if !named {
+            continue;
+        }
+        let path = if ft.is_symlink() {
+            match follow_file_symlink(entry.path(), roots) {
+                Ok(target) => target,
+                Err(bad) => {
+                    problems.push(problem_row(&home.real, bad));
+                    continue;
+                }
+            }
+        } else {
+            entry.into_path()
+        };
+        candidates.push(Candidate {
+            path,
+            home: home.real.clone(),
+            archived,
+        });
+    }
 }
 
 /// Resolves a rollout-named symlink under the policy above.

@@ -12,3 +12,7 @@ pub mod identity;
 pub mod index;
 pub mod query;
 pub mod rollout;
+pub mod agent;
+pub mod client;
+pub mod server;
+pub mod watch;

@@ -103,6 +103,26 @@ pub enum Journal {
     Delete,
 }
 
+/// Access to the process's one writer connection: directly, or shared behind a mutex by
+/// the agent so that a long crawl yields to queries between batches.
+pub trait IndexAccess {
+    fn with<R>(&self, f: impl FnOnce(&Index) -> R) -> R;
+}
+
+impl IndexAccess for Index {
+    fn with<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        f(self)
+    }
+}
+
+impl IndexAccess for std::sync::Mutex<Index> {
+    fn with<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        // A panic mid-query leaves no half-state in SQLite (transactions roll back).
+        let guard = self.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&guard)
+    }
+}
+
 /// A connection to the index.
 pub struct Index {
     conn: Connection,
@@ -280,6 +300,19 @@ impl Index {
                     },
                 ))
             })?;
+            rows.collect()
+        })
+    }
+
+    /// File rows at `path` or below it (a directory that went away).
+    pub fn files_at_or_under(&self, path: &Path) -> Result<Vec<IndexedFile>, IndexError> {
+        let exact = path_text(path);
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        self.read("looking up a directory", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 OR (path >= ?2 AND path < ?3)"
+            ))?;
+            let rows = stmt.query_map(params![exact, below, prefix_end(&below)], file_from_row)?;
             rows.collect()
         })
     }

@@ -1,0 +1,182 @@
+//! Applying filesystem changes to the index, and the notifications they produce.
+//!
+//! Changes are handled by state, not by event kind: for each changed path the agent looks at
+//! what is on disk now and at what the index holds. A file that reappears elsewhere with the
+//! same `FileId` was moved (archive / unarchive), a thread whose remaining file changed
+//! representation was compressed, and a thread with no file left was removed.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::state::{Notification, Shared};
+use crate::crawl::{self, Candidate};
+use crate::identity::{self, Homes, Stamp};
+use crate::index::{Index, IndexError, IndexedFile};
+use crate::query::ThreadRecord;
+use crate::rollout::name;
+
+/// Applies a batch of changed paths; present paths first, so that the destination of a
+/// rename is known before its source is seen to be gone.
+pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexError> {
+    let homes = shared.homes();
+    let roots = crawl::allowed_roots(&homes);
+    let mut paths = paths;
+    paths.sort();
+    paths.dedup();
+    let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) =
+        paths.into_iter().partition(|p| std::fs::symlink_metadata(p).is_ok());
+    let index = shared.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut notes = Vec::new();
+    for path in present {
+        let meta = std::fs::symlink_metadata(&path);
+        if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+            for home in &homes.homes {
+                if path.starts_with(&home.real) {
+                    let (candidates, problems) = crawl::discover_under(home, &roots, &path);
+                    index.record_problems(&problems)?;
+                    for c in candidates {
+                        apply_file(&index, &homes, &c, &mut notes)?;
+                    }
+                }
+            }
+            continue;
+        }
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name::looks_like_rollout(file_name) {
+            continue;
+        }
+        let canonical = identity::canonicalize(&path).unwrap_or(path.clone());
+        if let Some(c) = crawl::candidate_for(&homes, &canonical) {
+            apply_file(&index, &homes, &c, &mut notes)?;
+        }
+    }
+    for path in gone {
+        for row in index.files_at_or_under(&path)? {
+            if !row.path.exists() {
+                apply_gone(&index, &homes, row, &mut notes)?;
+            }
+        }
+    }
+    drop(index);
+    for n in notes {
+        shared.notify(n);
+    }
+    Ok(())
+}
+
+fn apply_file(
+    index: &Index,
+    homes: &Homes,
+    c: &Candidate,
+    notes: &mut Vec<Notification>,
+) -> Result<(), IndexError> {
+    let before = index.file_at(&c.path)?;
+    let Ok(stamp) = Stamp::of(&c.path) else {
+        if let Some(row) = before {
+            apply_gone(index, homes, row, notes)?;
+        }
+        return Ok(());
+    };
+    if before.as_ref().is_some_and(|b| b.stamp.unchanged(&stamp)) {
+        return Ok(());
+    }
+    let same_id: Vec<IndexedFile> = index
+        .files_with_id(stamp.id)?
+        .into_iter()
+        .filter(|f| f.path != c.path)
+        .collect();
+    let file = match crawl::refresh(index, c, &crate::rollout::HeadLimits::default())? {
+        Ok(file) => file,
+        Err(_) => {
+            // It was a good rollout and no longer is (truncated, replaced): the thread lost it.
+            if let Some(row) = before {
+                notes.extend(after_loss(index, homes, &row)?);
+            }
+            return Ok(());
+        }
+    };
+    let thread = file.head.thread_id.clone();
+    let moved_from = same_id
+        .into_iter()
+        .find(|f| f.head.thread_id == thread && !f.path.exists());
+    if let Some(old) = moved_from {
+        index.remove_paths(std::slice::from_ref(&old.path))?;
+        let method = match (old.archived, file.archived) {
+            (false, true) => "thread/archived",
+            (true, false) => "thread/unarchived",
+            _ => "thread/updated",
+        };
+        notes.push(record_note(method, &file, homes, Some(&old.path)));
+        return Ok(());
+    }
+    if before.is_some() {
+        notes.push(record_note("thread/updated", &file, homes, None));
+        return Ok(());
+    }
+    let others: Vec<IndexedFile> = index
+        .files_for_thread(&thread)?
+        .into_iter()
+        .filter(|f| f.path != file.path && f.path.exists())
+        .collect();
+    if others.is_empty() {
+        notes.push(record_note("thread/materialized", &file, homes, None));
+    } else if others.iter().all(|o| o.compression == file.compression) {
+        notes.push(record_note("thread/updated", &file, homes, None));
+    }
+    // A second copy in another representation is a compression in flight: the notice
+    // comes when the old copy goes.
+    Ok(())
+}
+
+fn apply_gone(index: &Index, homes: &Homes, row: IndexedFile, notes: &mut Vec<Notification>) -> Result<(), IndexError> {
+    index.remove_paths(std::slice::from_ref(&row.path))?;
+    notes.extend(after_loss(index, homes, &row)?);
+    Ok(())
+}
+
+/// The notice for a thread that lost the file `row`: removed, compressed, or updated.
+fn after_loss(index: &Index, homes: &Homes, row: &IndexedFile) -> Result<Option<Notification>, IndexError> {
+    let remaining: Vec<IndexedFile> = index
+        .files_for_thread(&row.head.thread_id)?
+        .into_iter()
+        .filter(|f| f.path.exists())
+        .collect();
+    Ok(Some(match remaining.first() {
+        None => Notification {
+            method: "thread/removed",
+            params: json!({
+                "threadId": row.head.thread_id,
+                "path": display_path(homes, row),
+                "canonicalPath": row.path,
+            }),
+            thread_id: Some(row.head.thread_id.clone()),
+        },
+        Some(next) if next.compression != row.compression => record_note("thread/compressed", next, homes, Some(&row.path)),
+        Some(next) => record_note("thread/updated", next, homes, Some(&row.path)),
+    }))
+}
+
+fn display_path(homes: &Homes, row: &IndexedFile) -> PathBuf {
+    homes
+        .homes
+        .iter()
+        .find(|h| h.real == row.home)
+        .map(|h| h.display_spelling(&row.path))
+        .unwrap_or_else(|| row.path.clone())
+}
+
+fn record_note(method: &'static str, file: &IndexedFile, homes: &Homes, previous: Option<&Path>) -> Notification {
+    let record = ThreadRecord::new(file, homes);
+    let mut params = json!({ "threadId": record.thread_id, "record": record });
+    if let Some(p) = previous {
+        params["previousPath"] = json!(p);
+    }
+    Notification {
+        method,
+        params,
+        thread_id: Some(file.head.thread_id.clone()),
+    }
+}

@@ -1,0 +1,138 @@
+//! The long-running agent: one instance per index, a first reconcile, live watching, and
+//! the socket server, until SIGTERM or SIGINT. SIGHUP reloads the config.
+
+pub mod apply;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::identity::Homes;
+use crate::index::{Index, IndexError, Journal};
+use crate::server::{self, socket};
+use crate::watch::{self, WatchOptions};
+use state::Shared;
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub overrides: Overrides,
+    pub socket: PathBuf,
+    pub watch: WatchOptions,
+    pub server: server::Limits,
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] socket::StartError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Where the index goes: as configured, unless that is on a network filesystem, where
+/// SQLite's WAL is unsafe; then a private directory on local disk.
+pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
+    let dir = configured.parent().unwrap_or(Path::new("/"));
+    let probe = std::iter::successors(Some(dir), |d| d.parent()).find(|d| d.exists());
+    match probe.and_then(watch::network_filesystem) {
+        Some(fs) => {
+            let local = socket::default_path().with_file_name("index.sqlite");
+            tracing::warn!(configured = %configured.display(), fs, local = %local.display(), "index directory is on a network filesystem; keeping the index on local disk");
+            (local, Journal::Wal)
+        }
+        None => (configured.to_owned(), Journal::Wal),
+    }
+}
+
+/// Runs the agent in the foreground until a stop signal.
+pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let config = Config::load(&opts.overrides)?;
+    let (index_path, journal) = index_location(&config.index);
+    let _lock = socket::lock_instance(&index_path)?;
+    socket::prepare_dir(&opts.socket)?;
+    let index = Index::open(&index_path, journal)?;
+    let homes = Homes::new(&config.homes, &config.aliases);
+    let shared = Arc::new(Shared::new(homes, index));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(serve(shared, opts, index_path))
+}
+
+async fn serve(shared: Arc<Shared>, opts: AgentOptions, index_path: PathBuf) -> Result<(), AgentError> {
+    let listener = socket::bind(&opts.socket)?;
+    // Removes the socket however we leave (drop guard).
+    let _socket_guard = SocketGuard(opts.socket.clone());
+    tracing::info!(socket = %opts.socket.display(), index = %index_path.display(), "rolloutd listening");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch::spawn(
+        Arc::clone(&shared),
+        opts.watch,
+        Arc::clone(&stop),
+        Box::new(|| tracing::info!("first reconcile done; ready")),
+    )
+    .map_err(AgentError::Runtime)?;
+
+    let (shutdown, _) = broadcast::channel(1);
+    let listener = server::Listener {
+        listener,
+        shared: Arc::clone(&shared),
+        limits: opts.server,
+        shutdown: shutdown.clone(),
+    };
+    let server = tokio::spawn(listener.run());
+
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Runtime)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Runtime)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&shared, &opts.overrides),
+        }
+    }
+    tracing::info!("stopping");
+    let _ = shutdown.send(());
+    stop.store(true, Ordering::Release);
+    let _ = tokio::time::timeout(Duration::from_millis(1800), server).await;
+    // The watcher notices `stop` within its check interval; never wait past the budget.
+    let _ = tokio::task::spawn_blocking(move || watcher.join());
+    Ok(())
+}
+
+/// SIGHUP: re-read the config; new homes take effect at once (the watcher sees the
+/// change and re-establishes its watches).
+fn reload(shared: &Shared, overrides: &Overrides) {
+    match Config::load(overrides) {
+        Ok(config) => {
+            let homes = Homes::new(&config.homes, &config.aliases);
+            *shared.homes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = homes;
+            tracing::info!(homes = ?config.homes, "config reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+    }
+}
+
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,99 @@
+//! What the agent's parts share: the homes, the one writer connection, the notification
+//! channel and the status counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::identity::Homes;
+use crate::index::Index;
+use crate::query::Queries;
+use crate::rollout::HeadLimits;
+
+/// Notifications buffered per subscriber before it is told it lagged.
+pub const SUBSCRIBER_QUEUE: usize = 4096;
+
+/// A change pushed to subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub method: &'static str,
+    pub params: serde_json::Value,
+    /// The thread concerned, for subscription filters; `None` for index-wide notices.
+    #[serde(skip)]
+    pub thread_id: Option<String>,
+}
+
+/// How the homes are being watched, for `index/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchInfo {
+    /// `"inotify"`, `"kqueue"`, `"fsevents"` or `"poll"`.
+    pub backend: String,
+    /// `"events"` or `"poll"`, after `watch.mode = "auto"` was applied.
+    pub mode: String,
+    /// Why polling was chosen, when it was.
+    pub reason: Option<String>,
+}
+
+/// State shared by the watcher, the server and the initial crawl.
+pub struct Shared {
+    /// Replaced on SIGHUP when the configured homes change.
+    pub homes: RwLock<Homes>,
+    /// The process's one writer connection.
+    pub index: Mutex<Index>,
+    pub limits: HeadLimits,
+    pub events: broadcast::Sender<Notification>,
+    /// Set once the first reconcile finished; until then a miss falls back to the disk.
+    pub ready: AtomicBool,
+    /// Full reconciles after the first (lost events, rescans on request, home changes).
+    pub rescans: AtomicU64,
+    /// Milliseconds from the last change seen to it being indexed.
+    pub last_lag_ms: AtomicU64,
+    pub watch: Mutex<WatchInfo>,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(homes: Homes, index: Index) -> Shared {
+        let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        Shared {
+            homes: RwLock::new(homes),
+            index: Mutex::new(index),
+            limits: HeadLimits::default(),
+            events,
+            ready: AtomicBool::new(false),
+            rescans: AtomicU64::new(0),
+            last_lag_ms: AtomicU64::new(0),
+            watch: Mutex::new(WatchInfo::default()),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs `f` with query access: the current homes and the writer connection.
+    pub fn query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> R {
+        let homes = self.homes();
+        let index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&Queries {
+            homes: &homes,
+            index: &index,
+            limits: self.limits,
+        })
+    }
+
+    /// A snapshot of the configured homes.
+    pub fn homes(&self) -> Homes {
+        self.homes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn notify(&self, n: Notification) {
+        // No receivers is fine: nobody subscribed.
+        let _ = self.events.send(n);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

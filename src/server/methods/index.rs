@@ -1,0 +1,55 @@
+//! `index/status`, `index/rescan` and `index/problems`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::query;
+use crate::agent::state::{Notification, Shared};
+use crate::crawl;
+use crate::server::frame::{self, RpcError};
+
+pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
+    let s = Arc::clone(shared);
+    let counts = tokio::task::spawn_blocking(move || s.query(|q| q.index.counts()))
+        .await
+        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
+        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
+    let watch = shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let homes: Vec<_> = shared.homes().homes.into_iter().map(|h| h.configured).collect();
+    Ok(json!({
+        "ready": shared.is_ready(),
+        "counts": counts,
+        "watcher": watch,
+        "rescans": shared.rescans.load(Ordering::Relaxed),
+        "lagMs": shared.last_lag_ms.load(Ordering::Relaxed),
+        "uptimeSecs": shared.started.elapsed().as_secs(),
+        "homes": homes,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+    }))
+}
+
+pub async fn rescan(shared: &Arc<Shared>) -> Result<Value, RpcError> {
+    let s = Arc::clone(shared);
+    let summary = tokio::task::spawn_blocking(move || {
+        let homes = s.homes();
+        crawl::reconcile(&homes, &s.index, &s.limits, &())
+    })
+    .await
+    .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
+    .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
+    shared.rescans.fetch_add(1, Ordering::Relaxed);
+    let value = json!({ "summary": summary });
+    shared.notify(Notification {
+        method: "index/rescanned",
+        params: value.clone(),
+        thread_id: None,
+    });
+    Ok(value)
+}
+
+pub async fn problems(shared: &Arc<Shared>) -> Result<Value, RpcError> {
+    query(shared, |q| q.problems()).await
+}

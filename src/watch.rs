@@ -1,0 +1,346 @@
+//! Keeps the index live: notify + notify-debouncer-full at a ~20 ms settle, a full
+//! reconcile when events were lost, polling on filesystems that send no events, and
+//! re-established watches when a home is deleted, recreated or its symlink retargeted.
+//!
+//! Each home is watched non-recursively (to see `sessions/` and `archived_sessions/`
+//! appear), `sessions/` recursively and `archived_sessions/` flat. Never the whole home
+//! recursively: Codex's SQLite WAL files there churn constantly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, Debouncer, NoCache, RecommendedCache};
+use serde_json::json;
+
+use crate::agent::apply;
+use crate::agent::state::{Notification, Shared, WatchInfo};
+use crate::crawl;
+use crate::identity::{canonicalize, FileId, Homes, Stamp};
+
+/// `watch.mode`: how changes are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// Events, except polling on network and FUSE filesystems.
+    Auto,
+    Events,
+    Poll,
+}
+
+impl std::str::FromStr for WatchMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(WatchMode::Auto),
+            "events" => Ok(WatchMode::Events),
+            "poll" => Ok(WatchMode::Poll),
+            other => Err(format!("{other:?} is not one of auto, events, poll")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    pub mode: WatchMode,
+    pub poll_interval: Duration,
+    /// Debounce settle time; watchman uses about 20 ms.
+    pub settle: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            mode: WatchMode::Auto,
+            poll_interval: Duration::from_secs(2),
+            settle: Duration::from_millis(20),
+        }
+    }
+}
+
+/// How often the watched roots are checked for deletion or a retargeted symlink.
+const ROOT_CHECK: Duration = Duration::from_millis(500);
+/// Rescans after lost events back off from this...
+const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// ...up to this.
+const RESCAN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The network and FUSE filesystem a path is on, by `statfs` magic, if any.
+pub fn network_filesystem(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = buf.f_type as i64 as u32;
+    match magic {
+        0x6969 => Some("nfs"),
+        0x517B => Some("smb"),
+        0xFF53_4D42 => Some("cifs"),
+        0xFE53_4D42 => Some("smb2"),
+        0x6573_5546 => Some("fuse"),
+        0x0102_1997 => Some("9p"),
+        0x5346_414F => Some("afs"),
+        0x00C3_6400 => Some("ceph"),
+        0x0BD0_0BD0 => Some("lustre"),
+        0x4741_5346 => Some("gpfs"),
+        _ => None,
+    }
+}
+
+/// The identity of every watched root; a change means the watches must be rebuilt.
+fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
+    homes
+        .homes
+        .iter()
+        .flat_map(|h| [h.configured.clone(), h.configured.join(crate::identity::SESSIONS_DIR), h.configured.join(crate::identity::ARCHIVED_DIR)])
+        .map(|p| {
+            let real = canonicalize(&p).ok()?;
+            let id = Stamp::of(&real).ok()?.id;
+            Some((real, id))
+        })
+        .collect()
+}
+
+enum AnyDebouncer {
+    Events(Debouncer<RecommendedWatcher, RecommendedCache>),
+    Poll(Debouncer<PollWatcher, NoCache>),
+}
+
+impl AnyDebouncer {
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        match self {
+            AnyDebouncer::Events(d) => d.watch(path, mode),
+            AnyDebouncer::Poll(d) => d.watch(path, mode),
+        }
+    }
+}
+
+/// Starts the watcher thread; it runs the first reconcile, marks the agent ready, then
+/// applies changes until `stop` is set.
+pub fn spawn(
+    shared: Arc<Shared>,
+    opts: WatchOptions,
+    stop: Arc<AtomicBool>,
+    on_ready: Box<dyn FnOnce() + Send>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("rolloutd-watch".into())
+        .spawn(move || Watch::new(shared, opts, stop).run(on_ready))
+}
+
+struct Watch {
+    shared: Arc<Shared>,
+    opts: WatchOptions,
+    stop: Arc<AtomicBool>,
+    /// Forced to polling after the kernel refused more watches.
+    force_poll: Option<String>,
+    backoff: Duration,
+    last_rescan: Option<Instant>,
+    rescan_pending: bool,
+}
+
+impl Watch {
+    fn new(shared: Arc<Shared>, opts: WatchOptions, stop: Arc<AtomicBool>) -> Self {
+        Watch {
+            shared,
+            opts,
+            stop,
+            force_poll: None,
+            backoff: RESCAN_BACKOFF_MIN,
+            last_rescan: None,
+            rescan_pending: false,
+        }
+    }
+
+    fn run(mut self, on_ready: Box<dyn FnOnce() + Send>) {
+        let mut on_ready = Some(on_ready);
+        while !self.stop.load(Ordering::Acquire) {
+            let homes = self.shared.homes();
+            let print = fingerprint(&homes);
+            let (tx, rx) = mpsc::channel::<DebounceEventResult>();
+            let forced_before = self.force_poll.is_some();
+            let debouncer = self.start(&homes, tx);
+            if self.force_poll.is_some() && !forced_before {
+                continue; // the watch limit was hit: start over in poll mode
+            }
+            // Events queue while the (re)crawl runs, so nothing between the two is lost.
+            self.reconcile(on_ready.is_none());
+            if let Some(ready) = on_ready.take() {
+                self.shared.ready.store(true, Ordering::Release);
+                ready();
+            }
+            self.pump(&rx, &print);
+            drop(debouncer);
+        }
+    }
+
+    /// Creates the debouncer and adds the watches; failures are logged and leave polling or
+    /// the periodic root check to catch up.
+    fn start(&mut self, homes: &Homes, tx: mpsc::Sender<DebounceEventResult>) -> Option<AnyDebouncer> {
+        let network = homes.homes.iter().find_map(|h| network_filesystem(&h.real).map(|fs| (h.real.clone(), fs)));
+        let poll_reason = match (self.opts.mode, &self.force_poll, network) {
+            (WatchMode::Poll, _, _) => Some("watch.mode = \"poll\"".to_owned()),
+            (_, Some(reason), _) => Some(reason.clone()),
+            (WatchMode::Auto, None, Some((home, fs))) => Some(format!("{} is on {fs}, which sends no remote change events", home.display())),
+            _ => None,
+        };
+        let handler = move |r: DebounceEventResult| {
+            let _ = tx.send(r);
+        };
+        let made = match &poll_reason {
+            Some(_) => new_debouncer_opt::<_, PollWatcher, NoCache>(
+                self.opts.settle,
+                None,
+                handler,
+                NoCache,
+                notify::Config::default().with_poll_interval(self.opts.poll_interval),
+            )
+            .map(AnyDebouncer::Poll),
+            None => new_debouncer_opt::<_, RecommendedWatcher, RecommendedCache>(
+                self.opts.settle,
+                None,
+                handler,
+                RecommendedCache::new(),
+                notify::Config::default(),
+            )
+            .map(AnyDebouncer::Events),
+        };
+        let backend = if poll_reason.is_some() { "poll" } else { native_backend() };
+        *self.shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = WatchInfo {
+            backend: backend.into(),
+            mode: if poll_reason.is_some() { "poll" } else { "events" }.into(),
+            reason: poll_reason.clone(),
+        };
+        let mut debouncer = match made {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the file watcher; answers stay correct through disk lookups");
+                return None;
+            }
+        };
+        for home in &homes.homes {
+            let targets = [
+                (home.real.clone(), RecursiveMode::NonRecursive),
+                (home.sessions_dir(), RecursiveMode::Recursive),
+                (home.archived_dir(), RecursiveMode::NonRecursive),
+            ];
+            for (path, mode) in targets {
+                let Ok(real) = canonicalize(&path) else { continue };
+                if let Err(e) = debouncer.watch(&real, mode) {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                        tracing::warn!(path = %real.display(), "inotify watch limit reached; polling this home instead");
+                        self.force_poll = Some(format!("the inotify watch limit was reached watching {}", real.display()));
+                        return None;
+                    }
+                    tracing::warn!(path = %real.display(), error = %e, "cannot watch");
+                }
+            }
+        }
+        Some(debouncer)
+    }
+
+    /// Applies events until the roots change or the agent stops.
+    fn pump(&mut self, rx: &mpsc::Receiver<DebounceEventResult>, print: &[Option<(PathBuf, FileId)>]) {
+        let mut last_check = Instant::now();
+        while !self.stop.load(Ordering::Acquire) {
+            match rx.recv_timeout(ROOT_CHECK) {
+                Ok(Ok(events)) => {
+                    if events.iter().any(|e| e.need_rescan()) {
+                        self.request_rescan("the kernel event queue overflowed");
+                    } else {
+                        let first = events.iter().map(|e| e.time).min();
+                        let paths: Vec<PathBuf> = events.into_iter().flat_map(|e| e.event.paths).collect();
+                        if let Err(e) = apply::apply_paths(&self.shared, paths) {
+                            tracing::warn!(error = %e, "could not apply changes; rescanning");
+                            self.request_rescan("the index rejected a change");
+                        }
+                        if let Some(t) = first {
+                            self.shared.last_lag_ms.store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(Err(errors)) => {
+                    if errors.iter().any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch)) {
+                        self.force_poll = Some("the inotify watch limit was reached".into());
+                        return;
+                    }
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    self.request_rescan(&format!("watcher errors: {}", text.join("; ")));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // No watcher: fall back to the periodic root check and rescans.
+                    std::thread::sleep(ROOT_CHECK);
+                }
+            }
+            if self.rescan_pending && self.rescan_allowed() {
+                self.reconcile(true);
+            }
+            if last_check.elapsed() >= ROOT_CHECK {
+                last_check = Instant::now();
+                if fingerprint(&self.shared.homes()) != print {
+                    tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Asks for a full reconcile, at most once per backoff window; warns once per burst.
+    fn request_rescan(&mut self, why: &str) {
+        if !self.rescan_pending {
+            tracing::warn!(reason = why, "events were lost; a full reconcile follows");
+        }
+        self.rescan_pending = true;
+        if self.rescan_allowed() {
+            self.reconcile(true);
+        }
+    }
+
+    fn rescan_allowed(&self) -> bool {
+        self.last_rescan.is_none_or(|t| t.elapsed() >= self.backoff)
+    }
+
+    /// Runs a full reconcile; after the first, it counts as a rescan and is announced.
+    fn reconcile(&mut self, is_rescan: bool) {
+        if is_rescan {
+            // Back-to-back rescans double the window; a quiet period resets it.
+            self.backoff = match self.last_rescan {
+                Some(t) if t.elapsed() < self.backoff * 4 => (self.backoff * 2).min(RESCAN_BACKOFF_MAX),
+                _ => RESCAN_BACKOFF_MIN,
+            };
+            self.last_rescan = Some(Instant::now());
+            self.rescan_pending = false;
+        }
+        let homes = self.shared.homes();
+        match crawl::reconcile(&homes, &self.shared.index, &self.shared.limits, &()) {
+            Ok(summary) => {
+                if is_rescan {
+                    self.shared.rescans.fetch_add(1, Ordering::Relaxed);
+                    self.shared.notify(Notification {
+                        method: "index/rescanned",
+                        params: json!({ "summary": summary }),
+                        thread_id: None,
+                    });
+                }
+                tracing::info!(read = summary.read, unchanged = summary.unchanged, removed = summary.removed, ms = summary.elapsed.as_millis() as u64, "reconciled");
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups"),
+        }
+    }
+}
+
+fn native_backend() -> &'static str {
+    if cfg!(target_os = "linux") {
+        "inotify"
+    } else if cfg!(target_os = "macos") {
+        "fsevents"
+    } else {
+        "kqueue"
+    }
+}

@@ -1,0 +1,376 @@
+//! The query CLI end to end: resolve by id, prefix and path; `.zst` and archived rollouts;
+//! list paging and filters; incremental `index`; exit codes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use common::{jpath, tid, Fixture, Rollout, TitleShape};
+use serde_json::Value;
+
+#[test]
+fn zst_and_archived_rollouts_resolve_with_their_compression_and_archive_state() {
+    let fx = Fixture::new();
+    let plain = Rollout::new(&tid(1), "2026-11-20T08:00:00.000Z", "/w/a", "plain one");
+    let zst = Rollout::new(&tid(2), "2026-11-20T09:00:00.000Z", "/w/b", "compressed one");
+    let arch = Rollout::new(&tid(3), "2026-11-19T10:00:00.000Z", "/w/c", "archived one");
+    let arch_zst = Rollout::new(&tid(4), "2026-11-18T10:00:00.000Z", "/w/d", "archived zst");
+    let p_plain = fx.write_active(&plain);
+    let p_zst = fx.write_active_zst(&zst);
+    let p_arch = fx.write_archived(&arch);
+    let p_arch_zst = fx.write_bytes(
+        &Path::new("archived_sessions").join(format!("{}.zst", arch_zst.file_name())),
+        &common::zstd_bytes(&arch_zst.jsonl()),
+    );
+
+    let summary = fx.index();
+    assert_eq!(summary["counts"]["threads"], 4, "{summary}");
+    assert_eq!(summary["counts"]["archived"], 2, "{summary}");
+    assert_eq!(summary["counts"]["problems"], 0, "{summary}");
+
+    for (r, path, archived, compression) in [
+        (&plain, &p_plain, false, "none"),
+        (&zst, &p_zst, false, "zstd"),
+        (&arch, &p_arch, true, "none"),
+        (&arch_zst, &p_arch_zst, true, "zstd"),
+    ] {
+        for target in [r.id.as_ref(), path.as_os_str()] {
+            let out = fx.resolve(target);
+            assert_eq!(out.code, 0, "{out:?}");
+            assert_eq!(out.json["threadId"], r.id.as_str(), "{out:?}");
+            assert_eq!(jpath(&out.json["canonicalPath"]), *path, "{out:?}");
+            assert_eq!(out.json["archived"], archived, "{out:?}");
+            assert_eq!(out.json["compression"], compression, "{out:?}");
+            assert_eq!(out.json["title"], r.title.as_str(), "{out:?}");
+            assert_eq!(out.json["cwd"], r.cwd.as_str(), "{out:?}");
+            assert_eq!(
+                out.json["sizeBytes"].as_u64().unwrap(),
+                std::fs::metadata(path).unwrap().len()
+            );
+            assert_eq!(out.json["cliVersion"], "0.169.0");
+            assert_eq!(out.json["originator"], "codex_exec");
+            assert_eq!(out.json["source"], "exec");
+            assert_eq!(out.json["createdAt"], r.created.as_str(), "{out:?}");
+        }
+    }
+    // The compressed file is really compressed: its head is not plain text on disk.
+    let raw = std::fs::read(&p_zst).unwrap();
+    assert!(!raw.windows(12).any(|w| w == b"session_meta"));
+}
+
+#[test]
+fn resolve_by_unique_prefix_and_refuse_ambiguous_or_short_prefixes() {
+    let fx = Fixture::new();
+    let a = Rollout::new(&tid(0x11), "2026-11-20T08:00:00.000Z", "/w", "a");
+    // Two ids sharing their first 13 characters.
+    let b = Rollout::new(
+        "01a2aaaa-0001-7000-8000-000000000001",
+        "2026-11-20T09:00:00.000Z",
+        "/w",
+        "b",
+    );
+    let c = Rollout::new(
+        "01a2aaaa-0002-7000-8000-000000000002",
+        "2026-11-20T10:00:00.000Z",
+        "/w",
+        "c",
+    );
+    for r in [&a, &b, &c] {
+        fx.write_active(r);
+    }
+    fx.index();
+
+    let out = fx.resolve(&a.id[..8]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["threadId"], a.id.as_str());
+    // Case does not matter for hex.
+    let out = fx.resolve(a.id[..10].to_ascii_uppercase());
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["threadId"], a.id.as_str());
+
+    let out = fx.resolve("01a2aaaa-0002");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["threadId"], c.id.as_str());
+
+    let out = fx.resolve("01a2aaaa");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.error_reason(), "ambiguous", "{out:?}");
+    assert!(out.error_message().contains(&b.id), "{out:?}");
+    assert!(out.error_message().contains(&c.id), "{out:?}");
+    assert!(!out.stderr.trim().is_empty() && out.stderr.trim().lines().count() == 1);
+
+    let out = fx.resolve("01a2aaa");
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.error_reason(), "badId", "{out:?}");
+
+    let out = fx.resolve("01a2ffff");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_reason(), "notFound", "{out:?}");
+    let out = fx.resolve(tid(0x99));
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_reason(), "notFound", "{out:?}");
+}
+
+#[test]
+fn a_rollout_written_after_indexing_resolves_by_prefix_and_id() {
+    let fx = Fixture::new();
+    fx.write_active(&Rollout::new(
+        &tid(0x21),
+        "2026-11-20T08:00:00.000Z",
+        "/w",
+        "a",
+    ));
+    fx.index();
+    let late = Rollout::new(&tid(0x22), "2026-11-21T08:00:00.000Z", "/w", "late");
+    let p = fx.write_active(&late);
+    let out = fx.resolve(&late.id[..8]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(jpath(&out.json["canonicalPath"]), p);
+    // Read-repair wrote the row: a listing (index only) now shows it.
+    let list = fx.run(&["list"]);
+    let ids: Vec<&str> = list.json["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["threadId"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&late.id.as_str()), "{list:?}");
+}
+
+#[test]
+fn resolve_outside_the_home_is_refused_without_reading() {
+    let fx = Fixture::new();
+    let out = fx.resolve("/etc/passwd");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_reason(), "outsideHome", "{out:?}");
+    assert!(out.stderr.contains("/etc/passwd"), "{out:?}");
+
+    // `..` cannot climb out of the home either.
+    let sneaky = fx.home.join("sessions/../../../../../../../../etc/passwd");
+    let out = fx.resolve(&sneaky);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_reason(), "outsideHome", "{out:?}");
+
+    // A file inside the home but outside the rollout directories is not a rollout.
+    let cfg = fx.write_bytes(Path::new("config.toml"), b"model = \"x\"\n");
+    let out = fx.resolve(&cfg);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_reason(), "notRollout", "{out:?}");
+}
+
+#[test]
+fn resolve_a_relative_path_against_the_current_directory() {
+    let fx = Fixture::new();
+    let a = Rollout::new(&tid(0x31), "2026-11-20T08:00:00.000Z", "/w", "rel");
+    let p = fx.write_active(&a);
+    let mut c = fx.cmd();
+    c.current_dir(&fx.home)
+        .arg("--json")
+        .arg("resolve")
+        .arg(p.strip_prefix(&fx.home).unwrap());
+    let out = common::Run::spawn(c, &["resolve", "<relative>"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(jpath(&out.json["canonicalPath"]), p);
+}
+
+/// Six threads over three days, two cwds, one archived.
+fn list_fixture() -> (Fixture, Vec<Rollout>) {
+    let fx = Fixture::new();
+    let rs = vec![
+        Rollout::new(&tid(0x41), "2026-11-18T08:00:00.000Z", "/w/alpha", "Refactor parser"),
+        Rollout::new(&tid(0x42), "2026-11-19T08:00:00.000Z", "/w/beta", "fix flaky test"),
+        Rollout::new(&tid(0x43), "2026-11-20T08:00:00.000Z", "/w/alpha", "add CART feature")
+            .shape(TitleShape::LegacyEvent),
+        Rollout::new(&tid(0x44), "2026-11-20T09:30:00.000Z", "/w/beta", "write docs")
+            .shape(TitleShape::ItemCompletedOnly),
+        Rollout::new(&tid(0x45), "2026-11-21T08:00:00.000Z", "/w/alpha", "cart checkout bug"),
+        Rollout::new(&tid(0x46), "2026-11-17T08:00:00.000Z", "/w/alpha", "old archived cart"),
+    ];
+    for r in &rs[..5] {
+        fx.write_active(r);
+    }
+    fx.write_archived(&rs[5]);
+    fx.index();
+    (fx, rs)
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["threads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no threads in {v}"))
+        .iter()
+        .map(|t| t["threadId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn list_is_newest_first_with_filters() {
+    let (fx, rs) = list_fixture();
+    let id = |i: usize| rs[i].id.clone();
+
+    let out = fx.run(&["list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(ids(&out.json), vec![id(4), id(3), id(2), id(1), id(0)]);
+    assert!(out.json["nextCursor"].is_null(), "{out:?}");
+    let titles: Vec<&str> = out.json["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            "cart checkout bug",
+            "write docs",
+            "add CART feature",
+            "fix flaky test",
+            "Refactor parser"
+        ]
+    );
+
+    let out = fx.run(&["list", "--archived"]);
+    assert_eq!(ids(&out.json), vec![id(5)], "{out:?}");
+    assert_eq!(out.json["threads"][0]["archived"], true);
+
+    let out = fx.run(&["list", "--all"]);
+    assert_eq!(
+        ids(&out.json),
+        vec![id(4), id(3), id(2), id(1), id(0), id(5)],
+        "{out:?}"
+    );
+
+    let out = fx.run(&["list", "--cwd", "/w/alpha"]);
+    assert_eq!(ids(&out.json), vec![id(4), id(2), id(0)], "{out:?}");
+    let out = fx.run(&["list", "--cwd", "/w/alpha/", "--all"]);
+    assert_eq!(ids(&out.json), vec![id(4), id(2), id(0), id(5)], "{out:?}");
+    let out = fx.run(&["list", "--cwd", "/w/gamma"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(ids(&out.json).is_empty());
+
+    // Case-insensitive substring of the title.
+    let out = fx.run(&["list", "--search", "cart"]);
+    assert_eq!(ids(&out.json), vec![id(4), id(2)], "{out:?}");
+    let out = fx.run(&["list", "--search", "CART", "--all"]);
+    assert_eq!(ids(&out.json), vec![id(4), id(2), id(5)], "{out:?}");
+    let out = fx.run(&["list", "--search", "cart", "--cwd", "/w/beta"]);
+    assert!(ids(&out.json).is_empty(), "{out:?}");
+    // LIKE wildcards are literal.
+    let out = fx.run(&["list", "--search", "%"]);
+    assert!(ids(&out.json).is_empty(), "{out:?}");
+    // The injected <environment_context> never becomes the title.
+    let out = fx.run(&["list", "--search", "environment_context"]);
+    assert!(ids(&out.json).is_empty(), "{out:?}");
+}
+
+#[test]
+fn list_pages_with_a_cursor_without_gaps_or_repeats() {
+    let (fx, rs) = list_fixture();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut args = vec!["list", "--all", "--limit", "2"];
+        if let Some(c) = &cursor {
+            args.push("--cursor");
+            args.push(c);
+        }
+        let out = fx.run(&args);
+        assert_eq!(out.code, 0, "{out:?}");
+        let page = ids(&out.json);
+        assert!(page.len() <= 2, "{out:?}");
+        seen.extend(page);
+        pages += 1;
+        assert!(pages <= 4, "paging does not end: {seen:?}");
+        match out.json["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = [4, 3, 2, 1, 0, 5].iter().map(|&i| rs[i].id.clone()).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+
+    let out = fx.run(&["list", "--cursor", "garbage"]);
+    assert_eq!(out.code, 2, "{out:?}");
+}
+
+#[test]
+fn index_is_incremental_and_forgets_removed_files() {
+    let fx = Fixture::new();
+    let rs: Vec<Rollout> = (0..5)
+        .map(|i| {
+            Rollout::new(
+                &tid(0x50 + i),
+                &format!("2026-11-2{i}T08:00:00.000Z"),
+                "/w",
+                "t",
+            )
+        })
+        .collect();
+    let paths: Vec<_> = rs.iter().map(|r| fx.write_active(r)).collect();
+
+    let first = fx.index();
+    assert_eq!(first["summary"]["read"], 5, "{first}");
+    assert_eq!(first["counts"]["threads"], 5, "{first}");
+    let second = fx.index();
+    assert_eq!(second["summary"]["read"], 0, "{second}");
+    assert_eq!(second["summary"]["unchanged"], 5, "{second}");
+
+    std::fs::remove_file(&paths[0]).unwrap();
+    // An append changes size and mtime: the head is read again.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&paths[1])
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"timestamp\":\"2026-11-21T08:00:01.000Z\",\"ordinal\":99,\"type\":\"event_msg\",\"payload\":{\"type\":\"task_started\"}}\n").unwrap();
+    drop(f);
+    let third = fx.index();
+    assert_eq!(third["summary"]["removed"], 1, "{third}");
+    assert_eq!(third["summary"]["read"], 1, "{third}");
+    assert_eq!(third["summary"]["unchanged"], 3, "{third}");
+    assert_eq!(third["counts"]["threads"], 4, "{third}");
+
+    let out = fx.resolve(&rs[0].id);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = fx.resolve(&rs[1].id);
+    assert_eq!(
+        out.json["sizeBytes"].as_u64().unwrap(),
+        std::fs::metadata(&paths[1]).unwrap().len()
+    );
+}
+
+#[test]
+fn human_output_and_exit_codes() {
+    let fx = Fixture::new();
+    let a = Rollout::new(&tid(0x61), "2026-11-20T08:00:00.000Z", "/w", "human");
+    let p = fx.write_active(&a);
+    let out = common::Run::spawn(
+        {
+            let mut c = fx.cmd();
+            c.arg("resolve").arg(&a.id);
+            c
+        },
+        &["resolve"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&a.id) && out.stdout.contains(p.to_str().unwrap()));
+
+    // Bad usage is exit 2.
+    let out = fx.run(&["no-such-command"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = fx.run(&["list", "--archived", "--all"]);
+    assert_eq!(out.code, 2, "{out:?}");
+
+    // --json prints exactly one JSON document, also for an error.
+    let out = fx.resolve(tid(0x62));
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stdout.trim().lines().count(), 1, "{out:?}");
+    assert!(out.json.is_object(), "{out:?}");
+    let problems = fx.run(&["problems"]);
+    assert_eq!(problems.code, 0, "{problems:?}");
+    assert_eq!(problems.stdout.trim().lines().count(), 1);
+    let ids_seen: HashSet<String> = ids(&fx.run(&["list"]).json).into_iter().collect();
+    assert!(ids_seen.contains(&a.id));
+}
