@@ -51,10 +51,14 @@ impl Client {
                 continue;
             }
             if let Some(err) = msg.get("error") {
-                let err: RpcError = serde_json::from_value(err.clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let err: RpcError = serde_json::from_value(err.clone())
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 return Err(ClientError::Rpc(err));
             }
-            return msg.get("result").cloned().ok_or_else(|| ClientError::Protocol(msg.to_string()));
+            return msg
+                .get("result")
+                .cloned()
+                .ok_or_else(|| ClientError::Protocol(msg.to_string()));
         }
     }
 
@@ -62,7 +66,10 @@ impl Client {
     pub fn read_message(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
-            return Err(ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "agent closed the connection")));
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "agent closed the connection",
+            )));
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line}")))
     }

@@ -88,7 +88,10 @@ fn reconcile_home<A: IndexAccess>(
     progress: &dyn Progress,
     summary: &mut ReconcileSummary,
 ) -> Result<(), IndexError> {
-    let known: HashMap<PathBuf, Stamp> = index.with(|i| i.stamps_under(&home.real))?.into_iter().collect();
+    let known: HashMap<PathBuf, Stamp> = index
+        .with(|i| i.stamps_under(&home.real))?
+        .into_iter()
+        .collect();
     let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
     let (candidates, walk_problems) = discover(home, roots, &|_| true);
     summary.seen += (candidates.len() + walk_problems.len()) as u64;
@@ -203,9 +206,16 @@ pub fn allowed_roots(homes: &Homes) -> Vec<PathBuf> {
 /// Returns candidates (files and other non-directories, resolved to canonical paths) and the
 /// problems found while walking (rollout-named directories, unreadable directories, symlinks
 /// that are broken, loop or leave the homes).
-pub fn discover(home: &Home, roots: &[PathBuf], wanted: &dyn Fn(&str) -> bool) -> (Vec<Candidate>, Vec<ProblemRow>) {
+pub fn discover(
+    home: &Home,
+    roots: &[PathBuf],
+    wanted: &dyn Fn(&str) -> bool,
+) -> (Vec<Candidate>, Vec<ProblemRow>) {
     let mut found = (Vec::new(), Vec::new());
-    for (area, dir) in [(Area::Sessions, home.sessions_dir()), (Area::Archived, home.archived_dir())] {
+    for (area, dir) in [
+        (Area::Sessions, home.sessions_dir()),
+        (Area::Archived, home.archived_dir()),
+    ] {
         // A missing directory is normal: Codex makes these on first use.
         if let Ok(root) = canonicalize(&dir) {
             walk(home, roots, area, &root, wanted, &mut found);
@@ -215,10 +225,19 @@ pub fn discover(home: &Home, roots: &[PathBuf], wanted: &dyn Fn(&str) -> bool) -
 }
 
 /// As [`discover`], for one directory inside a home (a directory that just appeared).
-pub fn discover_under(home: &Home, roots: &[PathBuf], dir: &Path) -> (Vec<Candidate>, Vec<ProblemRow>) {
+pub fn discover_under(
+    home: &Home,
+    roots: &[PathBuf],
+    dir: &Path,
+) -> (Vec<Candidate>, Vec<ProblemRow>) {
     let mut found = (Vec::new(), Vec::new());
-    for (area, area_dir) in [(Area::Sessions, home.sessions_dir()), (Area::Archived, home.archived_dir())] {
-        let Ok(root) = canonicalize(&area_dir) else { continue };
+    for (area, area_dir) in [
+        (Area::Sessions, home.sessions_dir()),
+        (Area::Archived, home.archived_dir()),
+    ] {
+        let Ok(root) = canonicalize(&area_dir) else {
+            continue;
+        };
         if root.starts_with(dir) {
             walk(home, roots, area, &root, &|_| true, &mut found);
         } else if dir.starts_with(&root) && area == Area::Sessions {
@@ -238,14 +257,20 @@ fn walk(
 ) {
     let archived = area == Area::Archived;
     let depth = if archived { 1 } else { usize::MAX };
-    let mut entries = WalkDir::new(dir).min_depth(1).max_depth(depth).follow_links(false).into_iter();
+    let mut entries = WalkDir::new(dir)
+        .min_depth(1)
+        .max_depth(depth)
+        .follow_links(false)
+        .into_iter();
     while let Some(entry) = entries.next() {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
                 if let Some(path) = e.path() {
                     let io = e.io_error().map(|io| BadFile::from_io(path, io));
-                    let bad = io.unwrap_or_else(|| BadFile::new(path, ProblemKind::Unreadable, e.to_string()));
+                    let bad = io.unwrap_or_else(|| {
+                        BadFile::new(path, ProblemKind::Unreadable, e.to_string())
+                    });
                     problems.push(problem_row(&home.real, bad));
                 }
                 continue;
@@ -258,7 +283,10 @@ fn walk(
         let ft = entry.file_type();
         if ft.is_dir() {
             if named {
-                problems.push(problem_row(&home.real, BadFile::new(entry.path(), ProblemKind::Directory, "is a directory")));
+                problems.push(problem_row(
+                    &home.real,
+                    BadFile::new(entry.path(), ProblemKind::Directory, "is a directory"),
+                ));
                 entries.skip_current_dir();
             }
             continue;

@@ -5,14 +5,14 @@
 //! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
 //! speaks SQL, and [`identity`] owns what "the same file" means.
 
+pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crawl;
 pub mod identity;
 pub mod index;
 pub mod query;
 pub mod rollout;
-pub mod agent;
-pub mod client;
 pub mod server;
 pub mod watch;

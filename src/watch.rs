@@ -12,7 +12,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, Debouncer, NoCache, RecommendedCache};
+use notify_debouncer_full::{
+    new_debouncer_opt, DebounceEventResult, Debouncer, NoCache, RecommendedCache,
+};
 use serde_json::json;
 
 use crate::agent::apply;
@@ -97,7 +99,13 @@ fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
     homes
         .homes
         .iter()
-        .flat_map(|h| [h.configured.clone(), h.configured.join(crate::identity::SESSIONS_DIR), h.configured.join(crate::identity::ARCHIVED_DIR)])
+        .flat_map(|h| {
+            [
+                h.configured.clone(),
+                h.configured.join(crate::identity::SESSIONS_DIR),
+                h.configured.join(crate::identity::ARCHIVED_DIR),
+            ]
+        })
         .map(|p| {
             let real = canonicalize(&p).ok()?;
             let id = Stamp::of(&real).ok()?.id;
@@ -181,12 +189,22 @@ impl Watch {
 
     /// Creates the debouncer and adds the watches; failures are logged and leave polling or
     /// the periodic root check to catch up.
-    fn start(&mut self, homes: &Homes, tx: mpsc::Sender<DebounceEventResult>) -> Option<AnyDebouncer> {
-        let network = homes.homes.iter().find_map(|h| network_filesystem(&h.real).map(|fs| (h.real.clone(), fs)));
+    fn start(
+        &mut self,
+        homes: &Homes,
+        tx: mpsc::Sender<DebounceEventResult>,
+    ) -> Option<AnyDebouncer> {
+        let network = homes
+            .homes
+            .iter()
+            .find_map(|h| network_filesystem(&h.real).map(|fs| (h.real.clone(), fs)));
         let poll_reason = match (self.opts.mode, &self.force_poll, network) {
             (WatchMode::Poll, _, _) => Some("watch.mode = \"poll\"".to_owned()),
             (_, Some(reason), _) => Some(reason.clone()),
-            (WatchMode::Auto, None, Some((home, fs))) => Some(format!("{} is on {fs}, which sends no remote change events", home.display())),
+            (WatchMode::Auto, None, Some((home, fs))) => Some(format!(
+                "{} is on {fs}, which sends no remote change events",
+                home.display()
+            )),
             _ => None,
         };
         let handler = move |r: DebounceEventResult| {
@@ -210,10 +228,23 @@ impl Watch {
             )
             .map(AnyDebouncer::Events),
         };
-        let backend = if poll_reason.is_some() { "poll" } else { native_backend() };
-        *self.shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = WatchInfo {
+        let backend = if poll_reason.is_some() {
+            "poll"
+        } else {
+            native_backend()
+        };
+        *self
+            .shared
+            .watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = WatchInfo {
             backend: backend.into(),
-            mode: if poll_reason.is_some() { "poll" } else { "events" }.into(),
+            mode: if poll_reason.is_some() {
+                "poll"
+            } else {
+                "events"
+            }
+            .into(),
             reason: poll_reason.clone(),
         };
         let mut debouncer = match made {
@@ -230,11 +261,16 @@ impl Watch {
                 (home.archived_dir(), RecursiveMode::NonRecursive),
             ];
             for (path, mode) in targets {
-                let Ok(real) = canonicalize(&path) else { continue };
+                let Ok(real) = canonicalize(&path) else {
+                    continue;
+                };
                 if let Err(e) = debouncer.watch(&real, mode) {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         tracing::warn!(path = %real.display(), "inotify watch limit reached; polling this home instead");
-                        self.force_poll = Some(format!("the inotify watch limit was reached watching {}", real.display()));
+                        self.force_poll = Some(format!(
+                            "the inotify watch limit was reached watching {}",
+                            real.display()
+                        ));
                         return None;
                     }
                     tracing::warn!(path = %real.display(), error = %e, "cannot watch");
@@ -245,7 +281,11 @@ impl Watch {
     }
 
     /// Applies events until the roots change or the agent stops.
-    fn pump(&mut self, rx: &mpsc::Receiver<DebounceEventResult>, print: &[Option<(PathBuf, FileId)>]) {
+    fn pump(
+        &mut self,
+        rx: &mpsc::Receiver<DebounceEventResult>,
+        print: &[Option<(PathBuf, FileId)>],
+    ) {
         let mut last_check = Instant::now();
         while !self.stop.load(Ordering::Acquire) {
             match rx.recv_timeout(ROOT_CHECK) {
@@ -254,18 +294,24 @@ impl Watch {
                         self.request_rescan("the kernel event queue overflowed");
                     } else {
                         let first = events.iter().map(|e| e.time).min();
-                        let paths: Vec<PathBuf> = events.into_iter().flat_map(|e| e.event.paths).collect();
+                        let paths: Vec<PathBuf> =
+                            events.into_iter().flat_map(|e| e.event.paths).collect();
                         if let Err(e) = apply::apply_paths(&self.shared, paths) {
                             tracing::warn!(error = %e, "could not apply changes; rescanning");
                             self.request_rescan("the index rejected a change");
                         }
                         if let Some(t) = first {
-                            self.shared.last_lag_ms.store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            self.shared
+                                .last_lag_ms
+                                .store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
                         }
                     }
                 }
                 Ok(Err(errors)) => {
-                    if errors.iter().any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch)) {
+                    if errors
+                        .iter()
+                        .any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch))
+                    {
                         self.force_poll = Some("the inotify watch limit was reached".into());
                         return;
                     }
@@ -311,7 +357,9 @@ impl Watch {
         if is_rescan {
             // Back-to-back rescans double the window; a quiet period resets it.
             self.backoff = match self.last_rescan {
-                Some(t) if t.elapsed() < self.backoff * 4 => (self.backoff * 2).min(RESCAN_BACKOFF_MAX),
+                Some(t) if t.elapsed() < self.backoff * 4 => {
+                    (self.backoff * 2).min(RESCAN_BACKOFF_MAX)
+                }
                 _ => RESCAN_BACKOFF_MIN,
             };
             self.last_rescan = Some(Instant::now());
@@ -328,9 +376,17 @@ impl Watch {
                         thread_id: None,
                     });
                 }
-                tracing::info!(read = summary.read, unchanged = summary.unchanged, removed = summary.removed, ms = summary.elapsed.as_millis() as u64, "reconciled");
+                tracing::info!(
+                    read = summary.read,
+                    unchanged = summary.unchanged,
+                    removed = summary.removed,
+                    ms = summary.elapsed.as_millis() as u64,
+                    "reconciled"
+                );
             }
-            Err(e) => tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups"),
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups")
+            }
         }
     }
 }

@@ -24,9 +24,13 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
     let mut paths = paths;
     paths.sort();
     paths.dedup();
-    let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) =
-        paths.into_iter().partition(|p| std::fs::symlink_metadata(p).is_ok());
-    let index = shared.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) = paths
+        .into_iter()
+        .partition(|p| std::fs::symlink_metadata(p).is_ok());
+    let index = shared
+        .index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut notes = Vec::new();
     for path in present {
         let meta = std::fs::symlink_metadata(&path);
@@ -116,10 +120,11 @@ fn apply_file(
         notes.push(record_note("thread/updated", &file, homes, None));
         return Ok(());
     }
+    // Rows whose file just went count too: their loss is handled later in this batch.
     let others: Vec<IndexedFile> = index
         .files_for_thread(&thread)?
         .into_iter()
-        .filter(|f| f.path != file.path && f.path.exists())
+        .filter(|f| f.path != file.path)
         .collect();
     if others.is_empty() {
         notes.push(record_note("thread/materialized", &file, homes, None));
@@ -131,14 +136,23 @@ fn apply_file(
     Ok(())
 }
 
-fn apply_gone(index: &Index, homes: &Homes, row: IndexedFile, notes: &mut Vec<Notification>) -> Result<(), IndexError> {
+fn apply_gone(
+    index: &Index,
+    homes: &Homes,
+    row: IndexedFile,
+    notes: &mut Vec<Notification>,
+) -> Result<(), IndexError> {
     index.remove_paths(std::slice::from_ref(&row.path))?;
     notes.extend(after_loss(index, homes, &row)?);
     Ok(())
 }
 
 /// The notice for a thread that lost the file `row`: removed, compressed, or updated.
-fn after_loss(index: &Index, homes: &Homes, row: &IndexedFile) -> Result<Option<Notification>, IndexError> {
+fn after_loss(
+    index: &Index,
+    homes: &Homes,
+    row: &IndexedFile,
+) -> Result<Option<Notification>, IndexError> {
     let remaining: Vec<IndexedFile> = index
         .files_for_thread(&row.head.thread_id)?
         .into_iter()
@@ -154,7 +168,9 @@ fn after_loss(index: &Index, homes: &Homes, row: &IndexedFile) -> Result<Option<
             }),
             thread_id: Some(row.head.thread_id.clone()),
         },
-        Some(next) if next.compression != row.compression => record_note("thread/compressed", next, homes, Some(&row.path)),
+        Some(next) if next.compression != row.compression => {
+            record_note("thread/compressed", next, homes, Some(&row.path))
+        }
         Some(next) => record_note("thread/updated", next, homes, Some(&row.path)),
     }))
 }
@@ -168,7 +184,12 @@ fn display_path(homes: &Homes, row: &IndexedFile) -> PathBuf {
         .unwrap_or_else(|| row.path.clone())
 }
 
-fn record_note(method: &'static str, file: &IndexedFile, homes: &Homes, previous: Option<&Path>) -> Notification {
+fn record_note(
+    method: &'static str,
+    file: &IndexedFile,
+    homes: &Homes,
+    previous: Option<&Path>,
+) -> Notification {
     let record = ThreadRecord::new(file, homes);
     let mut params = json!({ "threadId": record.thread_id, "record": record });
     if let Some(p) = previous {

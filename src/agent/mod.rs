@@ -73,7 +73,11 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     runtime.block_on(serve(shared, opts, index_path))
 }
 
-async fn serve(shared: Arc<Shared>, opts: AgentOptions, index_path: PathBuf) -> Result<(), AgentError> {
+async fn serve(
+    shared: Arc<Shared>,
+    opts: AgentOptions,
+    index_path: PathBuf,
+) -> Result<(), AgentError> {
     let listener = socket::bind(&opts.socket)?;
     // Removes the socket however we leave (drop guard).
     let _socket_guard = SocketGuard(opts.socket.clone());
@@ -112,7 +116,8 @@ async fn serve(shared: Arc<Shared>, opts: AgentOptions, index_path: PathBuf) -> 
     stop.store(true, Ordering::Release);
     let _ = tokio::time::timeout(Duration::from_millis(1800), server).await;
     // The watcher notices `stop` within its check interval; never wait past the budget.
-    let _ = tokio::task::spawn_blocking(move || watcher.join());
+    let joined = tokio::task::spawn_blocking(move || watcher.join());
+    let _ = tokio::time::timeout(Duration::from_millis(700), joined).await;
     Ok(())
 }
 
@@ -122,7 +127,10 @@ fn reload(shared: &Shared, overrides: &Overrides) {
     match Config::load(overrides) {
         Ok(config) => {
             let homes = Homes::new(&config.homes, &config.aliases);
-            *shared.homes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = homes;
+            *shared
+                .homes
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = homes;
             tracing::info!(homes = ?config.homes, "config reloaded");
         }
         Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),

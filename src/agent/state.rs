@@ -75,7 +75,10 @@ impl Shared {
     /// Runs `f` with query access: the current homes and the writer connection.
     pub fn query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> R {
         let homes = self.homes();
-        let index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = self
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&Queries {
             homes: &homes,
             index: &index,
@@ -85,7 +88,10 @@ impl Shared {
 
     /// A snapshot of the configured homes.
     pub fn homes(&self) -> Homes {
-        self.homes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.homes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn notify(&self, n: Notification) {

@@ -44,6 +44,9 @@ pub struct GlobalArgs {
     /// Print exactly one JSON document on stdout
     #[arg(long, global = true)]
     pub json: bool,
+    /// The agent's socket [default: $ROLLOUTD_SOCKET, else $XDG_RUNTIME_DIR/rolloutd/rolloutd.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +66,29 @@ pub enum Command {
     List(ListArgs),
     /// List bad files and duplicate threads, with reasons
     Problems,
+    /// Run the agent in the foreground: reconcile, watch, and serve the socket
+    Run {
+        /// How changes are noticed: auto (events; polling on network filesystems), events, poll
+        #[arg(long, value_name = "MODE", default_value = "auto")]
+        watch_mode: crate::watch::WatchMode,
+        /// Polling interval when polling
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        poll_interval: std::time::Duration,
+    },
+    /// Show the running agent's status
+    Status,
+    /// Wait until a thread's rollout exists, then print its record
+    Wait {
+        thread_id: String,
+        /// Give up after this long
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print the agent's notifications as JSON lines
+    Watch {
+        /// Only these threads
+        thread_ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +133,11 @@ impl Answer {
 /// Parses the process arguments, runs the command, prints, and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     let json = cli.global.json;
     match run(cli) {
         Ok(answer) => {
@@ -157,14 +187,55 @@ fn failure(reason: &'static str, e: impl std::fmt::Display) -> Failure {
     }
 }
 
-/// Runs one command against the index directly.
+/// Runs one command: the agent commands through the socket, queries against the index.
 pub fn run(cli: Cli) -> Result<Answer, Failure> {
-    let config = Config::load(&Overrides {
+    let socket = crate::server::socket::effective_path(cli.global.socket.as_deref());
+    let overrides = Overrides {
         config_file: cli.global.config.clone(),
         homes: cli.global.codex_home.clone(),
         index: cli.global.index.clone(),
-    })
-    .map_err(|e| failure("config", e))?;
+    };
+    match cli.command {
+        Command::Run {
+            watch_mode,
+            poll_interval,
+        } => {
+            let opts = crate::agent::AgentOptions {
+                overrides,
+                socket,
+                watch: crate::watch::WatchOptions {
+                    mode: watch_mode,
+                    poll_interval,
+                    ..Default::default()
+                },
+                server: crate::server::Limits::default(),
+            };
+            crate::agent::run(opts).map_err(|e| failure("agent", e))?;
+            return Ok(Answer::new(&json!({"stopped": true}), String::new(), true));
+        }
+        Command::Status => {
+            let status = agent_call(&socket, "index/status", json!({}))?;
+            let human = render::status(&status);
+            return Ok(Answer {
+                json: status,
+                human,
+                positive: true,
+            });
+        }
+        Command::Wait { thread_id, timeout } => {
+            let params = json!({"threadId": thread_id, "timeoutMs": timeout.as_millis() as u64});
+            let record = agent_call(&socket, "thread/wait", params)?;
+            let human = serde_json::to_string_pretty(&record).unwrap_or_default();
+            return Ok(Answer {
+                json: record,
+                human,
+                positive: true,
+            });
+        }
+        Command::Watch { thread_ids } => return watch(&socket, thread_ids),
+        _ => {}
+    }
+    let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
     let homes = Homes::new(&config.homes, &config.aliases);
     let index = Index::open(&config.index, Journal::Wal).map_err(|e| failure("indexError", e))?;
     let q = Queries {
@@ -214,6 +285,10 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             ))
         }
         Command::List(args) => {
+            // Without an agent keeping it live, bring the index up to date first; the
+            // reconcile only stats files whose rows are current, so it is cheap.
+            crawl::reconcile(&homes, &index, &q.limits, &())
+                .map_err(|e| failure("indexError", e))?;
             let archived = match (args.archived, args.all) {
                 (_, true) => ArchivedFilter::All,
                 (true, false) => ArchivedFilter::Archived,
@@ -229,8 +304,76 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             Ok(Answer::new(&page, render::list(&page), true))
         }
         Command::Problems => {
+            crawl::reconcile(&homes, &index, &q.limits, &())
+                .map_err(|e| failure("indexError", e))?;
             let report = q.problems()?;
             Ok(Answer::new(&report, render::problems(&report), true))
+        }
+        Command::Run { .. } | Command::Status | Command::Wait { .. } | Command::Watch { .. } => {
+            Err(failure("usage", "agent command reached the index path"))
+        }
+    }
+}
+
+/// One call to the running agent; no agent is an error naming the socket.
+fn agent_call(
+    socket: &std::path::Path,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let mut client = crate::client::Client::connect(socket).map_err(|e| {
+        failure(
+            "noAgent",
+            format!(
+                "no agent answers on {} ({e}); start one with `rolloutd run`",
+                socket.display()
+            ),
+        )
+    })?;
+    client.call(method, params).map_err(|e| match e {
+        crate::client::ClientError::Rpc(rpc) => Failure {
+            reason: match rpc.reason() {
+                Some("notMaterialized") => "notMaterialized",
+                Some("notFound") => "notFound",
+                _ => "agentError",
+            },
+            negative: rpc.code == crate::server::frame::TIMEOUT
+                || rpc.code == crate::server::frame::NOT_FOUND,
+            message: rpc.message,
+        },
+        other => failure("agentError", other),
+    })
+}
+
+/// Prints notifications as JSON lines until the agent goes away.
+fn watch(socket: &std::path::Path, thread_ids: Vec<String>) -> Result<Answer, Failure> {
+    let mut client = crate::client::Client::connect(socket).map_err(|e| {
+        failure(
+            "noAgent",
+            format!(
+                "no agent answers on {} ({e}); start one with `rolloutd run`",
+                socket.display()
+            ),
+        )
+    })?;
+    let params = if thread_ids.is_empty() {
+        json!({})
+    } else {
+        json!({"threadIds": thread_ids})
+    };
+    client
+        .call("subscribe", params)
+        .map_err(|e| failure("agentError", e))?;
+    loop {
+        match client.read_message() {
+            Ok(msg) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{msg}").and_then(|_| out.flush()).is_err() {
+                    return Ok(Answer::new(&json!({}), String::new(), true));
+                }
+            }
+            Err(e) => return Err(failure("agentError", e)),
         }
     }
 }
@@ -240,9 +383,9 @@ fn looks_like_id(target: &str) -> bool {
     !target.is_empty() && target.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

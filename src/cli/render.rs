@@ -172,3 +172,22 @@ impl Progress for ProgressBar {
         self.0.inc(n);
     }
 }
+
+pub fn status(v: &serde_json::Value) -> String {
+    let c = &v["counts"];
+    format!(
+        "ready      {}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
+        v["ready"],
+        c["threads"],
+        c["files"],
+        c["archived"],
+        c["problems"],
+        v["watcher"]["backend"].as_str().unwrap_or("-"),
+        v["watcher"]["mode"].as_str().unwrap_or("-"),
+        v["watcher"]["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default(),
+        v["rescans"],
+        v["uptimeSecs"],
+        v["version"].as_str().unwrap_or("-"),
+        v["pid"],
+    )
+}

@@ -118,7 +118,9 @@ impl IndexAccess for Index {
 impl IndexAccess for std::sync::Mutex<Index> {
     fn with<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
         // A panic mid-query leaves no half-state in SQLite (transactions roll back).
-        let guard = self.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&guard)
     }
 }
@@ -142,18 +144,30 @@ impl Index {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent).map_err(|e| err(path, "creating its directory", e))?;
         }
-        match Index::try_open(path, journal) {
-            Ok(index) => Ok(index),
-            Err(reason) => {
-                let aside =
-                    move_aside(path).map_err(|e| err(path, "moving a corrupt index aside", e))?;
-                tracing::warn!(
-                    index = %path.display(),
-                    moved_to = %aside.display(),
-                    %reason,
-                    "index unusable; moved aside and rebuilding from the filesystem"
-                );
-                Index::try_open(path, journal).map_err(|e| err(path, "rebuilding", e))
+        // A busy or locked database is another process at work (a concurrent CLI run, the
+        // agent): wait for it, boundedly. Only real damage moves the file aside.
+        let mut attempts = 0;
+        loop {
+            match Index::try_open(path, journal) {
+                Ok(index) => return Ok(index),
+                Err(e) if is_transient(&*e) && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20 * attempts.min(10)));
+                }
+                Err(e) if is_transient(&*e) => {
+                    return Err(err(path, "opening (the index stayed locked)", e))
+                }
+                Err(reason) => {
+                    let aside = move_aside(path)
+                        .map_err(|e| err(path, "moving a corrupt index aside", e))?;
+                    tracing::warn!(
+                        index = %path.display(),
+                        moved_to = %aside.display(),
+                        %reason,
+                        "index unusable; moved aside and rebuilding from the filesystem"
+                    );
+                    return Index::try_open(path, journal).map_err(|e| err(path, "rebuilding", e));
+                }
             }
         }
     }
@@ -499,6 +513,18 @@ impl Index {
         };
         run().map_err(|e| err(&self.path, action, e))
     }
+}
+
+/// True for "someone else holds a lock", as opposed to damage.
+fn is_transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|c| {
+            matches!(
+                c,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        })
 }
 
 fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {

@@ -61,17 +61,21 @@ impl From<rusqlite::Error> for SchemaError {
     }
 }
 
-/// Applies every missing migration, each in its own transaction.
+/// Applies every missing migration, each in its own `BEGIN IMMEDIATE` transaction that
+/// re-reads the version under the write lock, so two processes creating one index at once
+/// cannot both run a migration.
 pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if current > VERSION {
-        return Err(SchemaError::TooNew(current));
-    }
-    for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > VERSION {
+            return Err(SchemaError::TooNew(current));
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+        tx.pragma_update(None, "user_version", current + 1)?;
         tx.commit()?;
     }
-    Ok(())
 }

@@ -51,19 +51,45 @@ impl Queries<'_> {
     /// The preferred file of `thread_id`, each row checked against its file; rows that went
     /// stale are repaired, and a miss falls back to a walk of the homes.
     fn verified_thread(&self, thread_id: &str) -> Result<IndexedFile, QueryError> {
-        for row in self.index.files_for_thread(thread_id)? {
+        let rows = self.index.files_for_thread(thread_id)?;
+        let had_rows = !rows.is_empty();
+        if let Some(file) = self.first_verified(rows, thread_id)? {
+            return Ok(file);
+        }
+        if let Some(file) = self
+            .walk_for(thread_id)?
+            .into_iter()
+            .find(|f| f.head.thread_id == thread_id)
+        {
+            return Ok(file);
+        }
+        if had_rows {
+            // The thread's file was renamed to a name without its id (or swapped with
+            // another thread's): only a full reconcile can find it by content.
+            crawl::reconcile(self.homes, self.index, &self.limits, &())?;
+            let rows = self.index.files_for_thread(thread_id)?;
+            if let Some(file) = self.first_verified(rows, thread_id)? {
+                return Ok(file);
+            }
+        }
+        Err(QueryError::NotFound {
+            thread_id: thread_id.to_owned(),
+        })
+    }
+
+    fn first_verified(
+        &self,
+        rows: Vec<IndexedFile>,
+        thread_id: &str,
+    ) -> Result<Option<IndexedFile>, QueryError> {
+        for row in rows {
             if let Some(file) = self.verify(row)? {
                 if file.head.thread_id == thread_id {
-                    return Ok(file);
+                    return Ok(Some(file));
                 }
             }
         }
-        self.walk_for(thread_id)?
-            .into_iter()
-            .find(|f| f.head.thread_id == thread_id)
-            .ok_or_else(|| QueryError::NotFound {
-                thread_id: thread_id.to_owned(),
-            })
+        Ok(None)
     }
 
     /// Checks a row against its file: unchanged stamp → the row; changed → re-read and

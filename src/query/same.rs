@@ -48,7 +48,13 @@ impl Queries<'_> {
     }
 
     fn identify(&self, path: &Path) -> Result<PathIdentity, QueryError> {
-        let normalized = identity::normalize_lexically(path);
+        // A stale or aliased spelling is looked at through the home's other spellings.
+        let normalized = self
+            .homes
+            .lexical_alternatives(path)
+            .into_iter()
+            .find(|p| std::fs::symlink_metadata(p).is_ok())
+            .unwrap_or_else(|| identity::normalize_lexically(path));
         let stamp = Stamp::of(&normalized).ok();
         let mut id = PathIdentity {
             path: path.to_owned(),

@@ -78,28 +78,63 @@ impl std::error::Error for RpcError {}
 /// Parses one line into a request, or the error response to send (with the id when known).
 pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
     let value: Value = match std::str::from_utf8(line) {
-        Err(_) => return Err((Value::Null, RpcError::new(PARSE_ERROR, "request is not UTF-8"))),
-        Ok(text) => serde_json::from_str(text).map_err(|e| (Value::Null, RpcError::new(PARSE_ERROR, format!("request is not JSON: {e}"))))?,
+        Err(_) => {
+            return Err((
+                Value::Null,
+                RpcError::new(PARSE_ERROR, "request is not UTF-8"),
+            ))
+        }
+        Ok(text) => serde_json::from_str(text).map_err(|e| {
+            (
+                Value::Null,
+                RpcError::new(PARSE_ERROR, format!("request is not JSON: {e}")),
+            )
+        })?,
     };
     let Value::Object(mut obj) = value else {
-        return Err((Value::Null, RpcError::new(INVALID_REQUEST, "a request is a JSON object")));
+        return Err((
+            Value::Null,
+            RpcError::new(INVALID_REQUEST, "a request is a JSON object"),
+        ));
     };
     let id = obj.remove("id");
     let id_for_error = id.clone().unwrap_or(Value::Null);
-    if let Some(bad) = id.as_ref().filter(|v| !(v.is_string() || v.is_number() || v.is_null())) {
-        return Err((Value::Null, RpcError::new(INVALID_REQUEST, format!("id must be a string or number, not {bad}"))));
+    if let Some(bad) = id
+        .as_ref()
+        .filter(|v| !(v.is_string() || v.is_number() || v.is_null()))
+    {
+        return Err((
+            Value::Null,
+            RpcError::new(
+                INVALID_REQUEST,
+                format!("id must be a string or number, not {bad}"),
+            ),
+        ));
     }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err((id_for_error, RpcError::new(INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\"")));
+        return Err((
+            id_for_error,
+            RpcError::new(INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\""),
+        ));
     }
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
-        _ => return Err((id_for_error, RpcError::new(INVALID_REQUEST, "\"method\" must be a string"))),
+        _ => {
+            return Err((
+                id_for_error,
+                RpcError::new(INVALID_REQUEST, "\"method\" must be a string"),
+            ))
+        }
     };
     let params = match obj.remove("params") {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(p @ Value::Object(_)) => p,
-        Some(_) => return Err((id_for_error, RpcError::invalid_params("params must be an object"))),
+        Some(_) => {
+            return Err((
+                id_for_error,
+                RpcError::invalid_params("params must be an object"),
+            ))
+        }
     };
     Ok(Request { id, method, params })
 }
@@ -128,12 +163,19 @@ pub enum Line {
 
 /// Reads one line into `buf` (without `\n`), never buffering more than [`MAX_LINE`] bytes.
 /// A final line without a newline is returned as complete.
-pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Line> {
     buf.clear();
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if buf.is_empty() { Line::Eof } else { Line::Complete });
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Complete
+            });
         }
         let newline = available.iter().position(|&b| b == b'\n');
         let take = newline.unwrap_or(available.len());

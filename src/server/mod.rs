@@ -95,9 +95,18 @@ impl Handler {
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == socket::unsafe_uid() => {}
             other => {
-                let uid = other.map(|c| c.uid().to_string()).unwrap_or_else(|_| "unknown".into());
+                let uid = other
+                    .map(|c| c.uid().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
                 let mut stream = stream;
-                let line = frame::response(&Value::Null, Err(RpcError::with_reason(frame::INVALID_REQUEST, "forbidden", format!("peer uid {uid} may not use this agent"))));
+                let line = frame::response(
+                    &Value::Null,
+                    Err(RpcError::with_reason(
+                        frame::INVALID_REQUEST,
+                        "forbidden",
+                        format!("peer uid {uid} may not use this agent"),
+                    )),
+                );
                 let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
                 return;
             }
@@ -106,7 +115,9 @@ impl Handler {
         let (out_tx, mut out_rx) = mpsc::channel::<String>(OUT_QUEUE);
         let writer = tokio::spawn(async move {
             while let Some(line) = out_rx.recv().await {
-                if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err() {
+                if write.write_all(line.as_bytes()).await.is_err()
+                    || write.write_all(b"\n").await.is_err()
+                {
                     break;
                 }
             }
@@ -117,7 +128,11 @@ impl Handler {
         let mut buf = Vec::new();
         let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            let idle = if subscription.is_some() { Duration::MAX } else { self.limits.idle_timeout };
+            let idle = if subscription.is_some() {
+                Duration::MAX
+            } else {
+                self.limits.idle_timeout
+            };
             let line = tokio::select! {
                 r = tokio::time::timeout(idle, frame::read_line(&mut reader, &mut buf)) => r,
                 _ = self.shutdown.recv() => break,
@@ -127,7 +142,10 @@ impl Handler {
                 Err(_) => continue,
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => break,
                 Ok(Ok(Line::TooLong)) => {
-                    let e = RpcError::new(frame::INVALID_REQUEST, format!("request line exceeds {} bytes", frame::MAX_LINE));
+                    let e = RpcError::new(
+                        frame::INVALID_REQUEST,
+                        format!("request line exceeds {} bytes", frame::MAX_LINE),
+                    );
                     let _ = out_tx.send(frame::response(&Value::Null, Err(e))).await;
                     break;
                 }
@@ -150,16 +168,24 @@ impl Handler {
                     let filter = match subscribe_filter(&request.params) {
                         Ok(f) => f,
                         Err(e) => {
-                            let _ = out_tx.send(frame::response(&request.id.unwrap_or(Value::Null), Err(e))).await;
+                            let _ = out_tx
+                                .send(frame::response(&request.id.unwrap_or(Value::Null), Err(e)))
+                                .await;
                             continue;
                         }
                     };
                     if let Some(old) = subscription.take() {
                         old.abort();
                     }
-                    subscription = Some(tokio::spawn(forward(self.shared.events.subscribe(), filter, out_tx.clone())));
+                    subscription = Some(tokio::spawn(forward(
+                        self.shared.events.subscribe(),
+                        filter,
+                        out_tx.clone(),
+                    )));
                     if let Some(id) = request.id {
-                        let _ = out_tx.send(frame::response(&id, Ok(json!({"subscribed": true})))).await;
+                        let _ = out_tx
+                            .send(frame::response(&id, Ok(json!({"subscribed": true}))))
+                            .await;
                     }
                 }
                 "unsubscribe" => {
@@ -167,11 +193,15 @@ impl Handler {
                         old.abort();
                     }
                     if let Some(id) = request.id {
-                        let _ = out_tx.send(frame::response(&id, Ok(json!({"subscribed": false})))).await;
+                        let _ = out_tx
+                            .send(frame::response(&id, Ok(json!({"subscribed": false}))))
+                            .await;
                     }
                 }
                 _ => {
-                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                        break;
+                    };
                     let shared = Arc::clone(&self.shared);
                     let out = out_tx.clone();
                     tokio::spawn(async move {
@@ -185,7 +215,11 @@ impl Handler {
             }
         }
         // Finish in-flight requests (bounded), then close.
-        let _ = tokio::time::timeout(Duration::from_millis(1500), in_flight.acquire_many(IN_FLIGHT as u32)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(1500),
+            in_flight.acquire_many(IN_FLIGHT as u32),
+        )
+        .await;
         if let Some(s) = subscription {
             s.abort();
         }
@@ -200,10 +234,16 @@ fn subscribe_filter(params: &Value) -> Result<Option<HashSet<String>>, RpcError>
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(ids)) => ids
             .iter()
-            .map(|v| v.as_str().map(str::to_ascii_lowercase).ok_or_else(|| RpcError::invalid_params("threadIds must be strings")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_ascii_lowercase)
+                    .ok_or_else(|| RpcError::invalid_params("threadIds must be strings"))
+            })
             .collect::<Result<HashSet<_>, _>>()
             .map(Some),
-        Some(_) => Err(RpcError::invalid_params("threadIds must be an array of strings")),
+        Some(_) => Err(RpcError::invalid_params(
+            "threadIds must be an array of strings",
+        )),
     }
 }
 
@@ -226,7 +266,9 @@ async fn forward(
                 }
                 frame::notification(n.method, &n.params)
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => frame::notification("index/lagged", &json!({ "missed": missed })),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                frame::notification("index/lagged", &json!({ "missed": missed }))
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         if out.send(line).await.is_err() {

@@ -44,7 +44,11 @@ pub fn default_path() -> PathBuf {
 /// The socket path in effect: `--socket`, then `ROLLOUTD_SOCKET`, then the default.
 pub fn effective_path(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_owned)
-        .or_else(|| std::env::var_os("ROLLOUTD_SOCKET").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("ROLLOUTD_SOCKET")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(default_path)
 }
 
@@ -55,10 +59,17 @@ pub fn unsafe_uid() -> u32 {
 
 /// Creates (0700) or checks the socket's directory, then checks the socket path itself.
 pub fn prepare_dir(socket: &Path) -> Result<(), StartError> {
-    let dir = socket.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir, "creating the socket directory"))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir, "creating the socket directory"))?;
         }
         Err(e) => return Err(io(dir, "checking the socket directory")(e)),
         Ok(_) => {}
@@ -68,10 +79,23 @@ pub fn prepare_dir(socket: &Path) -> Result<(), StartError> {
         return Err(unsafe_path(dir, "the socket directory is a symlink"));
     }
     if meta.uid() != unsafe_uid() {
-        return Err(unsafe_path(dir, &format!("the socket directory is owned by uid {}, not {}", meta.uid(), unsafe_uid())));
+        return Err(unsafe_path(
+            dir,
+            &format!(
+                "the socket directory is owned by uid {}, not {}",
+                meta.uid(),
+                unsafe_uid()
+            ),
+        ));
     }
     if meta.permissions().mode() & 0o022 != 0 {
-        return Err(unsafe_path(dir, &format!("the socket directory is group- or world-writable (mode {:o})", meta.permissions().mode() & 0o777)));
+        return Err(unsafe_path(
+            dir,
+            &format!(
+                "the socket directory is group- or world-writable (mode {:o})",
+                meta.permissions().mode() & 0o777
+            ),
+        ));
     }
     if let Ok(m) = std::fs::symlink_metadata(socket) {
         if m.file_type().is_symlink() {
@@ -99,7 +123,11 @@ pub fn lock_instance(index: &Path) -> Result<InstanceLock, StartError> {
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
     if let Some(parent) = lock_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io(parent, "creating the index directory"))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io(parent, "creating the index directory"))?;
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -118,8 +146,10 @@ pub fn lock_instance(index: &Path) -> Result<InstanceLock, StartError> {
             index: index.to_owned(),
         });
     }
-    file.set_len(0).map_err(io(&lock_path, "writing the instance lock"))?;
-    file.rewind().map_err(io(&lock_path, "writing the instance lock"))?;
+    file.set_len(0)
+        .map_err(io(&lock_path, "writing the instance lock"))?;
+    file.rewind()
+        .map_err(io(&lock_path, "writing the instance lock"))?;
     write!(file, "{}", std::process::id()).map_err(io(&lock_path, "writing the instance lock"))?;
     Ok(InstanceLock { _file: file })
 }
@@ -130,15 +160,22 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, StartError> {
     if let Ok(meta) = std::fs::symlink_metadata(socket) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
-            return Err(unsafe_path(socket, "something other than a socket is at the socket path"));
+            return Err(unsafe_path(
+                socket,
+                "something other than a socket is at the socket path",
+            ));
         }
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Err(unsafe_path(socket, "another process is serving on this socket"));
+            return Err(unsafe_path(
+                socket,
+                "another process is serving on this socket",
+            ));
         }
         tracing::info!(socket = %socket.display(), "removing a stale socket left by an earlier instance");
         std::fs::remove_file(socket).map_err(io(socket, "removing a stale socket"))?;
     }
     let listener = tokio::net::UnixListener::bind(socket).map_err(io(socket, "binding"))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io(socket, "setting permissions"))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(socket, "setting permissions"))?;
     Ok(listener)
 }

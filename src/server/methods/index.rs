@@ -16,8 +16,17 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         .await
         .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
         .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
-    let watch = shared.watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let homes: Vec<_> = shared.homes().homes.into_iter().map(|h| h.configured).collect();
+    let watch = shared
+        .watch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let homes: Vec<_> = shared
+        .homes()
+        .homes
+        .into_iter()
+        .map(|h| h.configured)
+        .collect();
     Ok(json!({
         "ready": shared.is_ready(),
         "counts": counts,

@@ -27,7 +27,10 @@ pub async fn apply(shared: &Arc<Shared>, method: &str, params: Value) -> Result<
         "index/status" => index::status(shared).await,
         "index/rescan" => index::rescan(shared).await,
         "index/problems" => index::problems(shared).await,
-        other => Err(RpcError::new(frame::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+        other => Err(RpcError::new(
+            frame::METHOD_NOT_FOUND,
+            format!("unknown method {other:?}"),
+        )),
     }
 }
 
@@ -46,7 +49,9 @@ pub async fn query<T: serde::Serialize + Send + 'static>(
         .await
         .map_err(|e| RpcError::new(frame::INDEX_ERROR, format!("query task failed: {e}")))?;
     match answer {
-        Ok(v) => serde_json::to_value(v).map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string())),
+        Ok(v) => {
+            serde_json::to_value(v).map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))
+        }
         Err(e) => Err(query_error(&e)),
     }
 }

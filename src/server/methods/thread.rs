@@ -61,7 +61,11 @@ pub async fn list(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
         None | Some(Value::Bool(false)) => ArchivedFilter::Active,
         Some(Value::Bool(true)) => ArchivedFilter::Archived,
         Some(Value::String(s)) if s == "all" => ArchivedFilter::All,
-        Some(other) => return Err(RpcError::invalid_params(format!("archived must be true, false or \"all\", not {other}"))),
+        Some(other) => {
+            return Err(RpcError::invalid_params(format!(
+                "archived must be true, false or \"all\", not {other}"
+            )))
+        }
     };
     let params = ListParams {
         archived,
@@ -128,11 +132,20 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
             }
             match tokio::time::timeout_at(next_check, events.recv()).await {
                 Err(_) => break, // periodic re-check
-                Ok(Ok(n)) if n.thread_id.as_deref().is_some_and(|t| t.starts_with(&p.thread_id.to_ascii_lowercase())) => break,
+                Ok(Ok(n))
+                    if n.thread_id
+                        .as_deref()
+                        .is_some_and(|t| t.starts_with(&p.thread_id.to_ascii_lowercase())) =>
+                {
+                    break
+                }
                 Ok(Ok(_)) => continue,
                 Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Err(RecvError::Closed)) => {
-                    return Err(RpcError::new(frame::SHUTTING_DOWN, "the agent is shutting down"));
+                    return Err(RpcError::new(
+                        frame::SHUTTING_DOWN,
+                        "the agent is shutting down",
+                    ));
                 }
             }
         }
