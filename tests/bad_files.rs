@@ -109,7 +109,10 @@ fn bad_home() -> BadHome {
 
     // A first line over the 4 MiB bound (5 MiB of base instructions).
     let big = Rollout::new(&tid(0x16), "2026-11-21T10:00:00.000Z", "/w", "x").base_len(5 << 20);
-    expected.push((fx.write_bytes(&bad_name(0x16), &big.jsonl()), "headTooLarge"));
+    expected.push((
+        fx.write_bytes(&bad_name(0x16), &big.jsonl()),
+        "headTooLarge",
+    ));
 
     // A `.zst` that is not a zstd stream.
     let zst_rel = Path::new(DAY).join(format!(
@@ -458,5 +461,8 @@ fn permission_denied_is_reported_and_the_rest_still_resolves() {
     let out = run(&["resolve".as_ref(), secret_path.as_ref()]);
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.error_reason(), "permissionDenied", "{out:?}");
-    assert!(out.stderr.contains(secret_path.to_str().unwrap()), "{out:?}");
+    assert!(
+        out.stderr.contains(secret_path.to_str().unwrap()),
+        "{out:?}"
+    );
 }

@@ -13,7 +13,12 @@ use serde_json::Value;
 fn zst_and_archived_rollouts_resolve_with_their_compression_and_archive_state() {
     let fx = Fixture::new();
     let plain = Rollout::new(&tid(1), "2026-11-20T08:00:00.000Z", "/w/a", "plain one");
-    let zst = Rollout::new(&tid(2), "2026-11-20T09:00:00.000Z", "/w/b", "compressed one");
+    let zst = Rollout::new(
+        &tid(2),
+        "2026-11-20T09:00:00.000Z",
+        "/w/b",
+        "compressed one",
+    );
     let arch = Rollout::new(&tid(3), "2026-11-19T10:00:00.000Z", "/w/c", "archived one");
     let arch_zst = Rollout::new(&tid(4), "2026-11-18T10:00:00.000Z", "/w/d", "archived zst");
     let p_plain = fx.write_active(&plain);
@@ -127,15 +132,13 @@ fn a_rollout_written_after_indexing_resolves_by_prefix_and_id() {
     let out = fx.resolve(&late.id[..8]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(jpath(&out.json["canonicalPath"]), p);
-    // Read-repair wrote the row: a listing (index only) now shows it.
+    // Read-repair wrote the row.
+    let idx = rolloutd::index::Index::open_reader(&fx.index).unwrap();
+    let row = idx.file_at(&p).unwrap().expect("row written by the query");
+    assert_eq!(row.head.thread_id, late.id);
+    drop(idx);
     let list = fx.run(&["list"]);
-    let ids: Vec<&str> = list.json["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["threadId"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&late.id.as_str()), "{list:?}");
+    assert!(ids(&list.json).contains(&late.id), "{list:?}");
 }
 
 #[test]
@@ -178,14 +181,44 @@ fn resolve_a_relative_path_against_the_current_directory() {
 fn list_fixture() -> (Fixture, Vec<Rollout>) {
     let fx = Fixture::new();
     let rs = vec![
-        Rollout::new(&tid(0x41), "2026-11-18T08:00:00.000Z", "/w/alpha", "Refactor parser"),
-        Rollout::new(&tid(0x42), "2026-11-19T08:00:00.000Z", "/w/beta", "fix flaky test"),
-        Rollout::new(&tid(0x43), "2026-11-20T08:00:00.000Z", "/w/alpha", "add CART feature")
-            .shape(TitleShape::LegacyEvent),
-        Rollout::new(&tid(0x44), "2026-11-20T09:30:00.000Z", "/w/beta", "write docs")
-            .shape(TitleShape::ItemCompletedOnly),
-        Rollout::new(&tid(0x45), "2026-11-21T08:00:00.000Z", "/w/alpha", "cart checkout bug"),
-        Rollout::new(&tid(0x46), "2026-11-17T08:00:00.000Z", "/w/alpha", "old archived cart"),
+        Rollout::new(
+            &tid(0x41),
+            "2026-11-18T08:00:00.000Z",
+            "/w/alpha",
+            "Refactor parser",
+        ),
+        Rollout::new(
+            &tid(0x42),
+            "2026-11-19T08:00:00.000Z",
+            "/w/beta",
+            "fix flaky test",
+        ),
+        Rollout::new(
+            &tid(0x43),
+            "2026-11-20T08:00:00.000Z",
+            "/w/alpha",
+            "add CART feature",
+        )
+        .shape(TitleShape::LegacyEvent),
+        Rollout::new(
+            &tid(0x44),
+            "2026-11-20T09:30:00.000Z",
+            "/w/beta",
+            "write docs",
+        )
+        .shape(TitleShape::ItemCompletedOnly),
+        Rollout::new(
+            &tid(0x45),
+            "2026-11-21T08:00:00.000Z",
+            "/w/alpha",
+            "cart checkout bug",
+        ),
+        Rollout::new(
+            &tid(0x46),
+            "2026-11-17T08:00:00.000Z",
+            "/w/alpha",
+            "old archived cart",
+        ),
     ];
     for r in &rs[..5] {
         fx.write_active(r);
@@ -288,7 +321,10 @@ fn list_pages_with_a_cursor_without_gaps_or_repeats() {
             None => break,
         }
     }
-    let expected: Vec<String> = [4, 3, 2, 1, 0, 5].iter().map(|&i| rs[i].id.clone()).collect();
+    let expected: Vec<String> = [4, 3, 2, 1, 0, 5]
+        .iter()
+        .map(|&i| rs[i].id.clone())
+        .collect();
     assert_eq!(seen, expected);
     assert_eq!(pages, 3);
 
@@ -373,4 +409,115 @@ fn human_output_and_exit_codes() {
     assert_eq!(problems.stdout.trim().lines().count(), 1);
     let ids_seen: HashSet<String> = ids(&fx.run(&["list"]).json).into_iter().collect();
     assert!(ids_seen.contains(&a.id));
+}
+
+/// Starts `index` and `resolve` processes at once against `fx`; asserts each exits 0 and
+/// that no index file was moved aside.
+fn run_concurrently(fx: &Fixture, rs: &[Rollout]) {
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = fx.cmd();
+            c.arg("--json");
+            if i % 2 == 0 {
+                c.arg("index");
+            } else {
+                c.arg("resolve").arg(&rs[i].id);
+            }
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = fx.index();
+    assert_eq!(out["counts"]["threads"], rs.len(), "{out}");
+    let aside: Vec<_> = std::fs::read_dir(fx.index.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("corrupt"))
+        .collect();
+    assert!(
+        aside.is_empty(),
+        "a healthy index was moved aside: {aside:?}"
+    );
+}
+
+fn many(fx: &Fixture) -> Vec<Rollout> {
+    let rs: Vec<Rollout> = (0..40)
+        .map(|i| {
+            Rollout::new(
+                &tid(0x100 + i),
+                &format!("2026-11-{:02}T08:00:00.000Z", 1 + i % 28),
+                "/w",
+                "many",
+            )
+        })
+        .collect();
+    for r in &rs {
+        fx.write_active(r);
+    }
+    rs
+}
+
+#[test]
+fn concurrent_runs_on_one_existing_index_all_answer() {
+    // Several CLI processes (a shell loop, an editor plugin, a hook) at once.
+    let fx = Fixture::new();
+    let rs = many(&fx);
+    fx.index();
+    // Give every reconcile something to write.
+    for r in &rs[..10] {
+        let p = fx.home.join(r.day_dir()).join(r.file_name());
+        std::fs::remove_file(&p).unwrap();
+        fx.write_active(&Rollout::new(&r.id, &r.created, "/w", "rewritten"));
+    }
+    run_concurrently(&fx, &rs);
+}
+
+#[test]
+fn concurrent_runs_on_one_fresh_index_all_answer() {
+    // Found as a bug: racing schema migrations made one process move the live index aside
+    // as "corrupt" and another fail with `disk I/O error`.
+    let fx = Fixture::new();
+    let rs = many(&fx);
+    run_concurrently(&fx, &rs);
+}
+
+#[test]
+fn two_homes_are_searched_and_a_missing_home_is_a_warning() {
+    let mut fx = Fixture::new();
+    let second = fx.root.join("second-codex");
+    std::fs::create_dir_all(second.join("sessions")).unwrap();
+    fx.extra_homes.push(second.clone());
+    let a = Rollout::new(&tid(0x71), "2026-11-20T08:00:00.000Z", "/w", "first home");
+    let b = Rollout::new(&tid(0x72), "2026-11-21T08:00:00.000Z", "/w", "second home");
+    fx.write_active(&a);
+    let pb = second.join(b.day_dir()).join(b.file_name());
+    std::fs::create_dir_all(pb.parent().unwrap()).unwrap();
+    std::fs::write(&pb, b.jsonl()).unwrap();
+    // A third home that does not exist (yet).
+    fx.extra_homes.push(fx.root.join("not-there"));
+
+    let out = fx.run(&["index"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["counts"]["threads"], 2, "{out:?}");
+    assert!(out.stderr.contains("not-there"), "{out:?}");
+    let r = fx.resolve(&b.id);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(jpath(&r.json["canonicalPath"]), pb);
+    let r = fx.resolve(&pb);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        ids(&fx.run(&["list"]).json),
+        vec![b.id.clone(), a.id.clone()]
+    );
 }

@@ -203,8 +203,8 @@ fn aliased_home(n: u32) -> (Fixture, Rollout, PathBuf, PathBuf) {
 }
 
 #[test]
-#[ignore = "bug: query::same::identify stats the given spelling only, so a configured-alias spelling that resolve/check-resume accept is reported exists:false and same:false"]
 fn same_is_true_for_a_configured_alias_spelling() {
+    // Found as a bug: `same` statted only the given spelling (exists:false, same:false).
     let (fx, a, old, real) = aliased_home(10);
     assert!(!old.exists());
     let r = fx.run_os(&["same".as_ref(), old.as_ref(), real.as_ref()]);

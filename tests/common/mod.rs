@@ -399,7 +399,10 @@ impl Fixture {
 
     /// Writes `r` into the flat `archived_sessions/`.
     pub fn write_archived(&self, r: &Rollout) -> PathBuf {
-        self.write_bytes(&Path::new("archived_sessions").join(r.file_name()), &r.jsonl())
+        self.write_bytes(
+            &Path::new("archived_sessions").join(r.file_name()),
+            &r.jsonl(),
+        )
     }
 
     /// Writes `bytes` at `rel` under the home, creating directories.
@@ -557,8 +560,7 @@ impl Lib {
         configured.extend(fx.extra_homes.iter().cloned());
         Lib {
             homes: rolloutd::identity::Homes::new(&configured, &[]),
-            index: rolloutd::index::Index::open(&fx.index, rolloutd::index::Journal::Wal)
-                .unwrap(),
+            index: rolloutd::index::Index::open(&fx.index, rolloutd::index::Journal::Wal).unwrap(),
         }
     }
 
