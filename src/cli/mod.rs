@@ -315,13 +315,9 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
     }
 }
 
-/// One call to the running agent; no agent is an error naming the socket.
-fn agent_call(
-    socket: &std::path::Path,
-    method: &str,
-    params: serde_json::Value,
-) -> Result<serde_json::Value, Failure> {
-    let mut client = crate::client::Client::connect(socket).map_err(|e| {
+/// Connects to the running agent; no agent is an error naming the socket.
+fn connect(socket: &std::path::Path) -> Result<crate::client::Client, Failure> {
+    crate::client::Client::connect(socket).map_err(|e| {
         failure(
             "noAgent",
             format!(
@@ -329,7 +325,16 @@ fn agent_call(
                 socket.display()
             ),
         )
-    })?;
+    })
+}
+
+/// One call to the running agent.
+fn agent_call(
+    socket: &std::path::Path,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let mut client = connect(socket)?;
     client.call(method, params).map_err(|e| match e {
         crate::client::ClientError::Rpc(rpc) => Failure {
             reason: match rpc.reason() {
@@ -347,15 +352,7 @@ fn agent_call(
 
 /// Prints notifications as JSON lines until the agent goes away.
 fn watch(socket: &std::path::Path, thread_ids: Vec<String>) -> Result<Answer, Failure> {
-    let mut client = crate::client::Client::connect(socket).map_err(|e| {
-        failure(
-            "noAgent",
-            format!(
-                "no agent answers on {} ({e}); start one with `rolloutd run`",
-                socket.display()
-            ),
-        )
-    })?;
+    let mut client = connect(socket)?;
     let params = if thread_ids.is_empty() {
         json!({})
     } else {
