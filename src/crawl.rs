@@ -34,7 +34,7 @@ pub struct Candidate {
 }
 
 /// What a reconcile did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileSummary {
     /// Rollout-named entries listed.
@@ -47,12 +47,16 @@ pub struct ReconcileSummary {
     pub removed: u64,
     /// Bad files found in this pass.
     pub problems: u64,
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "as_millis", deserialize_with = "from_millis")]
     pub elapsed: Duration,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
+}
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
 }
 
 /// Receives crawl progress (a progress bar, or nothing).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::identity::Homes;
@@ -93,11 +93,13 @@ async fn serve(
     .map_err(AgentError::Runtime)?;
 
     let (shutdown, _) = broadcast::channel(1);
+    let (shutdown_complete, mut all_closed) = mpsc::channel::<()>(1);
     let listener = server::Listener {
         listener,
         shared: Arc::clone(&shared),
         limits: opts.server,
         shutdown: shutdown.clone(),
+        shutdown_complete,
     };
     let server = tokio::spawn(listener.run());
 
@@ -114,7 +116,13 @@ async fn serve(
     tracing::info!("stopping");
     let _ = shutdown.send(());
     stop.store(true, Ordering::Release);
-    let _ = tokio::time::timeout(Duration::from_millis(1800), server).await;
+    // Stop accepting, then wait for every connection to finish its in-flight requests
+    // (their handlers hold `shutdown_complete` clones), within the 2 s budget.
+    let _ = tokio::time::timeout(Duration::from_millis(1800), async {
+        let _ = server.await;
+        let _ = all_closed.recv().await;
+    })
+    .await;
     // The watcher notices `stop` within its check interval; never wait past the budget.
     let joined = tokio::task::spawn_blocking(move || watcher.join());
     let _ = tokio::time::timeout(Duration::from_millis(700), joined).await;

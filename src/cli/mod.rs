@@ -4,8 +4,10 @@
 //! stdout. Exit status: 0 a positive answer, 1 a negative one (not found, not the same,
 //! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
 
+mod backend;
 mod render;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,11 +16,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::{Config, Overrides};
-use crate::crawl;
-use crate::identity::Homes;
-use crate::index::{ArchivedFilter, Index, Journal};
-use crate::query::{ListParams, Queries, QueryError};
-use crate::rollout::HeadLimits;
+use crate::index::ArchivedFilter;
+use crate::query::{ListParams, QueryError};
+use backend::Backend;
 
 /// rolloutd: find, check and repair OpenAI Codex rollout files by identity.
 #[derive(Debug, Parser)]
@@ -163,7 +163,7 @@ pub fn main() -> ExitCode {
 
 /// A command that could not give an answer.
 pub struct Failure {
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
     /// A "no" (exit 1) rather than an error (exit 2).
     pub negative: bool,
@@ -172,7 +172,7 @@ pub struct Failure {
 impl From<QueryError> for Failure {
     fn from(e: QueryError) -> Self {
         Failure {
-            reason: e.reason(),
+            reason: e.reason().into(),
             negative: e.is_negative_answer(),
             message: e.to_string(),
         }
@@ -181,7 +181,7 @@ impl From<QueryError> for Failure {
 
 fn failure(reason: &'static str, e: impl std::fmt::Display) -> Failure {
     Failure {
-        reason,
+        reason: reason.into(),
         message: e.to_string(),
         negative: false,
     }
@@ -236,47 +236,39 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         _ => {}
     }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
-    let homes = Homes::new(&config.homes, &config.aliases);
-    let index = Index::open(&config.index, Journal::Wal).map_err(|e| failure("indexError", e))?;
-    let q = Queries {
-        homes: &homes,
-        index: &index,
-        limits: HeadLimits::default(),
-    };
+    let mut backend = Backend::open(&socket, &config)?;
     match cli.command {
         Command::Index => {
-            for home in &homes.homes {
-                if !home.real.is_dir() {
-                    eprintln!("rolloutd: warning: Codex home {} does not exist (yet); nothing to index there", home.configured.display());
+            for home in &config.homes {
+                if !home.is_dir() {
+                    eprintln!("rolloutd: warning: Codex home {} does not exist (yet); nothing to index there", home.display());
                 }
             }
             let bar = render::ProgressBar::new(cli.global.json);
-            let summary = crawl::reconcile(&homes, &index, &q.limits, &bar)
-                .map_err(|e| failure("indexError", e))?;
+            let (summary, counts) = backend.reconcile(&bar)?;
             bar.finish();
-            let counts = index.counts().map_err(|e| failure("indexError", e))?;
-            let value = json!({"counts": counts, "summary": summary, "homes": homes.homes.iter().map(|h| &h.configured).collect::<Vec<_>>(), "index": config.index});
+            let value = json!({"counts": counts, "summary": summary, "homes": config.homes, "index": config.index});
             Ok(Answer::new(
                 &value,
-                render::index(&counts, &summary, homes.homes.len()),
+                render::index(&counts, &summary, config.homes.len()),
                 true,
             ))
         }
         Command::Resolve { target } => {
             let record = if looks_like_id(&target) {
-                q.resolve_thread(&target)?
+                backend.resolve_thread(&target)?
             } else {
-                q.resolve_path(&PathBuf::from(&target))?
+                backend.resolve_path(&PathBuf::from(&target))?
             };
             Ok(Answer::new(&record, render::record(&record), true))
         }
         Command::Same { a, b } => {
-            let answer = q.same(&a, &b)?;
+            let answer = backend.same(&a, &b)?;
             let positive = answer.same;
             Ok(Answer::new(&answer, render::same(&answer), positive))
         }
         Command::CheckResume { thread_id, path } => {
-            let answer = q.check_resume(&thread_id, &path)?;
+            let answer = backend.check_resume(&thread_id, &path)?;
             let positive = answer.ok;
             Ok(Answer::new(
                 &answer,
@@ -285,16 +277,12 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             ))
         }
         Command::List(args) => {
-            // Without an agent keeping it live, bring the index up to date first; the
-            // reconcile only stats files whose rows are current, so it is cheap.
-            crawl::reconcile(&homes, &index, &q.limits, &())
-                .map_err(|e| failure("indexError", e))?;
             let archived = match (args.archived, args.all) {
                 (_, true) => ArchivedFilter::All,
                 (true, false) => ArchivedFilter::Archived,
                 (false, false) => ArchivedFilter::Active,
             };
-            let page = q.list(&ListParams {
+            let page = backend.list(&ListParams {
                 archived,
                 cwd: args.cwd,
                 search: args.search,
@@ -304,9 +292,7 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             Ok(Answer::new(&page, render::list(&page), true))
         }
         Command::Problems => {
-            crawl::reconcile(&homes, &index, &q.limits, &())
-                .map_err(|e| failure("indexError", e))?;
-            let report = q.problems()?;
+            let report = backend.problems()?;
             Ok(Answer::new(&report, render::problems(&report), true))
         }
         Command::Run { .. } | Command::Status | Command::Wait { .. } | Command::Watch { .. } => {
@@ -334,20 +320,7 @@ fn agent_call(
     method: &str,
     params: serde_json::Value,
 ) -> Result<serde_json::Value, Failure> {
-    let mut client = connect(socket)?;
-    client.call(method, params).map_err(|e| match e {
-        crate::client::ClientError::Rpc(rpc) => Failure {
-            reason: match rpc.reason() {
-                Some("notMaterialized") => "notMaterialized",
-                Some("notFound") => "notFound",
-                _ => "agentError",
-            },
-            negative: rpc.code == crate::server::frame::TIMEOUT
-                || rpc.code == crate::server::frame::NOT_FOUND,
-            message: rpc.message,
-        },
-        other => failure("agentError", other),
-    })
+    backend::call(&mut connect(socket)?, method, params)
 }
 
 /// Prints notifications as JSON lines until the agent goes away.

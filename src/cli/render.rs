@@ -38,7 +38,7 @@ pub fn same(a: &SameAnswer) -> String {
             a.a.thread_id.as_deref().unwrap_or("-")
         )
     } else {
-        let side = |i: &crate::query::PathIdentity| match (&i.thread_id, i.reason) {
+        let side = |i: &crate::query::PathIdentity| match (&i.thread_id, &i.reason) {
             (Some(t), _) => format!("{} (thread {t})", i.path.display()),
             (None, Some(r)) => format!("{} ({r})", i.path.display()),
             (None, None) => i.path.display().to_string(),
@@ -56,7 +56,7 @@ pub fn check_resume(c: &CheckResume, path: &Path) -> String {
         ),
         _ => format!(
             "{}: {}",
-            c.reason.unwrap_or("failed"),
+            c.reason.as_deref().unwrap_or("failed"),
             c.detail.clone().unwrap_or_default()
         ),
     }

@@ -86,7 +86,7 @@ pub struct ListQuery {
 }
 
 /// Row counts for status lines.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     pub files: u64,
@@ -233,6 +233,7 @@ impl Index {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
             ))?;
             let mut forget = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
+            let mut revive = tx.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
             for f in files {
                 let path = path_text(&f.path);
                 insert.execute(params![
@@ -256,22 +257,51 @@ impl Index {
                     f.head.title,
                 ])?;
                 forget.execute([&path])?;
+                revive.execute([&f.head.thread_id])?;
             }
             Ok(())
         })
     }
 
-    /// Removes the rows (and problems) of paths that are gone.
+    /// Removes the rows (and problems) of paths that are gone. A thread left with no file
+    /// gets a tombstone (see [`Index::removed_thread`]).
     pub fn remove_paths(&self, paths: &[PathBuf]) -> Result<(), IndexError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         self.write("removing files", |tx| {
-            let mut files = tx.prepare_cached("DELETE FROM files WHERE path = ?1")?;
+            let mut files =
+                tx.prepare_cached("DELETE FROM files WHERE path = ?1 RETURNING thread_id")?;
             let mut problems = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
+            let mut tombstone = tx.prepare_cached(
+                "INSERT OR REPLACE INTO removed_threads (thread_id, path, removed_at_ms) \
+                 SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM files WHERE thread_id = ?1)",
+            )?;
             for p in paths {
                 let p = path_text(p);
-                files.execute([&p])?;
+                let gone: Vec<String> = files
+                    .query_map([&p], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
                 problems.execute([&p])?;
+                for thread in gone {
+                    tombstone.execute(params![thread, p, now_ms])?;
+                }
             }
             Ok(())
+        })
+    }
+
+    /// The last file of a thread that had one and lost it, with when (ms since the epoch).
+    /// `None` for a thread never seen, or one that has a file again.
+    pub fn removed_thread(&self, thread_id: &str) -> Result<Option<(PathBuf, i64)>, IndexError> {
+        self.read("looking up a removed thread", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path, removed_at_ms FROM removed_threads WHERE thread_id = ?1",
+            )?;
+            stmt.query_row([thread_id], |r| {
+                Ok((PathBuf::from(r.get::<_, String>(0)?), r.get(1)?))
+            })
+            .optional()
         })
     }
 

@@ -42,6 +42,15 @@ const MIGRATIONS: &[&str] = &[
         thread_id   TEXT
     ) WITHOUT ROWID;
     "#,
+    // 1 -> 2: remember threads whose last file went, so that a missing rollout of a thread
+    // that once existed is `missing`, not `notMaterialized`.
+    r#"
+    CREATE TABLE removed_threads (
+        thread_id       TEXT PRIMARY KEY,
+        path            TEXT NOT NULL,      -- the last file the thread had
+        removed_at_ms   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -24,7 +24,7 @@ pub struct ListParams {
 }
 
 /// One page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListPage {
     pub threads: Vec<ThreadRecord>,

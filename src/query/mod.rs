@@ -41,6 +41,8 @@ pub enum PathReason {
     Missing,
     NotRollout,
     OtherThread,
+    /// A rollout path of a thread that never had a file yet (Codex writes lazily).
+    NotMaterialized,
     OutsideHome,
     PermissionDenied,
 }
@@ -53,6 +55,7 @@ impl PathReason {
             PathReason::Missing => "missing",
             PathReason::NotRollout => "notRollout",
             PathReason::OtherThread => "otherThread",
+            PathReason::NotMaterialized => "notMaterialized",
             PathReason::OutsideHome => "outsideHome",
             PathReason::PermissionDenied => "permissionDenied",
         }

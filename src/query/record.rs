@@ -1,15 +1,16 @@
 //! The thread record every query answers with (field names as in the protocol).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::Homes;
 use crate::index::IndexedFile;
 
 /// One thread's rollout file, as verified against the filesystem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadRecord {
     pub thread_id: String,
@@ -21,7 +22,7 @@ pub struct ThreadRecord {
     pub aliases: Vec<PathBuf>,
     pub archived: bool,
     /// `"none"` or `"zstd"`.
-    pub compression: &'static str,
+    pub compression: Cow<'static, str>,
     pub size_bytes: u64,
     /// File mtime, RFC 3339 UTC.
     pub modified_at: String,
@@ -54,7 +55,7 @@ impl ThreadRecord {
             canonical_path: file.path.clone(),
             aliases,
             archived: file.archived,
-            compression: file.compression.as_str(),
+            compression: Cow::Borrowed(file.compression.as_str()),
             size_bytes: file.stamp.size,
             modified_at: humantime::format_rfc3339_millis(mtime).to_string(),
             created_at: file.head.timestamp.clone(),

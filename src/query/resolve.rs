@@ -200,23 +200,45 @@ impl Queries<'_> {
             .locate(given)
             .map(|(home, rest)| home.real.join(rest));
         let mut detail = "no such file".to_owned();
+        let mut reason = PathReason::Missing;
         let id = given
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(name::parse)
             .map(|n| n.thread_id.to_string());
         if let Some(id) = id {
-            if let Ok(file) = self.verified_thread(&id) {
-                detail = format!(
-                    "no such file; thread {id} is now at {}",
-                    file.path.display()
-                );
-                would_be = Some(file.path);
+            match self.verified_thread(&id) {
+                Ok(file) => {
+                    detail = format!(
+                        "no such file; thread {id} is now at {}",
+                        file.path.display()
+                    );
+                    would_be = Some(file.path);
+                }
+                Err(QueryError::NotFound { .. }) => match self.index.removed_thread(&id) {
+                    Ok(Some((last, _))) => {
+                        detail = format!(
+                            "no such file; thread {id} had a rollout at {} that was removed",
+                            last.display()
+                        );
+                    }
+                    // A thread Codex has named but not written yet: it writes the rollout
+                    // lazily, after the first turn.
+                    Ok(None) if self.homes.locate(given).is_some() => {
+                        reason = PathReason::NotMaterialized;
+                        detail = format!(
+                            "thread {id} has no rollout on disk yet (Codex writes it after the \
+                             first turn); thread/wait returns once it exists"
+                        );
+                    }
+                    _ => {}
+                },
+                Err(_) => {}
             }
         }
         QueryError::Path {
             path: given.to_owned(),
-            reason: PathReason::Missing,
+            reason,
             detail,
             would_be: would_be.filter(|p| p != given),
         }

@@ -1,14 +1,15 @@
 //! `path/same`: are two paths the same rollout file? By identity, never by spelling.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Queries, QueryError};
 use crate::identity::{self, FileId, FileKind, Stamp};
 
 /// What one side of a comparison is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathIdentity {
     pub path: PathBuf,
@@ -19,11 +20,11 @@ pub struct PathIdentity {
     /// The rollout's thread, when the path is a readable rollout inside a home.
     pub thread_id: Option<String>,
     /// Why the path is not a rollout, when it is not.
-    pub reason: Option<&'static str>,
+    pub reason: Option<Cow<'static, str>>,
 }
 
 /// The answer to `path/same`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SameAnswer {
     pub same: bool,
     pub a: PathIdentity,
@@ -68,7 +69,7 @@ impl Queries<'_> {
         match self.path_file(&normalized) {
             Ok(file) => id.thread_id = Some(file.head.thread_id),
             Err(QueryError::Index(e)) => return Err(QueryError::Index(e)),
-            Err(e) => id.reason = Some(e.reason()),
+            Err(e) => id.reason = Some(Cow::Borrowed(e.reason())),
         }
         Ok(id)
     }

@@ -47,6 +47,9 @@ pub struct Listener {
     pub shared: Arc<Shared>,
     pub limits: Limits,
     pub shutdown: broadcast::Sender<()>,
+    /// Cloned into every handler and never sent on: when the last clone drops, every
+    /// connection has finished, which is what graceful shutdown waits for.
+    pub shutdown_complete: mpsc::Sender<()>,
 }
 
 impl Listener {
@@ -73,6 +76,7 @@ impl Listener {
                 shared: Arc::clone(&self.shared),
                 limits: self.limits,
                 shutdown: self.shutdown.subscribe(),
+                _shutdown_complete: self.shutdown_complete.clone(),
             };
             tokio::spawn(async move {
                 handler.run(stream).await;
@@ -88,6 +92,8 @@ struct Handler {
     shared: Arc<Shared>,
     limits: Limits,
     shutdown: broadcast::Receiver<()>,
+    /// Dropped with the handler; see [`Listener::shutdown_complete`].
+    _shutdown_complete: mpsc::Sender<()>,
 }
 
 impl Handler {
@@ -114,10 +120,10 @@ impl Handler {
         let (read, mut write) = stream.into_split();
         let (out_tx, mut out_rx) = mpsc::channel::<String>(OUT_QUEUE);
         let writer = tokio::spawn(async move {
-            while let Some(line) = out_rx.recv().await {
-                if write.write_all(line.as_bytes()).await.is_err()
-                    || write.write_all(b"\n").await.is_err()
-                {
+            while let Some(mut line) = out_rx.recv().await {
+                // One write per message, so a line is never split around its newline.
+                line.push('\n');
+                if write.write_all(line.as_bytes()).await.is_err() {
                     break;
                 }
             }

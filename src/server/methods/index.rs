@@ -12,10 +12,12 @@ use crate::server::frame::{self, RpcError};
 
 pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let s = Arc::clone(shared);
-    let counts = tokio::task::spawn_blocking(move || s.query(|q| q.index.counts()))
-        .await
-        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
-        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
+    let (counts, index) = tokio::task::spawn_blocking(move || {
+        s.query(|q| (q.index.counts(), q.index.path().to_owned()))
+    })
+    .await
+    .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
+    let counts = counts.map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
     let watch = shared
         .watch
         .lock()
@@ -35,6 +37,7 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         "lagMs": shared.last_lag_ms.load(Ordering::Relaxed),
         "uptimeSecs": shared.started.elapsed().as_secs(),
         "homes": homes,
+        "index": index,
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
     }))
