@@ -44,22 +44,37 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        writeln!(self.writer, "{line}")?;
+        if let Err(e) = writeln!(self.writer, "{line}") {
+            // The agent may have refused the connection and closed it before we wrote; its
+            // reason is still waiting to be read.
+            return match self.read_message() {
+                Ok(msg) if msg.get("error").is_some() => Err(rpc_error(&msg)?),
+                _ => Err(ClientError::Io(e)),
+            };
+        }
         loop {
             let msg = self.read_message()?;
-            if msg.get("id") != Some(&json!(id)) {
+            // An error with a null id is about the connection itself (refused peer, a line
+            // too long): it answers every outstanding call.
+            let connection_error =
+                msg.get("id") == Some(&Value::Null) && msg.get("error").is_some();
+            if msg.get("id") != Some(&json!(id)) && !connection_error {
                 continue;
             }
-            if let Some(err) = msg.get("error") {
-                let err: RpcError = serde_json::from_value(err.clone())
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                return Err(ClientError::Rpc(err));
+            if msg.get("error").is_some() {
+                return Err(rpc_error(&msg)?);
             }
             return msg
                 .get("result")
                 .cloned()
                 .ok_or_else(|| ClientError::Protocol(msg.to_string()));
         }
+    }
+
+    /// Bounds each wait for a message; `None` waits indefinitely. A read that times out
+    /// fails with an `Io` error of kind `WouldBlock` or `TimedOut`.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.reader.get_ref().set_read_timeout(timeout)
     }
 
     /// Reads the next message (response or notification).
@@ -73,4 +88,11 @@ impl Client {
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line}")))
     }
+}
+
+/// The `error` member of a response as a [`ClientError::Rpc`].
+fn rpc_error(msg: &Value) -> Result<ClientError, ClientError> {
+    let err: RpcError = serde_json::from_value(msg["error"].clone())
+        .map_err(|e| ClientError::Protocol(format!("{e}: {msg}")))?;
+    Ok(ClientError::Rpc(err))
 }

@@ -80,6 +80,13 @@ pub fn reconcile<A: IndexAccess>(
     for home in &homes.homes {
         reconcile_home(home, &roots, index, limits, progress, &mut summary)?;
     }
+    // Rows of homes no longer configured (or no longer where the home's symlink points).
+    let reals: Vec<PathBuf> = homes.homes.iter().map(|h| h.real.clone()).collect();
+    let orphans = index.with(|i| i.paths_outside_homes(&reals))?;
+    if !orphans.is_empty() {
+        summary.removed += orphans.len() as u64;
+        index.with(|i| i.remove_paths(&orphans))?;
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

@@ -216,13 +216,23 @@ fn push_unique(v: &mut Vec<PathBuf>, p: PathBuf) {
 #[derive(Debug, Clone, Default)]
 pub struct Homes {
     pub homes: Vec<Home>,
+    /// The alias pairs the spellings were built from, kept to rebuild them.
+    aliases: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Homes {
     pub fn new(configured: &[PathBuf], aliases: &[(PathBuf, PathBuf)]) -> Self {
         Homes {
             homes: configured.iter().map(|h| Home::new(h, aliases)).collect(),
+            aliases: aliases.to_vec(),
         }
+    }
+
+    /// The same configuration resolved again: a home deleted and recreated elsewhere, or
+    /// reached through a retargeted symlink, gets its new realpath.
+    pub fn refreshed(&self) -> Homes {
+        let configured: Vec<PathBuf> = self.homes.iter().map(|h| h.configured.clone()).collect();
+        Homes::new(&configured, &self.aliases)
     }
 
     /// The home `path` lies under (by any spelling), with the path relative to it.

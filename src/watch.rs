@@ -331,10 +331,28 @@ impl Watch {
                 last_check = Instant::now();
                 if fingerprint(&self.shared.homes()) != print {
                     tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
+                    self.refresh_homes();
                     return;
                 }
             }
         }
+    }
+
+    /// Re-resolves the homes' realpaths (a retargeted symlink moves a home); the restarted
+    /// watch loop then watches, and reconciles, the new location.
+    fn refresh_homes(&self) {
+        let mut homes = self
+            .shared
+            .homes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = homes.refreshed();
+        for (old, new) in homes.homes.iter().zip(&fresh.homes) {
+            if old.real != new.real {
+                tracing::info!(home = %new.configured.display(), from = %old.real.display(), to = %new.real.display(), "home moved");
+            }
+        }
+        *homes = fresh;
     }
 
     /// Asks for a full reconcile, at most once per backoff window; warns once per burst.

@@ -50,6 +50,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Full reconciles after the first (lost events, rescans on request, home changes).
     pub rescans: AtomicU64,
+    /// Requests answered since start, for `index/status` (and to tell agent answers apart).
+    pub requests: AtomicU64,
     /// Milliseconds from the last change seen to it being indexed.
     pub last_lag_ms: AtomicU64,
     pub watch: Mutex<WatchInfo>,
@@ -66,6 +68,7 @@ impl Shared {
             events,
             ready: AtomicBool::new(false),
             rescans: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             last_lag_ms: AtomicU64::new(0),
             watch: Mutex::new(WatchInfo::default()),
             started: Instant::now(),

@@ -291,6 +291,27 @@ impl Index {
         })
     }
 
+    /// Paths of file and problem rows recorded under none of `homes` (realpaths).
+    pub fn paths_outside_homes(&self, homes: &[PathBuf]) -> Result<Vec<PathBuf>, IndexError> {
+        let homes: std::collections::HashSet<String> = homes.iter().map(|h| path_text(h)).collect();
+        self.read("finding rows of other homes", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT home FROM files UNION SELECT DISTINCT home FROM problems",
+            )?;
+            let known: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::new();
+            for home in known.into_iter().filter(|h| !homes.contains(h)) {
+                let mut rows = conn.prepare_cached(
+                    "SELECT path FROM files WHERE home = ?1 UNION SELECT path FROM problems WHERE home = ?1",
+                )?;
+                for p in rows.query_map([&home], |r| r.get::<_, String>(0))? {
+                    out.push(PathBuf::from(p?));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The last file of a thread that had one and lost it, with when (ms since the epoch).
     /// `None` for a thread never seen, or one that has a file again.
     pub fn removed_thread(&self, thread_id: &str) -> Result<Option<(PathBuf, i64)>, IndexError> {

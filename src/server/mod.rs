@@ -205,6 +205,9 @@ impl Handler {
                     }
                 }
                 _ => {
+                    self.shared
+                        .requests
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
                         break;
                     };

@@ -34,6 +34,7 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         "counts": counts,
         "watcher": watch,
         "rescans": shared.rescans.load(Ordering::Relaxed),
+        "requests": shared.requests.load(Ordering::Relaxed),
         "lagMs": shared.last_lag_ms.load(Ordering::Relaxed),
         "uptimeSecs": shared.started.elapsed().as_secs(),
         "homes": homes,

@@ -1,0 +1,309 @@
+//! A real agent for integration tests: `rolloutd run` spawned from the built binary on a
+//! fixture's home, its log captured in the fixture, and killed and reaped on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rolloutd::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+use super::{Fixture, Rollout};
+
+/// How long a test waits for the agent to become ready before failing.
+pub const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a test waits for one notification or state change before failing.
+pub const EVENT_DEADLINE: Duration = Duration::from_secs(15);
+
+impl Fixture {
+    /// The socket the agent binds by default in this fixture (`$XDG_RUNTIME_DIR` is inside
+    /// the temp dir).
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("user/run/rolloutd/rolloutd.sock")
+    }
+
+    /// Writes `r` into its day directory atomically (written beside the home, then renamed
+    /// in), so the agent sees one create, as when Codex's file appears.
+    pub fn place_active(&self, r: &Rollout) -> PathBuf {
+        let dest = self.home.join(r.day_dir()).join(r.file_name());
+        self.place(&r.jsonl(), &dest)
+    }
+
+    /// Writes `bytes` at `dest` atomically through a staging file outside the home.
+    pub fn place(&self, bytes: &[u8], dest: &Path) -> PathBuf {
+        let staging = self.root.join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let tmp = staging.join(dest.file_name().unwrap());
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::rename(&tmp, dest).unwrap();
+        dest.to_owned()
+    }
+}
+
+/// A running `rolloutd run`.
+pub struct Agent {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on `fx` and waits until it reports ready.
+    pub fn start(fx: &Fixture) -> Agent {
+        Agent::start_with(fx, &[])
+    }
+
+    /// As [`Agent::start`], with extra `run` arguments.
+    pub fn start_with(fx: &Fixture, args: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(fx, args);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Spawns `rolloutd run` without waiting for anything.
+    pub fn spawn(fx: &Fixture, args: &[&str]) -> Agent {
+        let mut c = fx.cmd();
+        c.arg("run").args(args);
+        Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"))
+    }
+
+    /// Spawns a prepared `run` command, logging to `log`.
+    pub fn spawn_command(mut c: std::process::Command, socket: PathBuf, log: PathBuf) -> Agent {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        c.stdout(Stdio::null()).stderr(log_file);
+        let child = c.spawn().expect("spawning rolloutd run");
+        Agent {
+            child: Some(child),
+            socket,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `index/status` says ready; panics with the log if the agent exits or the
+    /// deadline passes.
+    pub fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit() {
+                panic!("agent exited ({status}) before ready; log:\n{}", self.log());
+            }
+            if let Ok(s) = self.call("index/status", json!({})) {
+                if s["ready"] == true {
+                    return;
+                }
+            }
+            if started.elapsed() > READY_DEADLINE {
+                panic!(
+                    "agent not ready within {READY_DEADLINE:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A new connection, with reads bounded by [`EVENT_DEADLINE`].
+    pub fn client(&self) -> Client {
+        let client = Client::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
+        client.set_read_timeout(Some(EVENT_DEADLINE)).unwrap();
+        client
+    }
+
+    /// One call on a fresh connection.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let client = Client::connect(&self.socket)?;
+        let mut client = client;
+        client.set_read_timeout(Some(EVENT_DEADLINE))?;
+        client.call(method, params)
+    }
+
+    /// `index/status`.
+    pub fn status(&self) -> Value {
+        self.call("index/status", json!({})).expect("index/status")
+    }
+
+    /// A connection subscribed to every notification (or to `thread_ids`).
+    pub fn subscribe(&self, thread_ids: Option<&[&str]>) -> Subscriber {
+        let mut client = self.client();
+        let params = match thread_ids {
+            Some(ids) => json!({ "threadIds": ids }),
+            None => json!({}),
+        };
+        let r = client.call("subscribe", params).expect("subscribe");
+        assert_eq!(r["subscribed"], true);
+        Subscriber {
+            client,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: libc::c_int) {
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// The exit status, if the agent has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the agent to exit, at most `limit`; `None` when it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.try_exit() {
+                return Some(s);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took; panics if it does not exit
+    /// within 10 s.
+    pub fn stop(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("agent ignored SIGTERM; log:\n{}", self.log()));
+        (status, started.elapsed())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A subscribed connection that remembers what it saw.
+pub struct Subscriber {
+    pub client: Client,
+    /// Every notification read so far, for failure messages.
+    pub seen: Vec<Value>,
+}
+
+impl Subscriber {
+    /// Reads notifications until one with `method` for `thread_id` arrives (its params),
+    /// failing after [`EVENT_DEADLINE`] with everything seen.
+    pub fn expect(&mut self, method: &str, thread_id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let remaining = EVENT_DEADLINE.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                panic!(
+                    "no {method} for {thread_id} within {EVENT_DEADLINE:?}; saw {:#?}",
+                    self.seen
+                );
+            }
+            self.client.set_read_timeout(Some(remaining)).unwrap();
+            let msg = match self.client.read_message() {
+                Ok(m) => m,
+                Err(e) => panic!(
+                    "waiting for {method} for {thread_id}: {e}; saw {:#?}",
+                    self.seen
+                ),
+            };
+            self.seen.push(msg.clone());
+            if msg["method"] == method && msg["params"]["threadId"] == thread_id {
+                return msg["params"].clone();
+            }
+        }
+    }
+
+    /// Every notification that arrives within `window`.
+    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let started = Instant::now();
+        let mut out = Vec::new();
+        while let Some(remaining) = window
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
+        {
+            self.client.set_read_timeout(Some(remaining)).unwrap();
+            match self.client.read_message() {
+                Ok(m) => {
+                    self.seen.push(m.clone());
+                    out.push(m);
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// A raw connection for framing tests: write bytes, read lines exactly as sent.
+pub struct Raw {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl Raw {
+    pub fn connect(socket: &Path) -> Raw {
+        let stream = UnixStream::connect(socket).unwrap();
+        stream.set_read_timeout(Some(EVENT_DEADLINE)).unwrap();
+        Raw {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// The next line, with its newline; empty at EOF.
+    pub fn line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        Ok(line)
+    }
+}
+
+/// A request line.
+pub fn request(id: u64, method: &str, params: Value) -> String {
+    format!(
+        "{}\n",
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+    )
+}
+
+/// Polls `f` until it returns `Some`, at most [`EVENT_DEADLINE`].
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if started.elapsed() > EVENT_DEADLINE {
+            panic!("{what}: not within {EVENT_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
