@@ -67,6 +67,8 @@ const ROOT_CHECK: Duration = Duration::from_millis(500);
 const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// ...up to this.
 const RESCAN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Event losses closer together than this are one burst, warned about once.
+const BURST_QUIET: Duration = Duration::from_secs(10);
 
 /// The network and FUSE filesystem a path is on, by `statfs` magic, if any.
 pub fn network_filesystem(path: &Path) -> Option<&'static str> {
@@ -150,6 +152,10 @@ struct Watch {
     backoff: Duration,
     last_rescan: Option<Instant>,
     rescan_pending: bool,
+    /// When events were last lost, to warn once per burst of losses.
+    last_loss: Option<Instant>,
+    /// Losses in the current burst after the first (logged at debug).
+    losses_in_burst: u64,
 }
 
 impl Watch {
@@ -162,6 +168,8 @@ impl Watch {
             backoff: RESCAN_BACKOFF_MIN,
             last_rescan: None,
             rescan_pending: false,
+            last_loss: None,
+            losses_in_burst: 0,
         }
     }
 
@@ -357,8 +365,24 @@ impl Watch {
 
     /// Asks for a full reconcile, at most once per backoff window; warns once per burst.
     fn request_rescan(&mut self, why: &str) {
-        if !self.rescan_pending {
-            tracing::warn!(reason = why, "events were lost; a full reconcile follows");
+        let new_burst = self.last_loss.is_none_or(|t| t.elapsed() >= BURST_QUIET);
+        self.last_loss = Some(Instant::now());
+        if new_burst {
+            if self.losses_in_burst > 0 {
+                tracing::info!(
+                    losses = self.losses_in_burst + 1,
+                    "the previous burst of lost events is over"
+                );
+            }
+            self.losses_in_burst = 0;
+            tracing::warn!(reason = why, "events were lost; a full reconcile follows (further losses in this burst are logged at debug)");
+        } else {
+            self.losses_in_burst += 1;
+            tracing::debug!(
+                reason = why,
+                losses = self.losses_in_burst + 1,
+                "events lost again in this burst"
+            );
         }
         self.rescan_pending = true;
         if self.rescan_allowed() {
