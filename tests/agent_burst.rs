@@ -110,6 +110,15 @@ impl Drop for Restore {
     }
 }
 
+/// Resumes a stopped agent however the test ends.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
 #[test]
 fn an_event_queue_overflow_triggers_a_full_reconcile_and_loses_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +148,11 @@ fn an_event_queue_overflow_triggers_a_full_reconcile_and_loses_nothing() {
         original.trim()
     );
     let rescans_before = agent.status()["rescans"].as_u64().unwrap();
+    // Stopped, the agent reads nothing, so the burst overflows its 64-event queue for sure.
+    agent.signal(libc::SIGSTOP);
+    let cont = Continue(agent.pid());
     burst(&fx);
+    drop(cont);
     settle_and_compare(&fx, &agent);
     let rescans = agent.status()["rescans"].as_u64().unwrap() - rescans_before;
     assert!(

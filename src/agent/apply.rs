@@ -27,20 +27,31 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
     let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) = paths
         .into_iter()
         .partition(|p| std::fs::symlink_metadata(p).is_ok());
-    let index = shared
-        .index
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The lock is taken per file, so queries interleave with a large batch (a directory of
+    // thousands of files appearing at once), and each notice goes out as soon as its file
+    // is indexed.
+    let index = || {
+        shared
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     let mut notes = Vec::new();
+    let publish = |notes: &mut Vec<Notification>| {
+        for n in notes.drain(..) {
+            shared.notify(n);
+        }
+    };
     for path in present {
         let meta = std::fs::symlink_metadata(&path);
         if meta.as_ref().is_ok_and(|m| m.is_dir()) {
             for home in &homes.homes {
                 if path.starts_with(&home.real) {
                     let (candidates, problems) = crawl::discover_under(home, &roots, &path);
-                    index.record_problems(&problems)?;
+                    index().record_problems(&problems)?;
                     for c in candidates {
-                        apply_file(&index, &homes, &c, &mut notes)?;
+                        apply_file(&index(), &homes, &c, &mut notes)?;
+                        publish(&mut notes);
                     }
                 }
             }
@@ -54,19 +65,19 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
         }
         let canonical = identity::canonicalize(&path).unwrap_or(path.clone());
         if let Some(c) = crawl::candidate_for(&homes, &canonical) {
-            apply_file(&index, &homes, &c, &mut notes)?;
+            apply_file(&index(), &homes, &c, &mut notes)?;
+            publish(&mut notes);
         }
     }
     for path in gone {
+        let index = index();
         for row in index.files_at_or_under(&path)? {
             if !row.path.exists() {
                 apply_gone(&index, &homes, row, &mut notes)?;
             }
         }
-    }
-    drop(index);
-    for n in notes {
-        shared.notify(n);
+        drop(index);
+        publish(&mut notes);
     }
     Ok(())
 }

@@ -114,6 +114,7 @@ async fn serve(
         }
     }
     tracing::info!("stopping");
+    shared.stopping.send_replace(true);
     let _ = shutdown.send(());
     stop.store(true, Ordering::Release);
     // Stop accepting, then wait for every connection to finish its in-flight requests

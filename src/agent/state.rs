@@ -46,6 +46,9 @@ pub struct Shared {
     pub index: Mutex<Index>,
     pub limits: HeadLimits,
     pub events: broadcast::Sender<Notification>,
+    /// Set to `true` at shutdown, so that long waits answer "shutting down" at once
+    /// instead of being cut off.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Set once the first reconcile finished; until then a miss falls back to the disk.
     pub ready: AtomicBool,
     /// Full reconciles after the first (lost events, rescans on request, home changes).
@@ -66,6 +69,7 @@ impl Shared {
             index: Mutex::new(index),
             limits: HeadLimits::default(),
             events,
+            stopping: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
             rescans: AtomicU64::new(0),
             requests: AtomicU64::new(0),

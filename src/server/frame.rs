@@ -75,44 +75,55 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
+/// A line that is not a valid request: the error to send, and the id when it was readable.
+#[derive(Debug)]
+pub struct BadRequest {
+    pub id: Value,
+    pub error: RpcError,
+}
+
+fn bad(id: Value, error: RpcError) -> Box<BadRequest> {
+    Box::new(BadRequest { id, error })
+}
+
 /// Parses one line into a request, or the error response to send (with the id when known).
-pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
+pub fn parse(line: &[u8]) -> Result<Request, Box<BadRequest>> {
     let value: Value = match std::str::from_utf8(line) {
         Err(_) => {
-            return Err((
+            return Err(bad(
                 Value::Null,
                 RpcError::new(PARSE_ERROR, "request is not UTF-8"),
             ))
         }
         Ok(text) => serde_json::from_str(text).map_err(|e| {
-            (
+            bad(
                 Value::Null,
                 RpcError::new(PARSE_ERROR, format!("request is not JSON: {e}")),
             )
         })?,
     };
     let Value::Object(mut obj) = value else {
-        return Err((
+        return Err(bad(
             Value::Null,
             RpcError::new(INVALID_REQUEST, "a request is a JSON object"),
         ));
     };
     let id = obj.remove("id");
     let id_for_error = id.clone().unwrap_or(Value::Null);
-    if let Some(bad) = id
+    if let Some(wrong) = id
         .as_ref()
         .filter(|v| !(v.is_string() || v.is_number() || v.is_null()))
     {
-        return Err((
+        return Err(bad(
             Value::Null,
             RpcError::new(
                 INVALID_REQUEST,
-                format!("id must be a string or number, not {bad}"),
+                format!("id must be a string or number, not {wrong}"),
             ),
         ));
     }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err((
+        return Err(bad(
             id_for_error,
             RpcError::new(INVALID_REQUEST, "\"jsonrpc\" must be \"2.0\""),
         ));
@@ -120,7 +131,7 @@ pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
     let method = match obj.remove("method") {
         Some(Value::String(m)) => m,
         _ => {
-            return Err((
+            return Err(bad(
                 id_for_error,
                 RpcError::new(INVALID_REQUEST, "\"method\" must be a string"),
             ))
@@ -130,7 +141,7 @@ pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(p @ Value::Object(_)) => p,
         Some(_) => {
-            return Err((
+            return Err(bad(
                 id_for_error,
                 RpcError::invalid_params("params must be an object"),
             ))
@@ -196,13 +207,13 @@ mod tests {
 
     #[test]
     fn parse_errors_carry_the_id_when_known() {
-        assert_eq!(parse(b"{").unwrap_err().1.code, PARSE_ERROR);
-        assert_eq!(parse(b"[1]").unwrap_err().1.code, INVALID_REQUEST);
-        let (id, e) = parse(br#"{"jsonrpc":"2.0","id":7}"#).unwrap_err();
-        assert_eq!((id, e.code), (json!(7), INVALID_REQUEST));
-        let (_, e) = parse(br#"{"jsonrpc":"2.0","id":7,"method":"x","params":[1]}"#).unwrap_err();
-        assert_eq!(e.code, INVALID_PARAMS);
-        assert_eq!(parse(b"\xff").unwrap_err().1.code, PARSE_ERROR);
+        assert_eq!(parse(b"{").unwrap_err().error.code, PARSE_ERROR);
+        assert_eq!(parse(b"[1]").unwrap_err().error.code, INVALID_REQUEST);
+        let e = parse(br#"{"jsonrpc":"2.0","id":7}"#).unwrap_err();
+        assert_eq!((e.id, e.error.code), (json!(7), INVALID_REQUEST));
+        let e = parse(br#"{"jsonrpc":"2.0","id":7,"method":"x","params":[1]}"#).unwrap_err();
+        assert_eq!(e.error.code, INVALID_PARAMS);
+        assert_eq!(parse(b"\xff").unwrap_err().error.code, PARSE_ERROR);
         let ok = parse(br#"{"jsonrpc":"2.0","id":"a","method":"index/status"}"#).unwrap();
         assert_eq!(ok.id, Some(json!("a")));
     }

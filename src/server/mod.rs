@@ -162,8 +162,12 @@ impl Handler {
             }
             let request = match frame::parse(&buf) {
                 Ok(r) => r,
-                Err((id, e)) => {
-                    if out_tx.send(frame::response(&id, Err(e))).await.is_err() {
+                Err(bad) => {
+                    if out_tx
+                        .send(frame::response(&bad.id, Err(bad.error)))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     continue;

@@ -102,6 +102,7 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
     let deadline = started + Duration::from_millis(p.timeout_ms).min(MAX_WAIT);
     // Subscribe before the first check, so a rollout appearing in between is not missed.
     let mut events = shared.events.subscribe();
+    let mut stopping = shared.stopping.subscribe();
     loop {
         let id = p.thread_id.clone();
         match query(shared, move |q| q.resolve_thread(&id)).await {
@@ -118,9 +119,9 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
                 return Err(RpcError {
                     code: frame::TIMEOUT,
                     message: format!(
-                        "thread {} has no rollout after {} ms: it has not materialized (Codex writes the file at the first user message)",
+                        "thread {} has no rollout after waiting {} ms: it has not materialized (Codex writes the file at the first user message)",
                         p.thread_id,
-                        started.elapsed().as_millis()
+                        deadline.duration_since(started).as_millis()
                     ),
                     data: Some(json!({
                         "reason": "notMaterialized",
@@ -130,7 +131,11 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
                     })),
                 });
             }
-            match tokio::time::timeout_at(next_check, events.recv()).await {
+            let event = tokio::select! {
+                e = tokio::time::timeout_at(next_check, events.recv()) => e,
+                _ = stopping.wait_for(|s| *s) => Ok(Err(RecvError::Closed)),
+            };
+            match event {
                 Err(_) => break, // periodic re-check
                 Ok(Ok(n))
                     if n.thread_id
