@@ -31,6 +31,16 @@ pub enum WatchMode {
     Poll,
 }
 
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Auto => "auto",
+            WatchMode::Events => "events",
+            WatchMode::Poll => "poll",
+        }
+    }
+}
+
 impl std::str::FromStr for WatchMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
