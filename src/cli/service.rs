@@ -20,6 +20,9 @@ pub struct ServiceArgs {
     /// The service manager [default: launchd on macOS, else systemd]
     #[arg(long, value_enum, global = true)]
     pub manager: Option<Manager>,
+    /// The binary the units run [default: this program]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,7 +64,7 @@ pub fn run_agent(overrides: Overrides, socket: PathBuf) -> Result<Answer, Failur
 
 pub fn service(args: ServiceArgs, socket: &Path) -> Result<Answer, Failure> {
     let manager = args.manager.unwrap_or_else(Manager::native);
-    let ctx = Context::from_process().map_err(|e| failure("service", e))?;
+    let ctx = Context::from_process(args.bin.as_deref()).map_err(|e| failure("service", e))?;
     let plan = match args.action {
         ServiceAction::Install => {
             install::install_plan(manager, &ctx).map_err(|e| failure("service", e))?

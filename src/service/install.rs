@@ -35,7 +35,7 @@ impl Manager {
 pub enum ServiceError {
     #[error("HOME is not set, so the unit directory cannot be found")]
     NoHome,
-    #[error("cannot find this program's own path: {0}")]
+    #[error("cannot find the path of the binary to run: {0}")]
     OwnPath(std::io::Error),
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -62,13 +62,17 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn from_process() -> Result<Context, ServiceError> {
+    /// The process's HOME and uid; `bin`, else the running program.
+    pub fn from_process(bin: Option<&Path>) -> Result<Context, ServiceError> {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         let home = PathBuf::from(var("HOME").ok_or(ServiceError::NoHome)?);
         let config_home = var("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".config"));
-        let bin = std::env::current_exe().map_err(ServiceError::OwnPath)?;
+        let bin = match bin {
+            Some(b) => std::path::absolute(b).map_err(ServiceError::OwnPath)?,
+            None => std::env::current_exe().map_err(ServiceError::OwnPath)?,
+        };
         Ok(Context {
             home,
             config_home,
