@@ -325,7 +325,9 @@ fn write_file(path: &Path, contents: &str) -> Result<(), ServiceError> {
         std::fs::create_dir_all(dir).map_err(io("creating the directory"))?;
     }
     // Write beside it, then rename, so the manager never reads half a unit.
-    let tmp = path.with_extension("tmp-rolloutd");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, contents).map_err(io("writing"))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
         .map_err(io("setting permissions"))?;
