@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: filesystem → [`crawl`] → [`index`] → [`query`] → [`cli`].
 //! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
-//! speaks SQL, and [`identity`] owns what "the same file" means.
+//! speaks SQL, and [`identity`] owns what "the same file" means. [`service`] is how the
+//! agent lives under systemd and launchd.
 
 pub mod agent;
 pub mod cli;
@@ -12,7 +13,9 @@ pub mod config;
 pub mod crawl;
 pub mod identity;
 pub mod index;
+pub mod logging;
 pub mod query;
 pub mod rollout;
 pub mod server;
+pub mod service;
 pub mod watch;

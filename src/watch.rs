@@ -31,6 +31,16 @@ pub enum WatchMode {
     Poll,
 }
 
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Auto => "auto",
+            WatchMode::Events => "events",
+            WatchMode::Poll => "poll",
+        }
+    }
+}
+
 impl std::str::FromStr for WatchMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -63,6 +73,10 @@ impl Default for WatchOptions {
 
 /// How often the watched roots are checked for deletion or a retargeted symlink.
 const ROOT_CHECK: Duration = Duration::from_millis(500);
+/// How long a vanished path waits before it counts as deleted. The two halves of a rename
+/// (an archive) can arrive in different batches; by then the destination is indexed and
+/// the file is seen to have moved rather than gone.
+const GONE_GRACE: Duration = Duration::from_millis(100);
 /// Rescans after lost events back off from this...
 const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// ...up to this.
@@ -295,19 +309,27 @@ impl Watch {
         print: &[Option<(PathBuf, FileId)>],
     ) {
         let mut last_check = Instant::now();
+        let mut vanished: Vec<(Instant, PathBuf)> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
-            match rx.recv_timeout(ROOT_CHECK) {
+            let wait = if vanished.is_empty() {
+                ROOT_CHECK
+            } else {
+                GONE_GRACE
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Ok(events)) => {
                     if events.iter().any(|e| e.need_rescan()) {
                         self.request_rescan("the kernel event queue overflowed");
                     } else {
                         let first = events.iter().map(|e| e.time).min();
-                        let paths: Vec<PathBuf> =
-                            events.into_iter().flat_map(|e| e.event.paths).collect();
-                        if let Err(e) = apply::apply_paths(&self.shared, paths) {
-                            tracing::warn!(error = %e, "could not apply changes; rescanning");
-                            self.request_rescan("the index rejected a change");
-                        }
+                        let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) = events
+                            .into_iter()
+                            .filter(|e| changes_content(&e.event.kind))
+                            .flat_map(|e| e.event.paths)
+                            .partition(|p| std::fs::symlink_metadata(p).is_ok());
+                        let now = Instant::now();
+                        vanished.extend(gone.into_iter().map(|p| (now, p)));
+                        self.apply(present);
                         if let Some(t) = first {
                             self.shared
                                 .last_lag_ms
@@ -332,6 +354,13 @@ impl Watch {
                     std::thread::sleep(ROOT_CHECK);
                 }
             }
+            if !vanished.is_empty() {
+                let (due, wait): (Vec<_>, Vec<_>) = vanished
+                    .drain(..)
+                    .partition(|(t, _)| t.elapsed() >= GONE_GRACE);
+                vanished = wait;
+                self.apply(due.into_iter().map(|(_, p)| p).collect());
+            }
             if self.rescan_pending && self.rescan_allowed() {
                 self.reconcile(true);
             }
@@ -343,6 +372,16 @@ impl Watch {
                     return;
                 }
             }
+        }
+    }
+
+    fn apply(&mut self, paths: Vec<PathBuf>) {
+        if paths.is_empty() {
+            return;
+        }
+        if let Err(e) = apply::apply_paths(&self.shared, paths) {
+            tracing::warn!(error = %e, "could not apply changes; rescanning");
+            self.request_rescan("the index rejected a change");
         }
     }
 
@@ -430,6 +469,17 @@ impl Watch {
                 tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups")
             }
         }
+    }
+}
+
+/// Opening or reading a file or a directory (a `find`, a backup, our own head reads)
+/// changes nothing; only a write that finished does.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 

@@ -299,11 +299,12 @@ fn check_group(world: &World, raw: &mut Raw, expected: &[String], block_at: usiz
         let want_v = stable(&want_v);
         let Some(i) = unmatched.iter().position(|g| *g == want_v) else {
             panic!(
-                "{DOC}:{block_at}: no message matches\n  {want}\ngot\n  {}",
+                "{DOC}:{block_at}: no message matches\n  {want}\ngot\n  {}\nagent log:\n{}",
                 got.iter()
                     .map(|l| world.to_doc(l))
                     .collect::<Vec<_>>()
-                    .join("\n  ")
+                    .join("\n  "),
+                world.agent.log()
             );
         };
         unmatched.remove(i);

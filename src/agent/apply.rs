@@ -90,9 +90,8 @@ fn apply_file(
 ) -> Result<(), IndexError> {
     let before = index.file_at(&c.path)?;
     let Ok(stamp) = Stamp::of(&c.path) else {
-        if let Some(row) = before {
-            apply_gone(index, homes, row, notes)?;
-        }
+        // Gone since the batch was sorted: its removal event follows, and is applied after
+        // the grace that lets a rename's destination be seen first.
         return Ok(());
     };
     if before.as_ref().is_some_and(|b| b.stamp.unchanged(&stamp)) {

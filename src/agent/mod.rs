@@ -39,6 +39,8 @@ pub enum AgentError {
     Index(#[from] IndexError),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Activation(#[from] crate::service::activation::ActivationError),
 }
 
 /// Where the index goes: as configured, unless that is on a network filesystem, where
@@ -61,7 +63,11 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let config = Config::load(&opts.overrides)?;
     let (index_path, journal) = index_location(&config.index);
     let _lock = socket::lock_instance(&index_path)?;
-    socket::prepare_dir(&opts.socket)?;
+    // A socket handed over by systemd/launchd is served as is; ours is never made.
+    let activated = crate::service::activation::take()?;
+    if activated.is_none() {
+        socket::prepare_dir(&opts.socket)?;
+    }
     let index = Index::open(&index_path, journal)?;
     let homes = Homes::new(&config.homes, &config.aliases);
     let shared = Arc::new(Shared::new(homes, index));
@@ -70,27 +76,49 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(shared, opts, index_path))
+    runtime.block_on(serve(shared, opts, index_path, activated))
 }
 
 async fn serve(
     shared: Arc<Shared>,
     opts: AgentOptions,
     index_path: PathBuf,
+    activated: Option<crate::service::activation::Activated>,
 ) -> Result<(), AgentError> {
-    let listener = socket::bind(&opts.socket)?;
-    // Removes the socket however we leave (drop guard).
-    let _socket_guard = SocketGuard(opts.socket.clone());
-    tracing::info!(socket = %opts.socket.display(), index = %index_path.display(), "rolloutd listening");
+    let (listener, _socket_guard) = match activated {
+        Some(a) => {
+            let listener =
+                tokio::net::UnixListener::from_std(a.listener).map_err(AgentError::Runtime)?;
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_owned));
+            tracing::info!(manager = ?a.manager, socket = ?path, index = %index_path.display(), "rolloutd listening on the socket the service manager passed");
+            // The manager owns that socket file: no guard removes it.
+            (listener, None)
+        }
+        None => {
+            let listener = socket::bind(&opts.socket)?;
+            tracing::info!(socket = %opts.socket.display(), index = %index_path.display(), "rolloutd listening");
+            // Removes the socket however we leave (drop guard).
+            (listener, Some(SocketGuard(opts.socket.clone())))
+        }
+    };
 
+    let notifier = crate::service::readiness::Notifier::from_env();
+    notifier.starting(shared.homes().homes.len());
+    let watchdog = tokio::spawn(Arc::clone(&notifier).watchdog());
+    let status_updates = tokio::spawn(Arc::clone(&notifier).status_updates(Arc::clone(&shared)));
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch::spawn(
-        Arc::clone(&shared),
-        opts.watch,
-        Arc::clone(&stop),
-        Box::new(|| tracing::info!("first reconcile done; ready")),
-    )
-    .map_err(AgentError::Runtime)?;
+    let on_ready = {
+        let (notifier, shared) = (Arc::clone(&notifier), Arc::clone(&shared));
+        Box::new(move || {
+            tracing::info!("first reconcile done; ready");
+            notifier.ready(&shared);
+        })
+    };
+    let watcher = watch::spawn(Arc::clone(&shared), opts.watch, Arc::clone(&stop), on_ready)
+        .map_err(AgentError::Runtime)?;
 
     let (shutdown, _) = broadcast::channel(1);
     let (shutdown_complete, mut all_closed) = mpsc::channel::<()>(1);
@@ -115,6 +143,8 @@ async fn serve(
     }
     tracing::info!("stopping");
     shared.stopping.send_replace(true);
+    notifier.stopping();
+    status_updates.abort();
     let _ = shutdown.send(());
     stop.store(true, Ordering::Release);
     // Stop accepting, then wait for every connection to finish its in-flight requests
@@ -127,6 +157,7 @@ async fn serve(
     // The watcher notices `stop` within its check interval; never wait past the budget.
     let joined = tokio::task::spawn_blocking(move || watcher.join());
     let _ = tokio::time::timeout(Duration::from_millis(700), joined).await;
+    watchdog.abort();
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 //! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
 
 mod backend;
+mod docs;
 mod render;
+mod service;
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -68,13 +70,22 @@ pub enum Command {
     Problems,
     /// Run the agent in the foreground: reconcile, watch, and serve the socket
     Run {
-        /// How changes are noticed: auto (events; polling on network filesystems), events, poll
-        #[arg(long, value_name = "MODE", default_value = "auto")]
-        watch_mode: crate::watch::WatchMode,
-        /// Polling interval when polling
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
-        poll_interval: std::time::Duration,
+        /// How changes are noticed: auto (events; polling on network filesystems), events, poll [default: watch.mode, else auto]
+        #[arg(long, value_name = "MODE")]
+        watch_mode: Option<crate::watch::WatchMode>,
+        /// Polling interval when polling [default: watch.poll_interval, else 2s]
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        poll_interval: Option<std::time::Duration>,
     },
+    /// Install, remove or inspect the systemd user service / launchd agent
+    Service(service::ServiceArgs),
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(service::ConfigAction),
+    /// Print a shell completion script
+    Completions { shell: docs::Shell },
+    /// Print the man page (roff)
+    Man,
     /// Show the running agent's status
     Status,
     /// Wait until a thread's rollout exists, then print its record
@@ -133,11 +144,10 @@ impl Answer {
 /// Parses the process arguments, runs the command, prints, and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Run { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    // `run` sets up logging once its config (log.level) is known.
+    if !matches!(cli.command, Command::Run { .. }) {
+        crate::logging::init("warn");
+    }
     let json = cli.global.json;
     match run(cli) {
         Ok(answer) => {
@@ -194,25 +204,24 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         config_file: cli.global.config.clone(),
         homes: cli.global.codex_home.clone(),
         index: cli.global.index.clone(),
+        ..Overrides::default()
     };
     match cli.command {
         Command::Run {
             watch_mode,
             poll_interval,
         } => {
-            let opts = crate::agent::AgentOptions {
-                overrides,
-                socket,
-                watch: crate::watch::WatchOptions {
-                    mode: watch_mode,
-                    poll_interval,
-                    ..Default::default()
-                },
-                server: crate::server::Limits::default(),
+            let overrides = Overrides {
+                watch_mode,
+                poll_interval,
+                ..overrides
             };
-            crate::agent::run(opts).map_err(|e| failure("agent", e))?;
-            return Ok(Answer::new(&json!({"stopped": true}), String::new(), true));
+            return service::run_agent(overrides, socket);
         }
+        Command::Service(args) => return service::service(args, &socket),
+        Command::Config(action) => return service::config(action, &overrides),
+        Command::Completions { shell } => return docs::completions(shell),
+        Command::Man => return docs::man(),
         Command::Status => {
             let status = agent_call(&socket, "index/status", json!({}))?;
             let human = render::status(&status);
@@ -295,9 +304,14 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             let report = backend.problems()?;
             Ok(Answer::new(&report, render::problems(&report), true))
         }
-        Command::Run { .. } | Command::Status | Command::Wait { .. } | Command::Watch { .. } => {
-            Err(failure("usage", "agent command reached the index path"))
-        }
+        Command::Run { .. }
+        | Command::Status
+        | Command::Wait { .. }
+        | Command::Watch { .. }
+        | Command::Service(_)
+        | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man => Err(failure("usage", "agent command reached the index path")),
     }
 }
 
@@ -351,13 +365,4 @@ fn watch(socket: &std::path::Path, thread_ids: Vec<String>) -> Result<Answer, Fa
 /// A target made only of hex digits and dashes is an id or prefix; anything else a path.
 fn looks_like_id(target: &str) -> bool {
     !target.is_empty() && target.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

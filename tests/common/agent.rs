@@ -66,6 +66,10 @@ impl Agent {
     /// Spawns `rolloutd run` without waiting for anything.
     pub fn spawn(fx: &Fixture, args: &[&str]) -> Agent {
         let mut c = fx.cmd();
+        // `ROLLOUTD_TEST_LOG=debug` turns up the agents' logs (shown when a test fails).
+        if let Some(level) = std::env::var_os("ROLLOUTD_TEST_LOG") {
+            c.env("RUST_LOG", level);
+        }
         c.arg("run").args(args);
         Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"))
     }

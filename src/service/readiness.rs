@@ -1,0 +1,126 @@
+//! Telling the service manager how the agent is doing (sd_notify): `STATUS=` while it
+//! starts, `READY=1` with the counts once the first reconcile is done, `WATCHDOG=1` at half
+//! of `WatchdogSec`, and `STOPPING=1` on the way out. Outside systemd (no `NOTIFY_SOCKET`)
+//! every call is a no-op.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use crate::agent::state::Shared;
+
+/// How often the `STATUS=` line is refreshed after the agent is ready.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// The agent's connection to the service manager.
+#[derive(Debug)]
+pub struct Notifier {
+    enabled: bool,
+    /// Half of `WATCHDOG_USEC`, when systemd asked for pings.
+    watchdog: Option<Duration>,
+    warned: AtomicBool,
+}
+
+impl Notifier {
+    pub fn from_env() -> Arc<Notifier> {
+        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty());
+        Arc::new(Notifier {
+            enabled,
+            watchdog: sd_notify::watchdog_enabled()
+                .filter(|d| !d.is_zero())
+                .map(|d| d / 2),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// How often `WATCHDOG=1` is sent, if at all.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.filter(|_| self.enabled)
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(states) {
+            // Once: a manager that went away would otherwise flood the log.
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "cannot notify the service manager");
+            }
+        }
+    }
+
+    /// Before the first reconcile.
+    pub fn starting(&self, homes: usize) {
+        self.send(&[NotifyState::Status(&format!(
+            "indexing {homes} Codex home(s)"
+        ))]);
+    }
+
+    /// After the first reconcile: `READY=1` and the counts in one datagram.
+    pub fn ready(&self, shared: &Shared) {
+        self.send(&[
+            NotifyState::Ready,
+            NotifyState::Status(&status_line(shared)),
+        ]);
+    }
+
+    pub fn stopping(&self) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// Pings the watchdog from the runtime, so a wedged runtime stops the pings and systemd
+    /// restarts the agent. Runs until the task is dropped.
+    pub async fn watchdog(self: Arc<Self>) {
+        let Some(every) = self.watchdog_interval() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.send(&[NotifyState::Watchdog]);
+        }
+    }
+
+    /// Keeps `STATUS=` current once the agent is ready (only when the line changes).
+    pub async fn status_updates(self: Arc<Self>, shared: Arc<Shared>) {
+        if !self.enabled {
+            return;
+        }
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(STATUS_EVERY).await;
+            if !shared.is_ready() {
+                continue;
+            }
+            let s = Arc::clone(&shared);
+            let Ok(line) = tokio::task::spawn_blocking(move || status_line(&s)).await else {
+                continue;
+            };
+            if line != last {
+                self.send(&[NotifyState::Status(&line)]);
+                last = line;
+            }
+        }
+    }
+}
+
+/// `1234 threads (1300 files, 120 archived), 3 problems; watching with inotify`.
+pub fn status_line(shared: &Shared) -> String {
+    let watch = shared
+        .watch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .backend
+        .clone();
+    match shared.query(|q| q.index.counts()) {
+        Ok(c) => format!(
+            "{} threads ({} files, {} archived), {} problems; watching with {watch}",
+            c.threads, c.files, c.archived, c.problems
+        ),
+        Err(e) => format!("ready; counts unavailable: {e}"),
+    }
+}
