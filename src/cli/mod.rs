@@ -4,6 +4,7 @@
 //! stdout. Exit status: 0 a positive answer, 1 a negative one (not found, not the same,
 //! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
 
+mod codex;
 mod render;
 
 use std::path::PathBuf;
@@ -88,6 +89,11 @@ pub enum Command {
     Watch {
         /// Only these threads
         thread_ids: Vec<String>,
+    },
+    /// Audit, repair and restore Codex's own state database (state_<N>.sqlite)
+    Codex {
+        #[command(subcommand)]
+        command: codex::CodexCommand,
     },
 }
 
@@ -309,6 +315,7 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             let report = q.problems()?;
             Ok(Answer::new(&report, render::problems(&report), true))
         }
+        Command::Codex { command } => codex::run(command, &q),
         Command::Run { .. } | Command::Status | Command::Wait { .. } | Command::Watch { .. } => {
             Err(failure("usage", "agent command reached the index path"))
         }
