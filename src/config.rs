@@ -17,6 +17,18 @@ pub struct Config {
     pub aliases: Vec<(PathBuf, PathBuf)>,
     /// The index database file.
     pub index: PathBuf,
+    /// `[codex_state]`: what the agent may do to Codex's own state database.
+    pub codex_state: CodexStateConfig,
+}
+
+/// `[codex_state]` keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodexStateConfig {
+    /// When true, the agent points a thread's row in Codex's state DB at a rollout it saw
+    /// archived or unarchived by another tool (one compare-and-swap update). Default false.
+    #[serde(default)]
+    pub auto_repair: bool,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -50,6 +62,7 @@ struct FileConfig {
     codex_homes: Option<Vec<String>>,
     aliases: Option<Vec<[String; 2]>>,
     index: Option<String>,
+    codex_state: Option<CodexStateConfig>,
 }
 
 impl Config {
@@ -123,6 +136,7 @@ impl Config {
             homes: deduped,
             aliases,
             index,
+            codex_state: file.codex_state.unwrap_or_default(),
         })
     }
 }
@@ -208,6 +222,16 @@ mod tests {
             c.aliases,
             vec![(PathBuf::from("/home/u"), PathBuf::from("/mnt/users/u"))]
         );
+
+        assert!(!c.codex_state.auto_repair);
+        std::fs::write(&file, "[codex_state]\nauto_repair = true\n").unwrap();
+        let c = Config::load_with(&flags, &env_of(&[("HOME", "/u")])).unwrap();
+        assert!(c.codex_state.auto_repair);
+        std::fs::write(&file, "[codex_state]\nauto_repiar = true\n").unwrap();
+        let e = Config::load_with(&flags, &env_of(&[("HOME", "/u")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto_repiar"), "{e}");
 
         std::fs::write(&file, "codex_home = \"/typo\"\n").unwrap();
         let e = Config::load_with(&flags, &env_of(&[("HOME", "/u")]))

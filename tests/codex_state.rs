@@ -926,3 +926,91 @@ fn auto_repair_points_a_row_at_a_file_another_tool_archived_or_unarchived() {
     assert!(matches!(got, MoveOutcome::RowElsewhere { .. }), "{got:?}");
     assert_eq!(row(&db, &r.id).unwrap().0, "/x/y.jsonl");
 }
+
+/// A running agent for `fx` (with its config), killed on drop.
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(fx: &Fixture) -> Agent {
+        let socket = fx.root.join("user/run/agent.sock");
+        let mut c = fx.cmd();
+        c.arg("--socket").arg(&socket).arg("run");
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = c.spawn().unwrap();
+        let agent = Agent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut client) = rolloutd::client::Client::connect(&agent.socket) {
+                if client
+                    .call("index/status", serde_json::json!({}))
+                    .is_ok_and(|s| s["ready"] == true)
+                {
+                    return agent;
+                }
+            }
+            assert!(Instant::now() < deadline, "agent did not get ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn call(&self, method: &str, params: Value) -> Result<Value, rolloutd::client::ClientError> {
+        rolloutd::client::Client::connect(&self.socket)
+            .unwrap()
+            .call(method, params)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn socket_audit_and_repair_and_auto_repair_of_a_move_by_another_tool() {
+    let (mut fx, db) = small_world("wal");
+    let config = fx.root.join("user/rolloutd.toml");
+    std::fs::write(&config, "[codex_state]\nauto_repair = true\n").unwrap();
+    fx.config = Some(config);
+    let agent = Agent::start(&fx);
+
+    let audit = agent.call("codex/audit", serde_json::json!({})).unwrap();
+    assert_eq!(audit["summary"]["errors"], 2, "{audit:#}");
+    let dry = agent.call("codex/repair", serde_json::json!({})).unwrap();
+    assert_eq!(dry["applied"], false);
+    assert_eq!(dry["changes"].as_array().unwrap().len(), 2);
+    let done = agent
+        .call("codex/repair", serde_json::json!({"apply": true}))
+        .unwrap();
+    assert_eq!(done["applied"], true, "{done:#}");
+    assert_eq!(done["quickCheck"], "ok");
+    assert!(jpath(&done["backup"]).starts_with(fx.index.parent().unwrap()));
+    assert_eq!(row(&db, &tid(1)).unwrap().1, 1);
+    let bad = agent
+        .call("codex/repair", serde_json::json!({"apply": "yes"}))
+        .unwrap_err();
+    assert!(bad.to_string().contains("bad params"), "{bad}");
+
+    // Another tool unarchives thread 1 by hand; the agent moves its row along.
+    let r1 = rollout(1, 21);
+    let from = dunce::canonicalize(fx.home.join("archived_sessions").join(r1.file_name())).unwrap();
+    let to_dir = fx.real_home().join("sessions/2026/11/21");
+    std::fs::create_dir_all(&to_dir).unwrap();
+    std::fs::rename(&from, to_dir.join(r1.file_name())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (path, archived, at) = row(&db, &tid(1)).unwrap();
+        if archived == 0 {
+            assert_eq!(PathBuf::from(path), to_dir.join(r1.file_name()));
+            assert_eq!(at, None);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the row never followed the move");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -65,10 +65,32 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
         }
     }
     drop(index);
+    if shared
+        .codex_auto_repair
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::codex_state::follow::follow_in_background(homes.clone(), moves(&notes));
+    }
     for n in notes {
         shared.notify(n);
     }
     Ok(())
+}
+
+/// The archive / unarchive moves among `notes`, for `codex_state.auto_repair`.
+fn moves(notes: &[Notification]) -> Vec<crate::codex_state::Move> {
+    notes
+        .iter()
+        .filter(|n| matches!(n.method, "thread/archived" | "thread/unarchived"))
+        .filter_map(|n| {
+            Some(crate::codex_state::Move {
+                thread_id: n.thread_id.clone()?,
+                from: PathBuf::from(n.params["previousPath"].as_str()?),
+                to: PathBuf::from(n.params["record"]["canonicalPath"].as_str()?),
+                archived: n.method == "thread/archived",
+            })
+        })
+        .collect()
 }
 
 fn apply_file(
