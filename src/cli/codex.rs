@@ -91,10 +91,10 @@ const INFO_SHOWN: usize = 20;
 fn render_db(s: &mut String, db: &DbInfo) {
     let _ = writeln!(
         s,
-        "state DB   {} (generation {}, {:?} journal, read {})",
+        "state DB   {} (generation {}, {} journal, read {})",
         db.path.display(),
         db.generation,
-        db.journal_mode,
+        db.journal_mode.as_str(),
         match db.access {
             codex_state::Access::ReadOnly => "with mode=ro",
             codex_state::Access::Immutable => "with immutable=1",
@@ -243,11 +243,11 @@ pub fn render_repair(r: &RepairReport) -> String {
 
 pub fn render_restore(r: &RestoreReport) -> String {
     format!(
-        "restored   {} from {} ({} rows, {:?} journal)\nprevious   content saved to {}\nquick_check {}\n",
+        "restored   {} from {} ({} rows, {} journal)\nprevious   content saved to {}\nquick_check {}\n",
         r.db.display(),
         r.restored_from.display(),
         r.rows,
-        r.journal_mode,
+        r.journal_mode.as_str(),
         r.previous_saved_to.display(),
         r.quick_check
     )

@@ -49,6 +49,16 @@ pub enum JournalMode {
     Delete,
 }
 
+impl JournalMode {
+    /// `"WAL"` or `"DELETE"`, as `PRAGMA journal_mode` spells them (upper case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalMode::Wal => "WAL",
+            JournalMode::Delete => "DELETE",
+        }
+    }
+}
+
 /// How the database was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
