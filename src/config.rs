@@ -28,6 +28,8 @@ pub struct Config {
     pub watch: WatchConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[codex_state]`: what the agent may do to Codex's own state database.
+    pub codex_state: CodexStateConfig,
     /// The config file that was read, if one was.
     pub file: Option<PathBuf>,
     /// Where each key's value came from, in the order of `config/rolloutd.toml`.
@@ -77,6 +79,15 @@ impl std::fmt::Display for Origin {
         }
     }
 }
+/// `[codex_state]` keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodexStateConfig {
+    /// When true, the agent points a thread's row in Codex's state DB at a rollout it saw
+    /// archived or unarchived by another tool (one compare-and-swap update). Default false.
+    #[serde(default)]
+    pub auto_repair: bool,
+}
 
 /// Values given on the command line; they win over everything else.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +130,7 @@ struct FileConfig {
     codex_homes: Option<Vec<String>>,
     aliases: Option<Vec<[String; 2]>>,
     index: Option<String>,
+    codex_state: Option<CodexStateConfig>,
     #[serde(default)]
     watch: FileWatch,
     #[serde(default)]
@@ -353,6 +365,15 @@ impl Config {
                 deduped.push(h);
             }
         }
+        let mut origins = layers.origins;
+        origins.push((
+            "codex_state.auto_repair",
+            if file.codex_state.is_some() {
+                Origin::File
+            } else {
+                Origin::Default
+            },
+        ));
         Ok(Config {
             homes: deduped,
             aliases,
@@ -361,7 +382,8 @@ impl Config {
             server,
             log,
             file: file_path.clone(),
-            origins: layers.origins,
+            origins,
+            codex_state: file.codex_state.unwrap_or_default(),
         })
     }
 
@@ -381,6 +403,7 @@ impl Config {
                     "server.max_connections" => json!(self.server.max_connections),
                     "server.idle_timeout" => duration(&self.server.idle_timeout),
                     "log.level" => json!(self.log.level),
+                    "codex_state.auto_repair" => json!(self.codex_state.auto_repair),
                     _ => serde_json::Value::Null,
                 };
                 (*key, value, origin.clone())
@@ -563,5 +586,21 @@ mod tests {
                 .to_string();
             assert!(e.contains(key) && e.contains("config.toml"), "{text}: {e}");
         }
+
+        assert!(!c.codex_state.auto_repair);
+        std::fs::write(&file, "[codex_state]\nauto_repair = true\n").unwrap();
+        let c = Config::load_with(&flags, &env_of(&[("HOME", "/u")])).unwrap();
+        assert!(c.codex_state.auto_repair);
+        std::fs::write(&file, "[codex_state]\nauto_repiar = true\n").unwrap();
+        let e = Config::load_with(&flags, &env_of(&[("HOME", "/u")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto_repiar"), "{e}");
+
+        std::fs::write(&file, "codex_home = \"/typo\"\n").unwrap();
+        let e = Config::load_with(&flags, &env_of(&[("HOME", "/u")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("codex_home") && e.contains("config.toml"), "{e}");
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! Data flows one way: filesystem → [`crawl`] → [`index`] → [`query`] → [`cli`].
 //! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
-//! speaks SQL, and [`identity`] owns what "the same file" means. [`service`] is how the
+//! speaks SQL to rolloutd's index, [`codex_state`] the only one that touches Codex's own
+//! state database, and [`identity`] owns what "the same file" means. [`service`] is how the
 //! agent lives under systemd and launchd.
 
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod codex_state;
 pub mod config;
 pub mod crawl;
 pub mod identity;

@@ -37,7 +37,9 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     };
     let mut notes = Vec::new();
-    let publish = |notes: &mut Vec<Notification>| {
+    let mut moved = Vec::new();
+    let mut publish = |notes: &mut Vec<Notification>| {
+        moved.extend(moves(notes));
         for n in notes.drain(..) {
             shared.notify(n);
         }
@@ -79,7 +81,30 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
         drop(index);
         publish(&mut notes);
     }
+    if !moved.is_empty()
+        && shared
+            .codex_auto_repair
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        crate::codex_state::follow::follow_in_background(homes.clone(), moved);
+    }
     Ok(())
+}
+
+/// The archive / unarchive moves among `notes`, for `codex_state.auto_repair`.
+fn moves(notes: &[Notification]) -> Vec<crate::codex_state::Move> {
+    notes
+        .iter()
+        .filter(|n| matches!(n.method, "thread/archived" | "thread/unarchived"))
+        .filter_map(|n| {
+            Some(crate::codex_state::Move {
+                thread_id: n.thread_id.clone()?,
+                from: PathBuf::from(n.params["previousPath"].as_str()?),
+                to: PathBuf::from(n.params["record"]["canonicalPath"].as_str()?),
+                archived: n.method == "thread/archived",
+            })
+        })
+        .collect()
 }
 
 fn apply_file(

@@ -71,6 +71,9 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let index = Index::open(&index_path, journal)?;
     let homes = Homes::new(&config.homes, &config.aliases);
     let shared = Arc::new(Shared::new(homes, index));
+    shared
+        .codex_auto_repair
+        .store(config.codex_state.auto_repair, Ordering::Relaxed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -171,6 +174,9 @@ fn reload(shared: &Shared, overrides: &Overrides) {
                 .homes
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = homes;
+            shared
+                .codex_auto_repair
+                .store(config.codex_state.auto_repair, Ordering::Relaxed);
             tracing::info!(homes = ?config.homes, "config reloaded");
         }
         Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),

@@ -59,6 +59,8 @@ pub struct Shared {
     pub last_lag_ms: AtomicU64,
     pub watch: Mutex<WatchInfo>,
     pub started: Instant,
+    /// `codex_state.auto_repair`: follow archive/unarchive moves in Codex's state DB.
+    pub codex_auto_repair: AtomicBool,
 }
 
 impl Shared {
@@ -76,6 +78,7 @@ impl Shared {
             last_lag_ms: AtomicU64::new(0),
             watch: Mutex::new(WatchInfo::default()),
             started: Instant::now(),
+            codex_auto_repair: AtomicBool::new(false),
         }
     }
 

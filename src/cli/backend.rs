@@ -31,13 +31,20 @@ impl Backend {
     /// Uses the agent at `socket` when it answers and serves `config`'s homes and index;
     /// otherwise opens the index itself.
     pub fn open(socket: &Path, config: &Config) -> Result<Backend, Failure> {
-        let (index_path, journal) = crate::agent::index_location(&config.index);
+        let (index_path, _) = crate::agent::index_location(&config.index);
         if let Some(client) = matching_agent(socket, config, &index_path) {
             return Ok(Backend::Agent(client));
         }
+        let (homes, index) = Backend::open_direct(config)?;
+        Ok(Backend::Direct { homes, index })
+    }
+
+    /// The homes and the index file, without asking any agent.
+    pub fn open_direct(config: &Config) -> Result<(Homes, Index), Failure> {
+        let (index_path, journal) = crate::agent::index_location(&config.index);
         let homes = Homes::new(&config.homes, &config.aliases);
         let index = Index::open(&index_path, journal).map_err(|e| failure("indexError", e))?;
-        Ok(Backend::Direct { homes, index })
+        Ok((homes, index))
     }
 
     /// `index`: reconcile now; the counts afterwards.

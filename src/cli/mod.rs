@@ -5,6 +5,7 @@
 //! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
 
 mod backend;
+mod codex;
 mod docs;
 mod render;
 mod service;
@@ -99,6 +100,11 @@ pub enum Command {
     Watch {
         /// Only these threads
         thread_ids: Vec<String>,
+    },
+    /// Audit, repair and restore Codex's own state database (state_<N>.sqlite)
+    Codex {
+        #[command(subcommand)]
+        command: codex::CodexCommand,
     },
 }
 
@@ -245,6 +251,16 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         _ => {}
     }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
+    if let Command::Codex { command } = cli.command {
+        // Codex's state DB is read (and repaired) in process, against a fresh index.
+        let (homes, index) = Backend::open_direct(&config)?;
+        let q = crate::query::Queries {
+            homes: &homes,
+            index: &index,
+            limits: crate::rollout::HeadLimits::default(),
+        };
+        return codex::run(command, &q);
+    }
     let mut backend = Backend::open(&socket, &config)?;
     match cli.command {
         Command::Index => {
@@ -311,7 +327,8 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         | Command::Service(_)
         | Command::Config(_)
         | Command::Completions { .. }
-        | Command::Man => Err(failure("usage", "agent command reached the index path")),
+        | Command::Man
+        | Command::Codex { .. } => Err(failure("usage", "agent command reached the index path")),
     }
 }
 

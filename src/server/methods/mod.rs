@@ -2,6 +2,7 @@
 //! against the shared state; `subscribe` / `unsubscribe` live with the connection handler
 //! because they change the connection.
 
+mod codex;
 mod index;
 mod path;
 mod thread;
@@ -27,6 +28,8 @@ pub async fn apply(shared: &Arc<Shared>, method: &str, params: Value) -> Result<
         "index/status" => index::status(shared).await,
         "index/rescan" => index::rescan(shared).await,
         "index/problems" => index::problems(shared).await,
+        "codex/audit" => codex::audit(shared).await,
+        "codex/repair" => codex::repair(shared, params).await,
         other => Err(RpcError::new(
             frame::METHOD_NOT_FOUND,
             format!("unknown method {other:?}"),
