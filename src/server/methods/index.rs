@@ -11,6 +11,9 @@ use crate::crawl;
 use crate::server::frame::{self, RpcError};
 
 pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
+    // Read before the counts: `ready: true` then promises counts that include the first
+    // reconcile.
+    let ready = shared.is_ready();
     let s = Arc::clone(shared);
     let (counts, index) = tokio::task::spawn_blocking(move || {
         s.query(|q| (q.index.counts(), q.index.path().to_owned()))
@@ -30,7 +33,7 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         .map(|h| h.configured)
         .collect();
     Ok(json!({
-        "ready": shared.is_ready(),
+        "ready": ready,
         "counts": counts,
         "watcher": watch,
         "rescans": shared.rescans.load(Ordering::Relaxed),
