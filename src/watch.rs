@@ -81,6 +81,9 @@ const GONE_GRACE: Duration = Duration::from_millis(100);
 const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// ...up to this.
 const RESCAN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// While the index is degraded (its writes fail), a full reconcile is retried this often,
+/// so the index catches up on its own once space returns.
+const DEGRADED_RETRY: Duration = Duration::from_secs(1);
 /// Event losses closer together than this are one burst, warned about once.
 const BURST_QUIET: Duration = Duration::from_secs(10);
 
@@ -309,6 +312,7 @@ impl Watch {
         print: &[Option<(PathBuf, FileId)>],
     ) {
         let mut last_check = Instant::now();
+        let mut last_degraded_try = Instant::now();
         let mut vanished: Vec<(Instant, PathBuf)> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             let wait = if vanished.is_empty() {
@@ -363,6 +367,12 @@ impl Watch {
             }
             if self.rescan_pending && self.rescan_allowed() {
                 self.reconcile(true);
+            }
+            if last_degraded_try.elapsed() >= DEGRADED_RETRY {
+                last_degraded_try = Instant::now();
+                if self.shared.degraded().is_some() {
+                    self.reconcile(true);
+                }
             }
             if last_check.elapsed() >= ROOT_CHECK {
                 last_check = Instant::now();
@@ -464,6 +474,10 @@ impl Watch {
                     ms = summary.elapsed.as_millis() as u64,
                     "reconciled"
                 );
+            }
+            Err(e) if crate::index::is_resource_failure(&e) => {
+                // Logged once by the index when it became degraded; retried every second.
+                tracing::debug!(error = %e, "reconcile failed: the index is degraded")
             }
             Err(e) => {
                 tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups")

@@ -12,8 +12,14 @@ use crate::server::frame::{self, RpcError};
 
 pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let s = Arc::clone(shared);
-    let (counts, index) = tokio::task::spawn_blocking(move || {
-        s.query(|q| (q.index.counts(), q.index.path().to_owned()))
+    let (counts, index, degraded) = tokio::task::spawn_blocking(move || {
+        s.query(|q| {
+            (
+                q.index.counts(),
+                q.index.path().to_owned(),
+                q.index.degraded(),
+            )
+        })
     })
     .await
     .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
@@ -31,6 +37,8 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         .collect();
     Ok(json!({
         "ready": shared.is_ready(),
+        "degraded": degraded.is_some(),
+        "degradedReason": degraded,
         "counts": counts,
         "watcher": watch,
         "rescans": shared.rescans.load(Ordering::Relaxed),
