@@ -451,6 +451,21 @@ impl Index {
         })
     }
 
+    /// Paths of problems recorded at `path` or below it.
+    pub fn problem_paths_at_or_under(&self, path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        let exact = path_text(path);
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        self.read("looking up problems under a directory", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path FROM problems WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+            )?;
+            let rows = stmt.query_map(params![exact, below, prefix_end(&below)], |r| {
+                Ok(PathBuf::from(r.get::<_, String>(0)?))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Paths of every problem recorded under `home`.
     pub fn problem_paths_under(&self, home: &Path) -> Result<Vec<PathBuf>, IndexError> {
         self.read("listing problem paths", |conn| {
