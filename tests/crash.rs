@@ -150,7 +150,8 @@ fn a_damaged_index_is_moved_aside_rebuilt_and_named_in_the_log() {
     let mut agent = Agent::start(&fx);
     agent.stop();
     drop(agent);
-    let damages: [(&str, fn(&Path)); 3] = [
+    type Damage = (&'static str, fn(&Path));
+    let damages: [Damage; 3] = [
         ("truncated", |p| {
             let len = std::fs::metadata(p).unwrap().len();
             let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();

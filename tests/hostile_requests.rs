@@ -151,7 +151,7 @@ fn random_and_mutated_requests_get_valid_answers_with_their_ids() {
             .map(|c| {
                 let (fx, socket) = (&fx, agent.socket.clone());
                 s.spawn(move || {
-                    let mut rng = Rng::new(seed ^ (c as u64 + 1));
+                    let mut rng = Rng::new(seed ^ (c + 1));
                     let per = total / connections;
                     let lines: Vec<Vec<u8>> = (0..per)
                         .map(|i| random_line(&mut rng, c * 1_000_000 + i, fx))
