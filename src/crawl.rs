@@ -132,10 +132,7 @@ fn reconcile_home<A: IndexAccess>(
         let (files, problems, gone) = split_outcomes(outcomes);
         summary.read += files.len() as u64;
         summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
-        index.with(|i| {
-            i.upsert_files(&files)?;
-            i.record_problems(&problems)
-        })?;
+        index.with(|i| i.upsert_files_with_problems(&files, &problems))?;
         vanished.extend(gone);
         progress.advanced(chunk.len() as u64);
     }
@@ -358,6 +355,9 @@ fn follow_file_symlink(link: &Path, roots: &[PathBuf]) -> Result<PathBuf, BadFil
 /// Head-reads one file and writes the outcome to the index: the read-repair step.
 ///
 /// Returns the row when the file is a good rollout. A file that vanished has its row removed.
+/// When the index cannot take the write (disk full, I/O error: see
+/// [`Index::degraded`]) the verified outcome is returned anyway and the cache write is
+/// skipped; the agent's watcher retries a full reconcile until writes succeed again.
 pub fn refresh(
     index: &Index,
     candidate: &Candidate,
@@ -367,26 +367,39 @@ pub fn refresh(
         Ok(inspected) => {
             let mismatch = inspected.name_mismatch();
             let file = indexed(candidate, inspected);
-            index.upsert_files(std::slice::from_ref(&file))?;
-            if let Some(detail) = mismatch {
-                index.record_problems(&[ProblemRow {
+            let warnings: Vec<ProblemRow> = mismatch
+                .map(|detail| ProblemRow {
                     path: file.path.clone(),
                     home: file.home.clone(),
                     kind: ProblemKind::NameMismatch,
                     detail,
                     thread_id: Some(file.head.thread_id.clone()),
-                }])?;
-            }
+                })
+                .into_iter()
+                .collect();
+            tolerate(index.upsert_files_with_problems(std::slice::from_ref(&file), &warnings))?;
             Ok(Ok(file))
         }
         Err(bad) if bad.kind == ProblemKind::Vanished => {
-            index.remove_paths(std::slice::from_ref(&candidate.path))?;
+            tolerate(index.remove_paths(std::slice::from_ref(&candidate.path)))?;
             Ok(Err(bad))
         }
         Err(bad) => {
-            index.record_problems(&[problem_row(&candidate.home, bad.clone())])?;
+            tolerate(index.record_problems(&[problem_row(&candidate.home, bad.clone())]))?;
             Ok(Err(bad))
         }
+    }
+}
+
+/// A cache write that failed for lack of resources is skipped (the index records that it
+/// is degraded); any other failure is returned.
+fn tolerate(r: Result<(), IndexError>) -> Result<(), IndexError> {
+    match r {
+        Err(e) if crate::index::is_resource_failure(&e) => {
+            tracing::debug!(error = %e, "skipping a cache write: the index is degraded");
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -77,10 +77,18 @@ const ROOT_CHECK: Duration = Duration::from_millis(500);
 /// (an archive) can arrive in different batches; by then the destination is indexed and
 /// the file is seen to have moved rather than gone.
 const GONE_GRACE: Duration = Duration::from_millis(100);
+/// How long after a directory was walked (a new directory, a reconcile) its rows are
+/// checked against the disk again. A file created and deleted within one debounce window
+/// produces no event at all (the debouncer drops the pair), yet a walk in between may have
+/// indexed it; this second look removes such rows.
+const RECHECK_DELAY: Duration = Duration::from_millis(300);
 /// Rescans after lost events back off from this...
 const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// ...up to this.
 const RESCAN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// While the index is degraded (its writes fail), a full reconcile is retried this often,
+/// so the index catches up on its own once space returns.
+const DEGRADED_RETRY: Duration = Duration::from_secs(1);
 /// Event losses closer together than this are one burst, warned about once.
 const BURST_QUIET: Duration = Duration::from_secs(10);
 
@@ -170,6 +178,8 @@ struct Watch {
     last_loss: Option<Instant>,
     /// Losses in the current burst after the first (logged at debug).
     losses_in_burst: u64,
+    /// Directories walked, with when: their rows are checked again after [`RECHECK_DELAY`].
+    recheck: Vec<(Instant, PathBuf)>,
 }
 
 impl Watch {
@@ -184,6 +194,7 @@ impl Watch {
             rescan_pending: false,
             last_loss: None,
             losses_in_burst: 0,
+            recheck: Vec::new(),
         }
     }
 
@@ -309,9 +320,10 @@ impl Watch {
         print: &[Option<(PathBuf, FileId)>],
     ) {
         let mut last_check = Instant::now();
+        let mut last_degraded_try = Instant::now();
         let mut vanished: Vec<(Instant, PathBuf)> = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
-            let wait = if vanished.is_empty() {
+            let wait = if vanished.is_empty() && self.recheck.is_empty() {
                 ROOT_CHECK
             } else {
                 GONE_GRACE
@@ -329,6 +341,12 @@ impl Watch {
                             .partition(|p| std::fs::symlink_metadata(p).is_ok());
                         let now = Instant::now();
                         vanished.extend(gone.into_iter().map(|p| (now, p)));
+                        self.recheck.extend(
+                            present
+                                .iter()
+                                .filter(|p| p.is_dir())
+                                .map(|p| (now, p.clone())),
+                        );
                         self.apply(present);
                         if let Some(t) = first {
                             self.shared
@@ -354,6 +372,15 @@ impl Watch {
                     std::thread::sleep(ROOT_CHECK);
                 }
             }
+            if !self.recheck.is_empty() {
+                let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
+                    .into_iter()
+                    .partition(|(t, _)| t.elapsed() >= RECHECK_DELAY);
+                self.recheck = wait;
+                let now = Instant::now();
+                // Rows whose file is gone take the same path as a removal event.
+                vanished.extend(self.missing_under(due).into_iter().map(|p| (now, p)));
+            }
             if !vanished.is_empty() {
                 let (due, wait): (Vec<_>, Vec<_>) = vanished
                     .drain(..)
@@ -364,6 +391,12 @@ impl Watch {
             if self.rescan_pending && self.rescan_allowed() {
                 self.reconcile(true);
             }
+            if last_degraded_try.elapsed() >= DEGRADED_RETRY {
+                last_degraded_try = Instant::now();
+                if self.shared.degraded().is_some() {
+                    self.reconcile(true);
+                }
+            }
             if last_check.elapsed() >= ROOT_CHECK {
                 last_check = Instant::now();
                 if fingerprint(&self.shared.homes()) != print {
@@ -373,6 +406,34 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// Paths of rows at or under `dirs` whose file no longer exists.
+    fn missing_under(&self, dirs: Vec<(Instant, PathBuf)>) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = dirs.into_iter().map(|(_, d)| d).collect();
+        dirs.sort();
+        dirs.dedup();
+        let mut missing = Vec::new();
+        for dir in dirs {
+            let rows = {
+                let index = self
+                    .shared
+                    .index
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                index.files_at_or_under(&dir).and_then(|files| {
+                    let problems = index.problem_paths_at_or_under(&dir)?;
+                    Ok(files.into_iter().map(|r| r.path).chain(problems))
+                })
+            };
+            match rows {
+                Ok(paths) => {
+                    missing.extend(paths.filter(|p| std::fs::symlink_metadata(p).is_err()))
+                }
+                Err(e) => tracing::warn!(error = %e, "could not recheck a directory"),
+            }
+        }
+        missing
     }
 
     fn apply(&mut self, paths: Vec<PathBuf>) {
@@ -447,6 +508,12 @@ impl Watch {
             self.rescan_pending = false;
         }
         let homes = self.shared.homes();
+        let walked = Instant::now();
+        self.recheck.extend(
+            crawl::allowed_roots(&homes)
+                .into_iter()
+                .map(|root| (walked, root)),
+        );
         match crawl::reconcile(&homes, &self.shared.index, &self.shared.limits, &()) {
             Ok(summary) => {
                 if is_rescan {
@@ -464,6 +531,10 @@ impl Watch {
                     ms = summary.elapsed.as_millis() as u64,
                     "reconciled"
                 );
+            }
+            Err(e) if crate::index::is_resource_failure(&e) => {
+                // Logged once by the index when it became degraded; retried every second.
+                tracing::debug!(error = %e, "reconcile failed: the index is degraded")
             }
             Err(e) => {
                 tracing::error!(error = %e, "reconcile failed; answers fall back to disk lookups")

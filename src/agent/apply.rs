@@ -78,6 +78,16 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
                 apply_gone(&index, &homes, row, &mut notes)?;
             }
         }
+        // A problem recorded for a path that is gone goes with it (a file read while still
+        // empty, then deleted or moved before it was read again).
+        let stale: Vec<PathBuf> = index
+            .problem_paths_at_or_under(&path)?
+            .into_iter()
+            .filter(|p| std::fs::symlink_metadata(p).is_err())
+            .collect();
+        if !stale.is_empty() {
+            index.remove_paths(&stale)?;
+        }
         drop(index);
         publish(&mut notes);
     }

@@ -60,6 +60,10 @@ pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
 
 /// Runs the agent in the foreground until a stop signal.
 pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    // A file-size limit (RLIMIT_FSIZE) must make an index write fail with EFBIG, which the
+    // index reports as degraded, rather than kill the agent with SIGXFSZ.
+    // SAFETY: setting a signal to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let config = Config::load(&opts.overrides)?;
     let (index_path, journal) = index_location(&config.index);
     let _lock = socket::lock_instance(&index_path)?;

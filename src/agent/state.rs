@@ -109,6 +109,15 @@ impl Shared {
         let _ = self.events.send(n);
     }
 
+    /// Why the index cannot take writes (disk full, I/O error), if it cannot: answers then
+    /// come from verified file reads, and the watcher retries until writes succeed.
+    pub fn degraded(&self) -> Option<String> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .degraded()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

@@ -129,6 +129,9 @@ impl IndexAccess for std::sync::Mutex<Index> {
 pub struct Index {
     conn: Connection,
     path: PathBuf,
+    /// Why the last write failed for lack of resources (disk full, I/O error, read-only);
+    /// cleared by the next write that succeeds. See [`Index::degraded`].
+    degraded: std::sync::Mutex<Option<String>>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,6 +160,9 @@ impl Index {
                 Err(e) if is_transient(&*e) => {
                     return Err(err(path, "opening (the index stayed locked)", e))
                 }
+                // A full disk or a read-only directory is not damage: moving the index
+                // aside would not help, and would lose a good index.
+                Err(e) if is_out_of_space(&*e) => return Err(err(path, "opening", e)),
                 Err(reason) => {
                     let aside = move_aside(path)
                         .map_err(|e| err(path, "moving a corrupt index aside", e))?;
@@ -202,6 +208,7 @@ impl Index {
         Ok(Index {
             conn,
             path: path.to_owned(),
+            degraded: Default::default(),
         })
     }
 
@@ -217,6 +224,7 @@ impl Index {
         Ok(Index {
             conn,
             path: path.to_owned(),
+            degraded: Default::default(),
         })
     }
 
@@ -224,16 +232,62 @@ impl Index {
         &self.path
     }
 
+    /// Why the index cannot take writes right now (the disk is full, an I/O error, it was
+    /// made read-only), or `None` when the last write succeeded. Reads still work while it
+    /// is degraded; answers are verified against the files as always.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_degraded(&self, reason: Option<String>) {
+        let mut slot = self
+            .degraded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&*slot, &reason) {
+            (None, Some(why)) => {
+                tracing::warn!(index = %self.path.display(), reason = %why, "index writes failing; degraded: answering from verified file reads")
+            }
+            (Some(_), None) => {
+                tracing::info!(index = %self.path.display(), "index writes succeed again; no longer degraded")
+            }
+            _ => {}
+        }
+        *slot = reason;
+    }
+
     /// Inserts or replaces files, and forgets any problem recorded at their paths, in one
     /// transaction.
     pub fn upsert_files(&self, files: &[IndexedFile]) -> Result<(), IndexError> {
-        self.write("upserting files", |tx| {
+        self.write("upserting files", |tx| Index::upsert_in(tx, files))
+    }
+
+    /// [`Index::upsert_files`] then [`Index::record_problems`] in one transaction, so a
+    /// crash never leaves a file's row without the warnings read with it (a row whose stamp
+    /// is unchanged is never read again).
+    pub fn upsert_files_with_problems(
+        &self,
+        files: &[IndexedFile],
+        problems: &[ProblemRow],
+    ) -> Result<(), IndexError> {
+        self.write("upserting files and problems", |tx| {
+            Index::upsert_in(tx, files)?;
+            Index::record_problems_in(tx, problems)
+        })
+    }
+
+    fn upsert_in(tx: &rusqlite::Transaction<'_>, files: &[IndexedFile]) -> rusqlite::Result<()> {
+        {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
             ))?;
             let mut forget = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
-            let mut revive = tx.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
+            let mut revive =
+                tx.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
             for f in files {
                 let path = path_text(&f.path);
                 insert.execute(params![
@@ -260,7 +314,7 @@ impl Index {
                 revive.execute([&f.head.thread_id])?;
             }
             Ok(())
-        })
+        }
     }
 
     /// Removes the rows (and problems) of paths that are gone. A thread left with no file
@@ -330,19 +384,34 @@ impl Index {
     /// a file unusable also drops that path's file row.
     pub fn record_problems(&self, problems: &[ProblemRow]) -> Result<(), IndexError> {
         self.write("recording problems", |tx| {
+            Index::record_problems_in(tx, problems)
+        })
+    }
+
+    fn record_problems_in(
+        tx: &rusqlite::Transaction<'_>,
+        problems: &[ProblemRow],
+    ) -> rusqlite::Result<()> {
+        {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO problems (path, home, kind, detail, thread_id) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut drop_file = tx.prepare_cached("DELETE FROM files WHERE path = ?1")?;
             for p in problems {
                 let path = path_text(&p.path);
-                insert.execute(params![path, path_text(&p.home), p.kind.as_str(), p.detail, p.thread_id])?;
+                insert.execute(params![
+                    path,
+                    path_text(&p.home),
+                    p.kind.as_str(),
+                    p.detail,
+                    p.thread_id
+                ])?;
                 if !p.kind.is_warning() {
                     drop_file.execute([&path])?;
                 }
             }
             Ok(())
-        })
+        }
     }
 
     /// Every file row's stamp under `home`, for incremental reconcile.
@@ -378,6 +447,21 @@ impl Index {
                 "SELECT {FILE_COLUMNS} FROM files WHERE path = ?1 OR (path >= ?2 AND path < ?3)"
             ))?;
             let rows = stmt.query_map(params![exact, below, prefix_end(&below)], file_from_row)?;
+            rows.collect()
+        })
+    }
+
+    /// Paths of problems recorded at `path` or below it.
+    pub fn problem_paths_at_or_under(&self, path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        let exact = path_text(path);
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        self.read("looking up problems under a directory", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path FROM problems WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+            )?;
+            let rows = stmt.query_map(params![exact, below, prefix_end(&below)], |r| {
+                Ok(PathBuf::from(r.get::<_, String>(0)?))
+            })?;
             rows.collect()
         })
     }
@@ -562,8 +646,58 @@ impl Index {
             f(&tx)?;
             tx.commit()
         };
-        run().map_err(|e| err(&self.path, action, e))
+        match run() {
+            Ok(()) => {
+                self.set_degraded(None);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(why) = resource_failure(&e) {
+                    self.set_degraded(Some(format!("{action}: {why}")));
+                }
+                Err(err(&self.path, action, e))
+            }
+        }
     }
+}
+
+/// The sentence for a write that failed because the index's storage gave out (as opposed
+/// to a bug or a constraint): disk full, I/O error, read-only, cannot open.
+fn resource_failure(e: &rusqlite::Error) -> Option<String> {
+    let code = e.sqlite_error_code()?;
+    matches!(
+        code,
+        rusqlite::ErrorCode::DiskFull
+            | rusqlite::ErrorCode::SystemIoFailure
+            | rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::TooBig
+    )
+    .then(|| e.to_string())
+}
+
+/// True when an [`IndexError`] means the index storage gave out rather than a bad row:
+/// callers with a verified answer in hand give it anyway and skip the cache write.
+pub fn is_resource_failure(e: &IndexError) -> bool {
+    e.source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(resource_failure)
+        .is_some()
+}
+
+/// True for a full disk, a read-only directory or an index that cannot be created: not
+/// damage (a short read, by contrast, is what a truncated index gives).
+fn is_out_of_space(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|c| {
+            matches!(
+                c,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::CannotOpen
+            )
+        })
 }
 
 /// True for "someone else holds a lock", as opposed to damage.

@@ -66,7 +66,13 @@ impl Queries<'_> {
         if had_rows {
             // The thread's file was renamed to a name without its id (or swapped with
             // another thread's): only a full reconcile can find it by content.
-            crawl::reconcile(self.homes, self.index, &self.limits, &())?;
+            // A degraded index cannot take the reconcile's writes; the walk above already
+            // looked on disk, so the answer stands.
+            if let Err(e) = crawl::reconcile(self.homes, self.index, &self.limits, &()) {
+                if !crate::index::is_resource_failure(&e) {
+                    return Err(e.into());
+                }
+            }
             let rows = self.index.files_for_thread(thread_id)?;
             if let Some(file) = self.first_verified(rows, thread_id)? {
                 return Ok(file);

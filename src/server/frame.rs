@@ -122,6 +122,19 @@ pub fn parse(line: &[u8]) -> Result<Request, Box<BadRequest>> {
             ),
         ));
     }
+    if let Some(Value::Number(n)) = &id {
+        if n.as_i64().is_none() && n.as_u64().is_none() && !number_round_trips(line, n) {
+            // Echoing it back would change it (an integer past 64 bits, an exponent): the
+            // client could not match the answer, so say so instead.
+            return Err(bad(
+                Value::Null,
+                RpcError::new(
+                    INVALID_REQUEST,
+                    "id is a number that cannot be echoed back exactly; use a string or a 64-bit integer",
+                ),
+            ));
+        }
+    }
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(bad(
             id_for_error,
@@ -148,6 +161,16 @@ pub fn parse(line: &[u8]) -> Result<Request, Box<BadRequest>> {
         }
     };
     Ok(Request { id, method, params })
+}
+
+/// True when the request's `id`, as written, is what `n` serializes back to.
+fn number_round_trips(line: &[u8], n: &serde_json::Number) -> bool {
+    #[derive(Deserialize)]
+    struct IdText<'a> {
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+    }
+    serde_json::from_slice::<IdText<'_>>(line).is_ok_and(|t| t.id.get() == n.to_string())
 }
 
 /// A response line (without the newline).
@@ -214,6 +237,16 @@ mod tests {
         let e = parse(br#"{"jsonrpc":"2.0","id":7,"method":"x","params":[1]}"#).unwrap_err();
         assert_eq!(e.error.code, INVALID_PARAMS);
         assert_eq!(parse(b"\xff").unwrap_err().error.code, PARSE_ERROR);
+        // Found by fuzzing: an id past 64 bits came back as a different (float) number.
+        let e =
+            parse(br#"{"jsonrpc":"2.0","id":99999999999999999999999,"method":"x"}"#).unwrap_err();
+        assert_eq!((e.id, e.error.code), (Value::Null, INVALID_REQUEST));
+        assert_eq!(
+            parse(br#"{"jsonrpc":"2.0","id":0.5,"method":"x"}"#)
+                .unwrap()
+                .id,
+            Some(json!(0.5))
+        );
         let ok = parse(br#"{"jsonrpc":"2.0","id":"a","method":"index/status"}"#).unwrap();
         assert_eq!(ok.id, Some(json!("a")));
     }

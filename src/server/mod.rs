@@ -289,3 +289,20 @@ async fn forward(
         }
     }
 }
+
+/// The response line (without `\n`) the agent sends for one request line, or `None` for a
+/// notification (a request without an id) — parsing, params and dispatch exactly as a
+/// connection does, except `subscribe`/`unsubscribe`, which change a connection and are
+/// answered here as acknowledged. For fuzzing and property tests of request handling.
+pub async fn respond(shared: &Arc<Shared>, line: &[u8]) -> Option<String> {
+    let request = match frame::parse(line) {
+        Ok(r) => r,
+        Err(bad) => return Some(frame::response(&bad.id, Err(bad.error))),
+    };
+    let result = match request.method.as_str() {
+        "subscribe" => subscribe_filter(&request.params).map(|_| json!({"subscribed": true})),
+        "unsubscribe" => Ok(json!({"subscribed": false})),
+        _ => methods::apply(shared, &request.method, request.params).await,
+    };
+    request.id.map(|id| frame::response(&id, result))
+}

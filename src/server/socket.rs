@@ -174,7 +174,13 @@ pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, StartError> {
         tracing::info!(socket = %socket.display(), "removing a stale socket left by an earlier instance");
         std::fs::remove_file(socket).map_err(io(socket, "removing a stale socket"))?;
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(io(socket, "binding"))?;
+    // Bind under a 0177 umask so the socket is never, even briefly, connectable by others
+    // (the directory is 0700 too); then set 0600 explicitly.
+    // SAFETY: umask has no preconditions; it is restored at once.
+    let old_mask = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(socket);
+    unsafe { libc::umask(old_mask) };
+    let listener = bound.map_err(io(socket, "binding"))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(io(socket, "setting permissions"))?;
     Ok(listener)

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod agent;
+pub mod rel;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

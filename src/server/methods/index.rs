@@ -15,8 +15,14 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     // reconcile.
     let ready = shared.is_ready();
     let s = Arc::clone(shared);
-    let (counts, index) = tokio::task::spawn_blocking(move || {
-        s.query(|q| (q.index.counts(), q.index.path().to_owned()))
+    let (counts, index, degraded) = tokio::task::spawn_blocking(move || {
+        s.query(|q| {
+            (
+                q.index.counts(),
+                q.index.path().to_owned(),
+                q.index.degraded(),
+            )
+        })
     })
     .await
     .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
@@ -34,6 +40,8 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
         .collect();
     Ok(json!({
         "ready": ready,
+        "degraded": degraded.is_some(),
+        "degradedReason": degraded,
         "counts": counts,
         "watcher": watch,
         "rescans": shared.rescans.load(Ordering::Relaxed),
