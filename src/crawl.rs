@@ -89,7 +89,18 @@ pub fn reconcile<A: IndexAccess>(
         index.with(|i| i.remove_paths(&orphans))?;
     }
     summary.elapsed = started.elapsed();
+    release_freed_memory();
     Ok(summary)
+}
+
+/// Hands the heap pages the walk's maps and batches used back to the OS: glibc keeps freed
+/// memory otherwise, and a long-running agent would carry a crawl's peak forever.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn reconcile_home<A: IndexAccess>(

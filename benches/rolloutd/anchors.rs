@@ -19,7 +19,12 @@ pub fn walk_lookup(home: &Path, id: &str) -> Vec<PathBuf> {
         (home.join("sessions"), usize::MAX),
         (home.join("archived_sessions"), 1),
     ] {
-        for entry in WalkDir::new(dir).min_depth(1).max_depth(depth).into_iter().flatten() {
+        for entry in WalkDir::new(dir)
+            .min_depth(1)
+            .max_depth(depth)
+            .into_iter()
+            .flatten()
+        {
             let name = entry.file_name().to_str().unwrap_or("");
             if name.starts_with("rollout-") && name.contains(id) && entry.file_type().is_file() {
                 found.push(entry.into_path());
@@ -45,7 +50,11 @@ pub fn walk(home: &Path, ids: &[String]) -> Result<Duration, String> {
 
 /// Per-lookup time of `SELECT … WHERE thread_id = ?` through one `sqlite3` CLI process:
 /// (time for `ids.len()` lookups − time for none) / `ids.len()`. `None` without the CLI.
-pub fn sqlite_cli(index: &Path, ids: &[String], scratch: &Path) -> Result<Option<Duration>, String> {
+pub fn sqlite_cli(
+    index: &Path,
+    ids: &[String],
+    scratch: &Path,
+) -> Result<Option<Duration>, String> {
     if Command::new("sqlite3").arg("-version").output().is_err() {
         return Ok(None);
     }
@@ -53,8 +62,11 @@ pub fn sqlite_cli(index: &Path, ids: &[String], scratch: &Path) -> Result<Option
     let empty = scratch.join("empty.sql");
     let mut f = std::fs::File::create(&script).map_err(|e| e.to_string())?;
     for id in ids {
-        writeln!(f, "SELECT path, size, mtime_ns FROM files WHERE thread_id = '{id}';")
-            .map_err(|e| e.to_string())?;
+        writeln!(
+            f,
+            "SELECT path, size, mtime_ns FROM files WHERE thread_id = '{id}';"
+        )
+        .map_err(|e| e.to_string())?;
     }
     drop(f);
     std::fs::write(&empty, "SELECT 1;\n").map_err(|e| e.to_string())?;
@@ -186,7 +198,9 @@ impl Server {
             .spawn()
             .map_err(|e| format!("watchman: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(json.as_bytes()).map_err(|e| e.to_string())?;
+            stdin
+                .write_all(json.as_bytes())
+                .map_err(|e| e.to_string())?;
         }
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -230,7 +244,12 @@ pub fn watchman(home: &Path, ids: &[String], runs: usize, scratch: &Path) -> Wat
     }
 }
 
-fn watchman_measure(home: &Path, ids: &[String], runs: usize, scratch: &Path) -> Result<Watchman, String> {
+fn watchman_measure(
+    home: &Path,
+    ids: &[String],
+    runs: usize,
+    scratch: &Path,
+) -> Result<Watchman, String> {
     let home_s = home.to_string_lossy();
     let mut crawls = Vec::new();
     let mut queries = Vec::new();

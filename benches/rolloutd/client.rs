@@ -40,7 +40,9 @@ impl Conn {
         let mut bytes = Vec::with_capacity(req.len() + 1);
         bytes.extend_from_slice(req.as_bytes());
         bytes.push(b'\n');
-        self.writer.write_all(&bytes).map_err(|e| format!("write: {e}"))
+        self.writer
+            .write_all(&bytes)
+            .map_err(|e| format!("write: {e}"))
     }
 
     /// Reads lines until the response with `id` (notifications are skipped).

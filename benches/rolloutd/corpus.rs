@@ -58,7 +58,8 @@ impl Corpus {
 
 /// The spec of thread `n` of `total`; newer threads have larger `n`.
 pub fn spec(home: &Path, n: u32, total: u32) -> (Spec, Thread) {
-    let created_ms = START_MS + (u64::from(n) * YEAR_MS) / u64::from(total.max(1)) + u64::from(n % 997);
+    let created_ms =
+        START_MS + (u64::from(n) * YEAR_MS) / u64::from(total.max(1)) + u64::from(n % 997);
     let spec = Spec::new(n, created_ms);
     let archived = n % 10 == 3;
     let zstd = n % 50 == 7;
@@ -93,10 +94,7 @@ pub fn generate(home: &Path, total: u32) -> std::io::Result<Corpus> {
     std::fs::create_dir_all(home.join("sessions"))?;
     std::fs::create_dir_all(home.join("archived_sessions"))?;
     let made: Vec<(Spec, Thread)> = (0..total).map(|n| spec(home, n, total)).collect();
-    let mut dirs: Vec<&Path> = made
-        .iter()
-        .filter_map(|(_, t)| t.path.parent())
-        .collect();
+    let mut dirs: Vec<&Path> = made.iter().filter_map(|(_, t)| t.path.parent()).collect();
     dirs.sort();
     dirs.dedup();
     for d in dirs {
@@ -172,9 +170,10 @@ impl Spec {
             rand,
             n
         );
-        let created =
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(created_ms))
-                .to_string();
+        let created = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(created_ms),
+        )
+        .to_string();
         Spec {
             id,
             created,
@@ -261,7 +260,10 @@ impl Spec {
 }
 
 pub fn cwd_of(n: u32) -> String {
-    format!("/home/dev/src/project-{:02}", (n.wrapping_mul(2_654_435_761) >> 8) % CWDS)
+    format!(
+        "/home/dev/src/project-{:02}",
+        (n.wrapping_mul(2_654_435_761) >> 8) % CWDS
+    )
 }
 
 /// `prefix` followed by `x` up to exactly `len` bytes.

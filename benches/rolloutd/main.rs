@@ -67,7 +67,9 @@ fn options() -> Result<Options, String> {
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
-            other => return Err(format!("unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR)")),
+            other => return Err(format!(
+                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR)"
+            )),
         }
     }
     if o.threads < 100 {
@@ -138,7 +140,15 @@ struct Report {
 }
 
 impl Report {
-    fn row(&mut self, figure: &str, value: String, cpu: String, rss: String, target: &str, met: Option<bool>) {
+    fn row(
+        &mut self,
+        figure: &str,
+        value: String,
+        cpu: String,
+        rss: String,
+        target: &str,
+        met: Option<bool>,
+    ) {
         let verdict = match met {
             Some(true) => "met",
             Some(false) => "MISSED",
@@ -167,7 +177,10 @@ impl Report {
 
     fn print(&self, o: &Options, threads: usize) {
         println!();
-        println!("## rolloutd bench: {threads} threads, median of {} run(s)", o.runs);
+        println!(
+            "## rolloutd bench: {threads} threads, median of {} run(s)",
+            o.runs
+        );
         println!();
         println!("| figure | rolloutd | CPU | peak RSS | target | |");
         println!("|---|---|---|---|---|---|");
@@ -218,12 +231,23 @@ fn sample_ids(c: &corpus::Corpus, count: usize) -> Vec<String> {
 fn run(o: &Options, root: &Path) -> Result<(), String> {
     let world = World::new(root);
     let small = o.threads < 10_000;
-    println!("rolloutd bench: {} threads, {} run(s) per figure", o.threads, o.runs);
+    println!(
+        "rolloutd bench: {} threads, {} run(s) per figure",
+        o.threads, o.runs
+    );
     println!("machine: {}", machine());
-    println!("binary: the rolloutd built with this bench ({})", if cfg!(debug_assertions) { "debug profile: figures are not representative" } else { "release profile" });
+    println!(
+        "binary: the rolloutd built with this bench ({})",
+        if cfg!(debug_assertions) {
+            "debug profile: figures are not representative"
+        } else {
+            "release profile"
+        }
+    );
 
     // 1. The corpus.
-    let c = corpus::generate(&world.home, o.threads).map_err(|e| format!("generating the corpus: {e}"))?;
+    let c = corpus::generate(&world.home, o.threads)
+        .map_err(|e| format!("generating the corpus: {e}"))?;
     let expected_files = c.threads.len() as u64;
     println!(
         "corpus: {} threads, {:.0} MB written ({} archived, {} .zst, {} sparse of {} GiB total) in {}",
@@ -253,8 +277,15 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     }
     let (wall, cpu, rss) = usage_medians(&mut cold);
     report.row(
-        &format!("cold index of {} threads (`rolloutd index`, empty index, warm cache)", o.threads),
-        format!("{} ({:.0} files/s)", fmt(wall), o.threads as f64 / wall.as_secs_f64()),
+        &format!(
+            "cold index of {} threads (`rolloutd index`, empty index, warm cache)",
+            o.threads
+        ),
+        format!(
+            "{} ({:.0} files/s)",
+            fmt(wall),
+            o.threads as f64 / wall.as_secs_f64()
+        ),
         fmt(cpu),
         mb(rss),
         "≤ 2 s at 50,000 (≥ 25,000 files/s)",
@@ -263,7 +294,11 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let index_bytes = world.index_bytes();
     report.row(
         "index size",
-        format!("{:.1} MB, {} bytes/thread", index_bytes as f64 / 1e6, index_bytes / o.threads as u64),
+        format!(
+            "{:.1} MB, {} bytes/thread",
+            index_bytes as f64 / 1e6,
+            index_bytes / o.threads as u64
+        ),
         "".into(),
         "".into(),
         "",
@@ -313,7 +348,9 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let agent = Agent::start(&world, DEADLINE)?;
     let resets = agent.reset_peak();
     if !resets {
-        report.note("the kernel refused clear_refs: per-phase peak RSS is the peak since start".into());
+        report.note(
+            "the kernel refused clear_refs: per-phase peak RSS is the peak since start".into(),
+        );
     }
     let mut phase_peaks = vec![agent.peak_rss_kb()];
 
@@ -361,7 +398,11 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     );
 
     // Throughput: closed loop, one request in flight per client.
-    let window = if small { Duration::from_millis(500) } else { Duration::from_secs(2) };
+    let window = if small {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
     for clients in [1usize, 8, 64] {
         println!("throughput, {clients} client(s)…");
         let (mut rates, mut cpus) = (Vec::new(), Vec::new());
@@ -394,7 +435,10 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let list_calls = if small { 50 } else { 200 };
     for (label, params) in [
         ("`thread/list` newest 50", r#"{"limit":50}"#.to_owned()),
-        ("`thread/list` newest 50, cwd filter", format!(r#"{{"limit":50,"cwd":"{busy_cwd}"}}"#)),
+        (
+            "`thread/list` newest 50, cwd filter",
+            format!(r#"{{"limit":50,"cwd":"{busy_cwd}"}}"#),
+        ),
     ] {
         println!("{label}…");
         let (mut p50s, mut p99s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
@@ -433,7 +477,8 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let (mut p50s, mut p99s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
     let mut sub = Conn::connect(&world.socket).map_err(|e| format!("connecting: {e}"))?;
     sub.call("subscribe", "{}")?;
-    sub.set_read_timeout(Duration::from_millis(200)).map_err(|e| e.to_string())?;
+    sub.set_read_timeout(Duration::from_millis(200))
+        .map_err(|e| e.to_string())?;
     let mut serial = 1_000_000u32;
     agent.reset_peak();
     for _ in 0..o.runs {
@@ -441,7 +486,13 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         let cpu0 = agent.cpu();
         for _ in 0..samples {
             serial += 1;
-            times.push(event_to_resolvable(&world.home, serial, None, &mut sub, &mut conn)?);
+            times.push(event_to_resolvable(
+                &world.home,
+                serial,
+                None,
+                &mut sub,
+                &mut conn,
+            )?);
             std::thread::sleep(Duration::from_millis(10));
         }
         cpus.push((agent.cpu() - cpu0) / samples);
@@ -465,7 +516,13 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let mut giants = Vec::new();
     for _ in 0..o.runs {
         serial += 1;
-        giants.push(event_to_resolvable(&world.home, serial, Some(10 << 30), &mut sub, &mut conn)?);
+        giants.push(event_to_resolvable(
+            &world.home,
+            serial,
+            Some(10 << 30),
+            &mut sub,
+            &mut conn,
+        )?);
     }
     let giant_path = corpus::write_new(&root.join("giant"), serial + 1, Some(10 << 30))
         .map_err(|e| e.to_string())?
@@ -523,7 +580,11 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     drop(agent);
 
     // Anchors.
-    let walk_ids: Vec<String> = ids.iter().take(if small { 5 } else { 10 }).cloned().collect();
+    let walk_ids: Vec<String> = ids
+        .iter()
+        .take(if small { 5 } else { 10 })
+        .cloned()
+        .collect();
     let walk = anchors::walk(&world.home, &walk_ids)?;
     report.anchor(
         "directory walk lookup by id (Codex's fallback), median",
@@ -537,7 +598,8 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             fmt(per),
             format!("resolve p50 ÷ sqlite3 = {}", ratio(resolve_p50, per)),
         ),
-        None => report.note("the sqlite3 CLI is not installed; only the in-process floor is given".into()),
+        None => report
+            .note("the sqlite3 CLI is not installed; only the in-process floor is given".into()),
     }
     let floor = anchors::sqlite_inprocess(&world.index, &lookups)?;
     report.anchor(
@@ -560,12 +622,19 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             report.anchor(
                 "watchman name query for one id, through its CLI",
                 fmt(query_cli),
-                format!("`rolloutd resolve` CLI ({}) ÷ watchman CLI = {}", fmt(resolve_cli), ratio(resolve_cli, query_cli)),
+                format!(
+                    "`rolloutd resolve` CLI ({}) ÷ watchman CLI = {}",
+                    fmt(resolve_cli),
+                    ratio(resolve_cli, query_cli)
+                ),
             );
             report.anchor(
                 "watchman name query, server side (CLI minus `watchman version`)",
                 fmt(query_server),
-                format!("resolve p50 ÷ watchman = {}", ratio(resolve_p50, query_server)),
+                format!(
+                    "resolve p50 ÷ watchman = {}",
+                    ratio(resolve_p50, query_server)
+                ),
             );
         }
         anchors::Watchman::Skipped(why) => report.note(format!("watchman skipped: {why}")),
@@ -588,7 +657,8 @@ fn usage_medians(v: &mut [Usage]) -> (Duration, Duration, u64) {
 
 /// Checks `rolloutd --json index` indexed every file (and read `read` heads, when given).
 fn check_index_output(out: &str, files: u64, read: Option<u64>) -> Result<(), String> {
-    let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("index output {e}: {out}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).map_err(|e| format!("index output {e}: {out}"))?;
     let got = v["counts"]["files"].as_u64().unwrap_or(0);
     if got != files {
         return Err(format!("index holds {got} files, not {files}: {out}"));
@@ -603,7 +673,12 @@ fn check_index_output(out: &str, files: u64, read: Option<u64>) -> Result<(), St
 }
 
 /// `clients` threads, each on its own connection, resolving in a closed loop for `window`.
-fn throughput(socket: &Path, ids: &[String], clients: usize, window: Duration) -> Result<(u64, Duration), String> {
+fn throughput(
+    socket: &Path,
+    ids: &[String],
+    clients: usize,
+    window: Duration,
+) -> Result<(u64, Duration), String> {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let ids = Arc::new(ids.to_vec());
     let mut handles = Vec::new();
@@ -655,15 +730,21 @@ fn event_to_resolvable(
     conn: &mut Conn,
 ) -> Result<Duration, String> {
     let t = Instant::now();
-    let (id, _) = corpus::write_new(home, serial, sparse).map_err(|e| format!("writing a rollout: {e}"))?;
+    let (id, _) =
+        corpus::write_new(home, serial, sparse).map_err(|e| format!("writing a rollout: {e}"))?;
     loop {
         if t.elapsed() > EVENT_DEADLINE {
-            return Err(format!("no thread/materialized for {id} within {EVENT_DEADLINE:?}"));
+            return Err(format!(
+                "no thread/materialized for {id} within {EVENT_DEADLINE:?}"
+            ));
         }
         match sub.read_line() {
             Ok(line) if line.contains("thread/materialized") && line.contains(id.as_str()) => break,
             Ok(_) => {}
-            Err(e) if e.contains("timed out") || e.contains("would block") || e.contains("Resource temporarily") => {}
+            Err(e)
+                if e.contains("timed out")
+                    || e.contains("would block")
+                    || e.contains("Resource temporarily") => {}
             Err(e) => return Err(e),
         }
     }
@@ -682,7 +763,15 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_kb = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
-    format!("{model}, {cpus} CPUs, {:.0} GB RAM, {}", mem_kb as f64 / 1048576.0, std::env::consts::OS)
+    format!(
+        "{model}, {cpus} CPUs, {:.0} GB RAM, {}",
+        mem_kb as f64 / 1048576.0,
+        std::env::consts::OS
+    )
 }

@@ -89,7 +89,11 @@ pub struct Usage {
 
 /// Runs `c` to completion (at most `deadline`) and reports wall time, user+system CPU and
 /// peak RSS from `wait4`. stdout is returned; stderr goes to `log`.
-pub fn run_measured(mut c: Command, deadline: Duration, log: &Path) -> Result<(Usage, String), String> {
+pub fn run_measured(
+    mut c: Command,
+    deadline: Duration,
+    log: &Path,
+) -> Result<(Usage, String), String> {
     let out_path = log.with_extension("out");
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
     let err = std::fs::OpenOptions::new()
@@ -112,7 +116,10 @@ pub fn run_measured(mut c: Command, deadline: Duration, log: &Path) -> Result<(U
             let cpu = timeval(ru.ru_utime) + timeval(ru.ru_stime);
             let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
             if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-                return Err(format!("rolloutd exited with status {status}; see {}", log.display()));
+                return Err(format!(
+                    "rolloutd exited with status {status}; see {}",
+                    log.display()
+                ));
             }
             return Ok((
                 Usage {
@@ -181,13 +188,19 @@ impl Agent {
         let mut buf = [0u8; 4096];
         loop {
             if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
                     agent.ready_after = started.elapsed();
                     break;
                 }
             }
             if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
-                return Err(format!("agent exited ({status}) before ready; see {}", agent.log.display()));
+                return Err(format!(
+                    "agent exited ({status}) before ready; see {}",
+                    agent.log.display()
+                ));
             }
             if started.elapsed() > deadline {
                 return Err(format!("agent not ready within {deadline:?}"));
@@ -261,5 +274,10 @@ fn proc_cpu(pid: u32) -> Option<Duration> {
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

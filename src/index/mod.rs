@@ -432,8 +432,9 @@ impl Index {
         let mut rows = self.read("looking up a thread", |conn| {
             // Ordered here, not in SQL: an ORDER BY with an expression makes SQLite re-prepare
             // the statement whenever ?1 changes, which cost more than the lookup.
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"
+            ))?;
             let rows = stmt.query_map([thread_id], file_from_row)?;
             rows.collect::<rusqlite::Result<Vec<IndexedFile>>>()
         })?;

@@ -55,9 +55,7 @@ pub async fn query<T: serde::Serialize + Send + 'static>(
             let shared = Arc::clone(shared);
             tokio::task::spawn_blocking(move || shared.query(f))
                 .await
-                .map_err(|e| {
-                    RpcError::new(frame::INDEX_ERROR, format!("query task failed: {e}"))
-                })?
+                .map_err(|e| RpcError::new(frame::INDEX_ERROR, format!("query task failed: {e}")))?
         }
     };
     match answer {
