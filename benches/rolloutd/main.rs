@@ -67,9 +67,11 @@ fn options() -> Result<Options, String> {
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR)"
-            )),
+            ))
+            }
         }
     }
     if o.threads < 100 {
@@ -433,11 +435,23 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     // thread/list, newest 50.
     let busy_cwd = c.busy_cwd();
     let list_calls = if small { 50 } else { 200 };
-    for (label, params) in [
-        ("`thread/list` newest 50", r#"{"limit":50}"#.to_owned()),
+    let active = |cwd: Option<&str>| {
+        c.threads
+            .iter()
+            .filter(|t| !t.archived && cwd.is_none_or(|w| t.cwd == w))
+            .count()
+            .min(50)
+    };
+    for (label, params, expected) in [
+        (
+            "`thread/list` newest 50",
+            r#"{"limit":50}"#.to_owned(),
+            active(None),
+        ),
         (
             "`thread/list` newest 50, cwd filter",
             format!(r#"{{"limit":50,"cwd":"{busy_cwd}"}}"#),
+            active(Some(&busy_cwd)),
         ),
     ] {
         println!("{label}…");
@@ -451,8 +465,8 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
                 let line = conn.call("thread/list", &params)?;
                 times.push(t.elapsed());
                 let n = line.matches(r#""threadId""#).count();
-                if n != 50 {
-                    return Err(format!("thread/list gave {n} threads, not 50"));
+                if n != expected {
+                    return Err(format!("thread/list gave {n} threads, not {expected}"));
                 }
             }
             cpus.push((agent.cpu() - cpu0) / list_calls);

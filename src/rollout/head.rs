@@ -130,7 +130,7 @@ fn read_line_capped<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, cap: usize) -> io:
                 LineRead::Partial
             });
         }
-        let newline = available.iter().position(|&b| b == b'\n');
+        let newline = memchr::memchr(b'\n', available);
         let take = newline.unwrap_or(available.len());
         if buf.len() + take > cap {
             return Ok(LineRead::TooLong);
