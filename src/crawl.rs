@@ -74,6 +74,7 @@ pub fn reconcile<A: IndexAccess>(
     limits: &HeadLimits,
     progress: &dyn Progress,
 ) -> Result<ReconcileSummary, IndexError> {
+    index.with(|i| i.require_writer("reconciling"))?;
     let started = Instant::now();
     let mut summary = ReconcileSummary::default();
     let roots = allowed_roots(homes);
@@ -88,7 +89,18 @@ pub fn reconcile<A: IndexAccess>(
         index.with(|i| i.remove_paths(&orphans))?;
     }
     summary.elapsed = started.elapsed();
+    release_freed_memory();
     Ok(summary)
+}
+
+/// Hands the heap pages the walk's maps and batches used back to the OS: glibc keeps freed
+/// memory otherwise, and a long-running agent would carry a crawl's peak forever.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn reconcile_home<A: IndexAccess>(
@@ -123,19 +135,34 @@ fn reconcile_home<A: IndexAccess>(
     index.with(|i| i.record_problems(&walk_problems))?;
     summary.problems += walk_problems.len() as u64;
 
+    // Heads are read on all cores while the previous batch is written: a reader thread
+    // hands batches to this one through a small queue, so SQLite's single writer and the
+    // head reads overlap.
     let mut vanished = Vec::new();
-    for chunk in to_read.chunks(BATCH) {
-        let outcomes: Vec<_> = chunk
-            .par_iter()
-            .map(|c| (c, rollout::inspect(&c.path, limits)))
-            .collect();
-        let (files, problems, gone) = split_outcomes(outcomes);
-        summary.read += files.len() as u64;
-        summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
-        index.with(|i| i.upsert_files_with_problems(&files, &problems))?;
-        vanished.extend(gone);
-        progress.advanced(chunk.len() as u64);
-    }
+    std::thread::scope(|scope| -> Result<(), IndexError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Outcomes<'_>)>(2);
+        let to_read = &to_read;
+        scope.spawn(move || {
+            for chunk in to_read.chunks(BATCH) {
+                let outcomes: Vec<_> = chunk
+                    .par_iter()
+                    .map(|c| (c, rollout::inspect(&c.path, limits)))
+                    .collect();
+                if tx.send((chunk.len(), outcomes)).is_err() {
+                    return; // the writer failed and stopped listening
+                }
+            }
+        });
+        for (n, outcomes) in rx {
+            let (files, problems, gone) = split_outcomes(outcomes);
+            summary.read += files.len() as u64;
+            summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
+            index.with(|i| i.upsert_files_with_problems(&files, &problems))?;
+            vanished.extend(gone);
+            progress.advanced(n as u64);
+        }
+        Ok(())
+    })?;
 
     let mut gone: Vec<PathBuf> = known.into_keys().filter(|p| !seen.contains(p)).collect();
     summary.removed += gone.len() as u64;
@@ -363,6 +390,7 @@ pub fn refresh(
     candidate: &Candidate,
     limits: &HeadLimits,
 ) -> Result<Result<IndexedFile, BadFile>, IndexError> {
+    index.require_writer("repairing a row")?;
     match rollout::inspect(&candidate.path, limits) {
         Ok(inspected) => {
             let mismatch = inspected.name_mismatch();

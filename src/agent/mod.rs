@@ -58,6 +58,22 @@ pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
     }
 }
 
+/// Read-only connections for queries: one per runtime worker, which is where they run.
+const READERS: usize = 2;
+
+/// Opens the query readers; without them (a failure is logged) queries use the writer.
+fn open_readers(index_path: &Path) -> Vec<Index> {
+    (0..READERS)
+        .map_while(|_| match Index::open_reader(index_path) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no read-only index connection; queries share the writer");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Runs the agent in the foreground until a stop signal.
 pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     // A file-size limit (RLIMIT_FSIZE) must make an index write fail with EFBIG, which the
@@ -74,7 +90,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     let index = Index::open(&index_path, journal)?;
     let homes = Homes::new(&config.homes, &config.aliases);
-    let shared = Arc::new(Shared::new(homes, index));
+    let shared = Arc::new(Shared::new(homes, index).with_readers(open_readers(&index_path)));
     shared
         .codex_auto_repair
         .store(config.codex_state.auto_repair, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! What the agent's parts share: the homes, the one writer connection, the notification
 //! channel and the status counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
@@ -42,6 +42,12 @@ pub struct WatchInfo {
 pub struct Shared {
     /// Replaced on SIGHUP when the configured homes change.
     pub homes: RwLock<Homes>,
+    /// Read-only connections that answer queries first (see [`Shared::read_query`]); empty
+    /// when none could be opened, and then every query uses the writer. Declared before
+    /// the writer so they close first: only a writer closing last checkpoints and removes
+    /// the WAL file, leaving the index one self-contained file after a clean stop.
+    readers: Vec<Mutex<Index>>,
+    next_reader: AtomicUsize,
     /// The process's one writer connection.
     pub index: Mutex<Index>,
     pub limits: HeadLimits,
@@ -69,6 +75,8 @@ impl Shared {
         Shared {
             homes: RwLock::new(homes),
             index: Mutex::new(index),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
             limits: HeadLimits::default(),
             events,
             stopping: tokio::sync::watch::Sender::new(false),
@@ -80,6 +88,41 @@ impl Shared {
             started: Instant::now(),
             codex_auto_repair: AtomicBool::new(false),
         }
+    }
+
+    /// Adds read-only connections for queries.
+    pub fn with_readers(mut self, readers: Vec<Index>) -> Self {
+        self.readers = readers.into_iter().map(Mutex::new).collect();
+        self
+    }
+
+    /// Runs `f` on a reader connection. `None` when there is no reader, or when `f` needed
+    /// a write (a read-repair, a walk of the homes): then its answer may lack that repair,
+    /// and the caller runs the query on the writer with [`Shared::query`]. Reads and stats
+    /// only, so it is quick enough to run on the runtime's threads.
+    pub fn read_query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Option<R> {
+        let n = self.readers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let guard = (0..n)
+            .find_map(|k| self.readers[(start + k) % n].try_lock().ok())
+            .unwrap_or_else(|| {
+                self.readers[start % n]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            });
+        let homes = self.homes();
+        let answer = f(&Queries {
+            homes: &homes,
+            index: &guard,
+            limits: self.limits,
+        });
+        if guard.take_refused_write() {
+            return None;
+        }
+        Some(answer)
     }
 
     /// Runs `f` with query access: the current homes and the writer connection.

@@ -132,6 +132,10 @@ pub struct Index {
     /// Why the last write failed for lack of resources (disk full, I/O error, read-only);
     /// cleared by the next write that succeeds. See [`Index::degraded`].
     degraded: std::sync::Mutex<Option<String>>,
+    /// Opened with [`Index::open_reader`]: every write is refused (and remembered, see
+    /// [`Index::take_refused_write`]) instead of reaching SQLite.
+    read_only: bool,
+    refused_write: std::cell::Cell<bool>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -209,10 +213,17 @@ impl Index {
             conn,
             path: path.to_owned(),
             degraded: Default::default(),
+            read_only: false,
+            refused_write: std::cell::Cell::new(false),
         })
     }
 
     /// Opens a read-only connection to an index a writer already created.
+    ///
+    /// A reader answers the read-only part of a query. Anything that would write (a
+    /// read-repair, a walk of the homes, a reconcile) is refused with an error and flagged,
+    /// so the caller can run the whole query again on the writer, even where the query
+    /// itself turned that error into an answer.
     pub fn open_reader(path: &Path) -> Result<Index, IndexError> {
         let conn = Connection::open_with_flags(
             path,
@@ -221,11 +232,33 @@ impl Index {
         .map_err(|e| err(path, "opening for reading", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| err(path, "setting the busy timeout", e))?;
+        // The OS caches the file; a small private page cache keeps each reader lean.
+        conn.execute_batch("PRAGMA cache_size=-512;")
+            .map_err(|e| err(path, "sizing the page cache", e))?;
         Ok(Index {
             conn,
             path: path.to_owned(),
             degraded: Default::default(),
+            read_only: true,
+            refused_write: std::cell::Cell::new(false),
         })
+    }
+
+    /// Fails on a reader connection (and flags it, see [`Index::take_refused_write`]); a
+    /// caller about to do work that ends in a write (a head read to repair a row, a walk)
+    /// checks first, so a reader never does that work for nothing.
+    pub fn require_writer(&self, action: &'static str) -> Result<(), IndexError> {
+        if self.read_only {
+            self.refused_write.set(true);
+            return Err(err(&self.path, action, "needs the writer connection"));
+        }
+        Ok(())
+    }
+
+    /// True (once) when this reader refused a write since the last call: the answer it
+    /// gave may lack a repair, and the query must run again on the writer.
+    pub fn take_refused_write(&self) -> bool {
+        self.refused_write.replace(false)
     }
 
     pub fn path(&self) -> &Path {
@@ -480,14 +513,26 @@ impl Index {
     /// Every file whose `session_meta.id` is `thread_id`, preferred first: active before
     /// archived, plain before compressed (Codex's own preference).
     pub fn files_for_thread(&self, thread_id: &str) -> Result<Vec<IndexedFile>, IndexError> {
-        self.read("looking up a thread", |conn| {
+        let mut rows = self.read("looking up a thread", |conn| {
+            // Ordered here, not in SQL: an ORDER BY with an expression makes SQLite re-prepare
+            // the statement whenever ?1 changes, which cost more than the lookup.
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1 \
-                 ORDER BY archived, compression <> 'none', path"
+                "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"
             ))?;
             let rows = stmt.query_map([thread_id], file_from_row)?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<IndexedFile>>>()
+        })?;
+        // As `ORDER BY archived, compression <> 'none', path` (BINARY collation is byte order).
+        rows.sort_by(|a, b| {
+            let key = |f: &IndexedFile| (f.archived, f.compression != Compression::None);
+            key(a).cmp(&key(b)).then_with(|| {
+                a.path
+                    .as_os_str()
+                    .as_encoded_bytes()
+                    .cmp(b.path.as_os_str().as_encoded_bytes())
+            })
+        });
+        Ok(rows)
     }
 
     /// Distinct thread ids starting with `prefix`, at most `limit` of them.
@@ -641,6 +686,7 @@ impl Index {
         action: &'static str,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
     ) -> Result<(), IndexError> {
+        self.require_writer(action)?;
         let run = || {
             let tx = self.conn.unchecked_transaction()?;
             f(&tx)?;

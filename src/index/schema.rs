@@ -51,6 +51,14 @@ const MIGRATIONS: &[&str] = &[
         removed_at_ms   INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2 -> 3: the listing orders by `coalesce(created_at_ms, 0)`; index that expression so
+    // "newest 50" walks an index instead of sorting every row.
+    r#"
+    DROP INDEX files_newest;
+    DROP INDEX files_cwd_newest;
+    CREATE INDEX files_newest ON files(archived, coalesce(created_at_ms, 0) DESC, thread_id);
+    CREATE INDEX files_cwd_newest ON files(cwd, archived, coalesce(created_at_ms, 0) DESC, thread_id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -116,6 +116,7 @@ impl Queries<'_> {
     /// Codex's fallback: walk the homes for rollout names containing `needle`, read and
     /// index what is found, preferred files first.
     fn walk_for(&self, needle: &str) -> Result<Vec<IndexedFile>, QueryError> {
+        self.index.require_writer("walking the homes")?;
         let roots = crawl::allowed_roots(self.homes);
         let mut found = Vec::new();
         for home in &self.homes.homes {

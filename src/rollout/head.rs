@@ -130,7 +130,7 @@ fn read_line_capped<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, cap: usize) -> io:
                 LineRead::Partial
             });
         }
-        let newline = available.iter().position(|&b| b == b'\n');
+        let newline = memchr::memchr(b'\n', available);
         let take = newline.unwrap_or(available.len());
         if buf.len() + take > cap {
             return Ok(LineRead::TooLong);
@@ -169,6 +169,15 @@ struct Git {
     branch: Option<String>,
 }
 
+/// The envelope and its `session_meta` payload in one pass: the common case, which scans
+/// the ~21 KB line once instead of twice.
+#[derive(Deserialize)]
+struct MetaEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    payload: Option<MetaPayload>,
+}
+
 fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
     let text = std::str::from_utf8(line).map_err(|e| {
         HeadError::Bad(
@@ -176,6 +185,18 @@ fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
             format!("first line is not UTF-8 ({e})"),
         )
     })?;
+    if let Ok(MetaEnvelope {
+        kind,
+        payload: Some(meta),
+    }) = serde_json::from_str::<MetaEnvelope>(text)
+    {
+        if kind == "session_meta" {
+            if let Some(head) = head_from_meta(meta) {
+                return Ok(head);
+            }
+        }
+    }
+    // Anything else takes the two-step path, which names exactly what is wrong.
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
         HeadError::Bad(
             ProblemKind::InvalidJson,
@@ -200,17 +221,20 @@ fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
             format!("session_meta payload does not parse ({e})"),
         )
     })?;
+    head_from_meta(meta)
+        .ok_or_else(|| HeadError::Bad(ProblemKind::NotSessionMeta, "session_meta has no id".into()))
+}
+
+/// The head a parsed `session_meta` payload gives; `None` without an id.
+fn head_from_meta(meta: MetaPayload) -> Option<RolloutHead> {
     let thread_id = meta
         .id
         .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| {
-            HeadError::Bad(ProblemKind::NotSessionMeta, "session_meta has no id".into())
-        })?;
+        .filter(|id| !id.is_empty())?;
     let source = meta.source.map(|raw| {
         serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
     });
-    Ok(RolloutHead {
+    Some(RolloutHead {
         thread_id,
         timestamp: meta.timestamp,
         cwd: meta.cwd,

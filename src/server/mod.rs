@@ -7,6 +7,7 @@ mod methods;
 pub mod socket;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,10 +217,27 @@ impl Handler {
                         break;
                     };
                     let shared = Arc::clone(&self.shared);
+                    let id = request.id;
+                    let mut answer = Box::pin(async move {
+                        methods::apply(&shared, &request.method, request.params).await
+                    });
+                    // Most answers come from a reader without waiting on anything: answer
+                    // those here, and give only the rest a task of their own. A task is
+                    // always polled once when spawned, so it registers its own waker.
+                    let polled = answer
+                        .as_mut()
+                        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                    if let std::task::Poll::Ready(result) = polled {
+                        if let Some(id) = id {
+                            let _ = out_tx.send(frame::response(&id, result)).await;
+                        }
+                        drop(permit);
+                        continue;
+                    }
                     let out = out_tx.clone();
                     tokio::spawn(async move {
-                        let result = methods::apply(&shared, &request.method, request.params).await;
-                        if let Some(id) = request.id {
+                        let result = answer.await;
+                        if let Some(id) = id {
                             let _ = out.send(frame::response(&id, result)).await;
                         }
                         drop(permit);

@@ -42,15 +42,22 @@ pub fn params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
     serde_json::from_value(params).map_err(|e| RpcError::invalid_params(format!("bad params: {e}")))
 }
 
-/// Runs a query on a blocking thread (queries stat and read files).
+/// Runs a query: first on a reader connection, in place (index reads and stats only, a few
+/// microseconds); when the answer needs a repair or a walk of the homes, again on the
+/// writer, on a blocking thread (queries may read files).
 pub async fn query<T: serde::Serialize + Send + 'static>(
     shared: &Arc<Shared>,
-    f: impl FnOnce(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
+    f: impl Fn(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<Value, RpcError> {
-    let shared = Arc::clone(shared);
-    let answer = tokio::task::spawn_blocking(move || shared.query(f))
-        .await
-        .map_err(|e| RpcError::new(frame::INDEX_ERROR, format!("query task failed: {e}")))?;
+    let answer = match shared.read_query(&f) {
+        Some(answer) => answer,
+        None => {
+            let shared = Arc::clone(shared);
+            tokio::task::spawn_blocking(move || shared.query(f))
+                .await
+                .map_err(|e| RpcError::new(frame::INDEX_ERROR, format!("query task failed: {e}")))?
+        }
+    };
     match answer {
         Ok(v) => {
             serde_json::to_value(v).map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))

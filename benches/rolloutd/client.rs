@@ -1,0 +1,87 @@
+//! A lean blocking client for the measurements: pre-built request lines, one response line
+//! read per request, and a check that it is the answer asked for. Keeping the client cheap
+//! keeps the figures about the agent.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    line: String,
+    next_id: u64,
+}
+
+impl Conn {
+    pub fn connect(socket: &Path) -> std::io::Result<Conn> {
+        let stream = UnixStream::connect(socket)?;
+        // No read may hang the bench.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Conn {
+            reader: BufReader::with_capacity(64 << 10, stream.try_clone()?),
+            writer: stream,
+            line: String::with_capacity(4096),
+            next_id: 1,
+        })
+    }
+
+    /// Sends `method` with `params` (a JSON object text) and returns the response line.
+    pub fn call(&mut self, method: &str, params: &str) -> Result<&str, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
+        self.send_line(&req)?;
+        self.read_response(id)
+    }
+
+    pub fn send_line(&mut self, req: &str) -> Result<(), String> {
+        let mut bytes = Vec::with_capacity(req.len() + 1);
+        bytes.extend_from_slice(req.as_bytes());
+        bytes.push(b'\n');
+        self.writer
+            .write_all(&bytes)
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// Reads lines until the response with `id` (notifications are skipped).
+    pub fn read_response(&mut self, id: u64) -> Result<&str, String> {
+        let want = format!(r#""id":{id},"#);
+        let want_last = format!(r#""id":{id}}}"#);
+        for _ in 0..100_000 {
+            let line = self.read_line()?;
+            if line.contains(&want) || line.contains(&want_last) {
+                if line.contains(r#""error""#) && !line.contains(r#""result""#) {
+                    return Err(format!("agent error: {}", line.trim()));
+                }
+                return Ok(self.line.as_str());
+            }
+        }
+        Err("no response".into())
+    }
+
+    /// The next line (a response or a notification).
+    pub fn read_line(&mut self) -> Result<&str, String> {
+        self.line.clear();
+        match self.reader.read_line(&mut self.line) {
+            Ok(0) => Err("agent closed the connection".into()),
+            Ok(_) => Ok(self.line.as_str()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
+    pub fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.reader.get_ref().set_read_timeout(Some(t))
+    }
+
+    /// `thread/resolve` of a full id; checks that the answer is that thread's record.
+    pub fn resolve(&mut self, thread_id: &str) -> Result<(), String> {
+        let params = format!(r#"{{"threadId":"{thread_id}"}}"#);
+        let line = self.call("thread/resolve", &params)?;
+        if !line.contains(thread_id) || !line.contains(r#""result""#) {
+            return Err(format!("unexpected answer: {}", line.trim()));
+        }
+        Ok(())
+    }
+}
