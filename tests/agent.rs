@@ -17,7 +17,7 @@ fn rollout(n: u32) -> Rollout {
     Rollout::new(
         &tid(n),
         &format!("2026-11-{:02}T10:{:02}:00.000Z", 1 + n % 28, n % 60),
-        &format!("/work/p{n}"),
+        &format!("/src/p{n}"),
         &format!("prompt {n}"),
     )
     .base_len(2000)
