@@ -514,8 +514,18 @@ impl Watch {
                 .into_iter()
                 .map(|root| (walked, root)),
         );
+        // Threads a rescan finds for the first time are announced like any other: a
+        // subscriber waiting for one must not miss it because events were lost.
+        let known = if is_rescan {
+            apply::known_threads(&self.shared)
+        } else {
+            None
+        };
         match crawl::reconcile(&homes, &self.shared.index, &self.shared.limits, &()) {
             Ok(summary) => {
+                if let Some(known) = known {
+                    apply::announce_new_threads(&self.shared, &homes, &known);
+                }
                 if is_rescan {
                     self.shared.rescans.fetch_add(1, Ordering::Relaxed);
                     self.shared.notify(Notification {

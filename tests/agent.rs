@@ -595,3 +595,18 @@ fn queries_during_the_first_crawl_fall_back_to_the_disk() {
     assert_eq!(rec["threadId"], last.id.as_str());
     println!("first answer given while ready = {ready}");
 }
+
+#[test]
+fn a_thread_found_by_a_rescan_is_announced_as_materialized() {
+    let fx = Fixture::new();
+    // Polling once an hour: the new file is seen only by the rescan asked for below.
+    let agent = Agent::start_with(&fx, &["--watch-mode", "poll", "--poll-interval", "1h"]);
+    let mut sub = agent.subscribe(None);
+    let r = rollout(12);
+    fx.place_active(&r);
+    let summary = agent.call("index/rescan", json!({})).unwrap();
+    assert_eq!(summary["summary"]["read"], 1, "{summary}");
+    let n = sub.expect("thread/materialized", &r.id);
+    assert_eq!(n["record"]["title"], "prompt 12");
+    sub.expect_method("index/rescanned");
+}

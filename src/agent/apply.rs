@@ -101,6 +101,47 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
     Ok(())
 }
 
+/// Most threads a rescan announces one by one; past this, `index/rescanned` alone tells
+/// subscribers to re-read.
+const MAX_ANNOUNCED: usize = 1000;
+
+/// The thread ids indexed now, before a rescan; `None` when the index cannot say.
+pub fn known_threads(shared: &Shared) -> Option<std::collections::HashSet<String>> {
+    let index = shared
+        .index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    index.thread_ids().ok()
+}
+
+/// After a rescan: `thread/materialized` for each thread that was not in `known`.
+pub fn announce_new_threads(
+    shared: &Shared,
+    homes: &Homes,
+    known: &std::collections::HashSet<String>,
+) {
+    let notes: Vec<Notification> = {
+        let index = shared
+            .index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(now) = index.thread_ids() else {
+            return;
+        };
+        let new: Vec<&String> = now.iter().filter(|t| !known.contains(*t)).collect();
+        if new.len() > MAX_ANNOUNCED {
+            return;
+        }
+        new.into_iter()
+            .filter_map(|t| index.files_for_thread(t).ok()?.into_iter().next())
+            .map(|file| record_note("thread/materialized", &file, homes, None))
+            .collect()
+    };
+    for n in notes {
+        shared.notify(n);
+    }
+}
+
 /// The archive / unarchive moves among `notes`, for `codex_state.auto_repair`.
 fn moves(notes: &[Notification]) -> Vec<crate::codex_state::Move> {
     notes

@@ -536,6 +536,15 @@ impl Index {
     }
 
     /// Distinct thread ids starting with `prefix`, at most `limit` of them.
+    /// Every thread id that has a file.
+    pub fn thread_ids(&self) -> Result<std::collections::HashSet<String>, IndexError> {
+        self.read("listing thread ids", |conn| {
+            let mut stmt = conn.prepare_cached("SELECT DISTINCT thread_id FROM files")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     pub fn thread_ids_with_prefix(
         &self,
         prefix: &str,

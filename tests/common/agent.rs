@@ -241,6 +241,31 @@ impl Subscriber {
         }
     }
 
+    /// Reads until a notification with `method` arrives, or one already seen had it.
+    pub fn expect_method(&mut self, method: &str) -> Value {
+        if let Some(n) = self.seen.iter().find(|m| m["method"] == method) {
+            return n["params"].clone();
+        }
+        let started = Instant::now();
+        loop {
+            let remaining = EVENT_DEADLINE.saturating_sub(started.elapsed());
+            assert!(
+                !remaining.is_zero(),
+                "no {method} within {EVENT_DEADLINE:?}; saw {:#?}",
+                self.seen
+            );
+            self.client.set_read_timeout(Some(remaining)).unwrap();
+            let msg = self
+                .client
+                .read_message()
+                .unwrap_or_else(|e| panic!("waiting for {method}: {e}; saw {:#?}", self.seen));
+            self.seen.push(msg.clone());
+            if msg["method"] == method {
+                return msg["params"].clone();
+            }
+        }
+    }
+
     /// Every notification that arrives within `window`.
     pub fn drain(&mut self, window: Duration) -> Vec<Value> {
         let started = Instant::now();

@@ -59,7 +59,12 @@ pub async fn rescan(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let s = Arc::clone(shared);
     let summary = tokio::task::spawn_blocking(move || {
         let homes = s.homes();
-        crawl::reconcile(&homes, &s.index, &s.limits, &())
+        let known = crate::agent::apply::known_threads(&s);
+        let summary = crawl::reconcile(&homes, &s.index, &s.limits, &());
+        if let (Ok(_), Some(known)) = (&summary, known) {
+            crate::agent::apply::announce_new_threads(&s, &homes, &known);
+        }
+        summary
     })
     .await
     .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
