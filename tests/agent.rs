@@ -610,3 +610,61 @@ fn a_thread_found_by_a_rescan_is_announced_as_materialized() {
     assert_eq!(n["record"]["title"], "prompt 12");
     sub.expect_method("index/rescanned");
 }
+
+/// `run` with extra environment (the `ROLLOUTD_*` config variables).
+fn start_with_env(fx: &Fixture, env: &[(&str, &str)]) -> Agent {
+    let mut c = fx.cmd();
+    c.envs(env.iter().copied()).arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    agent
+}
+
+#[test]
+fn an_idle_connection_is_closed_but_a_subscribed_one_is_kept() {
+    let fx = Fixture::new();
+    let agent = start_with_env(&fx, &[("ROLLOUTD_IDLE_TIMEOUT", "300ms")]);
+    let mut idle = Raw::connect(&agent.socket);
+    let mut sub = agent.subscribe(None);
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        idle.line().unwrap(),
+        "",
+        "an idle connection should be closed"
+    );
+    // The subscriber outlived the timeout and still hears changes.
+    let r = rollout(13);
+    fx.place_active(&r);
+    sub.expect("thread/materialized", &r.id);
+}
+
+#[test]
+fn connections_past_max_connections_wait_for_a_free_slot() {
+    let fx = Fixture::new();
+    let agent = start_with_env(&fx, &[("ROLLOUTD_MAX_CONNECTIONS", "2")]);
+    let first = agent.client();
+    let second = agent.client();
+    // Both slots are taken: a third connection is queued, not served.
+    let mut third = Raw::connect(&agent.socket);
+    third
+        .reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    third
+        .send(request(1, "index/status", json!({})).as_bytes())
+        .unwrap();
+    assert!(
+        third.line().is_err(),
+        "a third connection was served past the limit"
+    );
+    drop(first);
+    third
+        .reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let v: Value = serde_json::from_str(&third.line().unwrap()).unwrap();
+    assert_eq!(v["result"]["ready"], true, "{v}");
+    drop(second);
+}
