@@ -130,9 +130,9 @@ fn index_disk_full_degrades_keeps_answering_and_recovers() {
             return;
         }
     };
-    for n in 0..20 {
-        fx.write_active(&new_rollout(n, 10));
-    }
+    let old: Vec<_> = (0..20)
+        .map(|n| fx.write_active(&new_rollout(n, 10)))
+        .collect();
     let agent = Agent::start(&fx);
     assert_eq!(agent.status()["degraded"], false);
     // Fill the index's filesystem.
@@ -178,10 +178,11 @@ fn index_disk_full_degrades_keeps_answering_and_recovers() {
             .unwrap_or_else(|e| panic!("{} while degraded: {e}", path.display()));
         assert_eq!(r["threadId"], json!(thread));
     }
-    for n in 0..20 {
-        assert!(client
-            .call("thread/resolve", json!({ "threadId": tid(n) }))
-            .is_ok());
+    for (n, path) in old.iter().enumerate() {
+        let r = client
+            .call("thread/resolve", json!({ "threadId": tid(n as u32) }))
+            .unwrap_or_else(|e| panic!("{} while degraded: {e}", tid(n as u32)));
+        assert_eq!(r["canonicalPath"], json!(path));
     }
     assert_eq!(
         agent.status()["degraded"],

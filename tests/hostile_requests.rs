@@ -322,21 +322,29 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
     let flood = std::thread::spawn(move || {
         let line = request(1, "index/status", json!({}));
         let mut sent = 0u64;
+        let mut blocked = false;
         let started = Instant::now();
         // Until the agent stops reading us (backpressure), bounded in time.
         while started.elapsed() < Duration::from_secs(5) {
             match hog_writer.write_all(line.as_bytes()) {
                 Ok(()) => sent += 1,
-                Err(_) => break,
+                Err(_) => {
+                    blocked = true;
+                    break;
+                }
             }
         }
-        sent
+        (sent, blocked)
     });
     // C: subscribes, then never reads while thousands of notifications are produced.
     let mut lazy = Raw::connect(&agent.socket);
     lazy.send(request(1, "subscribe", json!({})).as_bytes())
         .unwrap();
-    let sent = flood.join().unwrap();
+    let (sent, blocked) = flood.join().unwrap();
+    assert!(
+        blocked,
+        "the agent kept reading a client that never reads ({sent} requests)"
+    );
     // B: keeps being answered while A and C are stuck and the home changes.
     let mut b = agent.client();
     let mut lat = Latencies::default();

@@ -204,14 +204,19 @@ fn path_queries_never_open_files_outside_the_homes() {
             other => panic!("{path}: {other}"),
         };
         assert_eq!(reason, "outsideHome", "{path}: {e}");
-        let e = client.call(
-            "thread/checkResume",
-            json!({ "threadId": tid(7), "path": path }),
-        );
-        assert!(e.is_ok() || e.is_err());
-        client
+        let check = client
+            .call(
+                "thread/checkResume",
+                json!({ "threadId": tid(7), "path": path }),
+            )
+            .unwrap();
+        assert_eq!(check["ok"], false, "{path}: {check}");
+        assert_eq!(check["reason"], "outsideHome", "{path}: {check}");
+        let same = client
             .call("path/same", json!({ "a": path, "b": home }))
-            .ok();
+            .unwrap();
+        assert_eq!(same["same"], false, "{path}: {same}");
+        assert_eq!(same["a"]["reason"], "outsideHome", "{path}: {same}");
     }
     // The symlinks to outside are classified too, by the crawl, without being opened.
     let problems = client.call("index/problems", json!({})).unwrap();
