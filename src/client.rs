@@ -44,7 +44,10 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        if let Err(e) = writeln!(self.writer, "{line}") {
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        // One write: `Value`'s Display writes token by token, one syscall each.
+        if let Err(e) = self.writer.write_all(&bytes) {
             // The agent may have refused the connection and closed it before we wrote; its
             // reason is still waiting to be read.
             return match self.read_message() {

@@ -15,10 +15,9 @@ use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{
     new_debouncer_opt, DebounceEventResult, Debouncer, NoCache, RecommendedCache,
 };
-use serde_json::json;
 
 use crate::agent::apply;
-use crate::agent::state::{Notification, Shared, WatchInfo};
+use crate::agent::state::{Shared, WatchInfo};
 use crate::crawl;
 use crate::identity::{canonicalize, FileId, Homes, Stamp};
 
@@ -460,7 +459,7 @@ impl Watch {
                 tracing::info!(home = %new.configured.display(), from = %old.real.display(), to = %new.real.display(), "home moved");
             }
         }
-        *homes = fresh;
+        *homes = Arc::new(fresh);
     }
 
     /// Asks for a full reconcile, at most once per backoff window; warns once per burst.
@@ -514,26 +513,8 @@ impl Watch {
                 .into_iter()
                 .map(|root| (walked, root)),
         );
-        // Threads a rescan finds for the first time are announced like any other: a
-        // subscriber waiting for one must not miss it because events were lost.
-        let known = if is_rescan {
-            apply::known_threads(&self.shared)
-        } else {
-            None
-        };
-        match crawl::reconcile(&homes, &self.shared.index, &self.shared.limits, &()) {
+        match apply::reconcile(&self.shared, &homes, is_rescan) {
             Ok(summary) => {
-                if let Some(known) = known {
-                    apply::announce_new_threads(&self.shared, &homes, &known);
-                }
-                if is_rescan {
-                    self.shared.rescans.fetch_add(1, Ordering::Relaxed);
-                    self.shared.notify(Notification {
-                        method: "index/rescanned",
-                        params: json!({ "summary": summary }),
-                        thread_id: None,
-                    });
-                }
                 tracing::info!(
                     read = summary.read,
                     unchanged = summary.unchanged,

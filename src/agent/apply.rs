@@ -96,7 +96,7 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
             .codex_auto_repair
             .load(std::sync::atomic::Ordering::Relaxed)
     {
-        crate::codex_state::follow::follow_in_background(homes.clone(), moved);
+        crate::codex_state::follow::follow_in_background((*homes).clone(), moved);
     }
     Ok(())
 }
@@ -105,8 +105,38 @@ pub fn apply_paths(shared: &Shared, paths: Vec<PathBuf>) -> Result<(), IndexErro
 /// subscribers to re-read.
 const MAX_ANNOUNCED: usize = 1000;
 
+/// A full reconcile of `homes`. As a rescan (`announce`), it is counted, each thread it
+/// finds for the first time gets `thread/materialized` (a subscriber waiting for one must
+/// not miss it because events were lost), and subscribers get `index/rescanned`.
+pub fn reconcile(
+    shared: &Shared,
+    homes: &Homes,
+    announce: bool,
+) -> Result<crate::crawl::ReconcileSummary, IndexError> {
+    let known = if announce {
+        known_threads(shared)
+    } else {
+        None
+    };
+    let summary = crawl::reconcile(homes, &shared.index, &shared.limits, &())?;
+    if announce {
+        if let Some(known) = known {
+            announce_new_threads(shared, homes, &known);
+        }
+        shared
+            .rescans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.notify(Notification {
+            method: "index/rescanned",
+            params: json!({ "summary": summary }),
+            thread_id: None,
+        });
+    }
+    Ok(summary)
+}
+
 /// The thread ids indexed now, before a rescan; `None` when the index cannot say.
-pub fn known_threads(shared: &Shared) -> Option<std::collections::HashSet<String>> {
+fn known_threads(shared: &Shared) -> Option<std::collections::HashSet<String>> {
     let index = shared
         .index
         .lock()
@@ -115,11 +145,7 @@ pub fn known_threads(shared: &Shared) -> Option<std::collections::HashSet<String
 }
 
 /// After a rescan: `thread/materialized` for each thread that was not in `known`.
-pub fn announce_new_threads(
-    shared: &Shared,
-    homes: &Homes,
-    known: &std::collections::HashSet<String>,
-) {
+fn announce_new_threads(shared: &Shared, homes: &Homes, known: &std::collections::HashSet<String>) {
     let notes: Vec<Notification> = {
         let index = shared
             .index
@@ -183,7 +209,7 @@ fn apply_file(
         Err(_) => {
             // It was a good rollout and no longer is (truncated, replaced): the thread lost it.
             if let Some(row) = before {
-                notes.extend(after_loss(index, homes, &row)?);
+                notes.push(after_loss(index, homes, &row)?);
             }
             return Ok(());
         }
@@ -229,22 +255,18 @@ fn apply_gone(
     notes: &mut Vec<Notification>,
 ) -> Result<(), IndexError> {
     index.remove_paths(std::slice::from_ref(&row.path))?;
-    notes.extend(after_loss(index, homes, &row)?);
+    notes.push(after_loss(index, homes, &row)?);
     Ok(())
 }
 
 /// The notice for a thread that lost the file `row`: removed, compressed, or updated.
-fn after_loss(
-    index: &Index,
-    homes: &Homes,
-    row: &IndexedFile,
-) -> Result<Option<Notification>, IndexError> {
+fn after_loss(index: &Index, homes: &Homes, row: &IndexedFile) -> Result<Notification, IndexError> {
     let remaining: Vec<IndexedFile> = index
         .files_for_thread(&row.head.thread_id)?
         .into_iter()
         .filter(|f| f.path.exists())
         .collect();
-    Ok(Some(match remaining.first() {
+    Ok(match remaining.first() {
         None => Notification {
             method: "thread/removed",
             params: json!({
@@ -258,7 +280,7 @@ fn after_loss(
             record_note("thread/compressed", next, homes, Some(&row.path))
         }
         Some(next) => record_note("thread/updated", next, homes, Some(&row.path)),
-    }))
+    })
 }
 
 fn display_path(homes: &Homes, row: &IndexedFile) -> PathBuf {

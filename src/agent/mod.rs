@@ -193,7 +193,7 @@ fn reload(shared: &Shared, overrides: &Overrides) {
             *shared
                 .homes
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = homes;
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(homes);
             shared
                 .codex_auto_repair
                 .store(config.codex_state.auto_repair, Ordering::Relaxed);

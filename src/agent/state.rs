@@ -2,7 +2,7 @@
 //! channel and the status counters.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -41,7 +41,7 @@ pub struct WatchInfo {
 /// State shared by the watcher, the server and the initial crawl.
 pub struct Shared {
     /// Replaced on SIGHUP when the configured homes change.
-    pub homes: RwLock<Homes>,
+    pub homes: RwLock<Arc<Homes>>,
     /// Read-only connections that answer queries first (see [`Shared::read_query`]); empty
     /// when none could be opened, and then every query uses the writer. Declared before
     /// the writer so they close first: only a writer closing last checkpoints and removes
@@ -73,7 +73,7 @@ impl Shared {
     pub fn new(homes: Homes, index: Index) -> Shared {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Shared {
-            homes: RwLock::new(homes),
+            homes: RwLock::new(Arc::new(homes)),
             index: Mutex::new(index),
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
@@ -139,8 +139,8 @@ impl Shared {
         })
     }
 
-    /// A snapshot of the configured homes.
-    pub fn homes(&self) -> Homes {
+    /// A snapshot of the configured homes (shared, not copied: this runs per request).
+    pub fn homes(&self) -> Arc<Homes> {
         self.homes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

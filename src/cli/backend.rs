@@ -31,20 +31,18 @@ impl Backend {
     /// Uses the agent at `socket` when it answers and serves `config`'s homes and index;
     /// otherwise opens the index itself.
     pub fn open(socket: &Path, config: &Config) -> Result<Backend, Failure> {
-        let (index_path, _) = crate::agent::index_location(&config.index);
+        let (index_path, journal) = crate::agent::index_location(&config.index);
         if let Some(client) = matching_agent(socket, config, &index_path) {
             return Ok(Backend::Agent(client));
         }
-        let (homes, index) = Backend::open_direct(config)?;
+        let (homes, index) = open_at(config, &index_path, journal)?;
         Ok(Backend::Direct { homes, index })
     }
 
     /// The homes and the index file, without asking any agent.
     pub fn open_direct(config: &Config) -> Result<(Homes, Index), Failure> {
         let (index_path, journal) = crate::agent::index_location(&config.index);
-        let homes = Homes::new(&config.homes, &config.aliases);
-        let index = Index::open(&index_path, journal).map_err(|e| failure("indexError", e))?;
-        Ok((homes, index))
+        open_at(config, &index_path, journal)
     }
 
     /// `index`: reconcile now; the counts afterwards.
@@ -140,6 +138,16 @@ impl Backend {
             })?),
         }
     }
+}
+
+fn open_at(
+    config: &Config,
+    index_path: &Path,
+    journal: crate::index::Journal,
+) -> Result<(Homes, Index), Failure> {
+    let homes = Homes::new(&config.homes, &config.aliases);
+    let index = Index::open(index_path, journal).map_err(|e| failure("indexError", e))?;
+    Ok((homes, index))
 }
 
 /// Connects to the agent and checks, with `index/status`, that it indexes the same homes

@@ -64,7 +64,7 @@ pub fn follow_move(
     mv: &Move,
     busy: Duration,
 ) -> Result<MoveOutcome, CodexStateError> {
-    let Some(home) = homes.homes.iter().find(|h| mv.to.starts_with(&h.real)) else {
+    let Some((home, _)) = homes.locate(&mv.to) else {
         return Ok(MoveOutcome::NoStateDb);
     };
     let located = match locate::locate(home, &locate::process_env) {

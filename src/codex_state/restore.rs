@@ -57,10 +57,7 @@ pub fn restore(
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(|e| CodexStateError::sqlite(path, "reading the journal mode", e))?;
-    let want = match journal {
-        JournalMode::Wal => "wal",
-        JournalMode::Delete => "delete",
-    };
+    let want = journal.as_str();
     if !mode.eq_ignore_ascii_case(want) {
         conn.query_row(&format!("PRAGMA journal_mode={want}"), [], |_| Ok(()))
             .map_err(|e| CodexStateError::sqlite(path, "restoring the journal mode", e))?;

@@ -292,15 +292,9 @@ impl Index {
         *slot = reason;
     }
 
-    /// Inserts or replaces files, and forgets any problem recorded at their paths, in one
-    /// transaction.
-    pub fn upsert_files(&self, files: &[IndexedFile]) -> Result<(), IndexError> {
-        self.write("upserting files", |tx| Index::upsert_in(tx, files))
-    }
-
-    /// [`Index::upsert_files`] then [`Index::record_problems`] in one transaction, so a
-    /// crash never leaves a file's row without the warnings read with it (a row whose stamp
-    /// is unchanged is never read again).
+    /// Inserts or replaces files (forgetting any problem recorded at their paths), then
+    /// records `problems`, in one transaction, so a crash never leaves a file's row without
+    /// the warnings read with it (a row whose stamp is unchanged is never read again).
     pub fn upsert_files_with_problems(
         &self,
         files: &[IndexedFile],
@@ -535,7 +529,6 @@ impl Index {
         Ok(rows)
     }
 
-    /// Distinct thread ids starting with `prefix`, at most `limit` of them.
     /// Every thread id that has a file.
     pub fn thread_ids(&self) -> Result<std::collections::HashSet<String>, IndexError> {
         self.read("listing thread ids", |conn| {
@@ -545,6 +538,7 @@ impl Index {
         })
     }
 
+    /// Distinct thread ids starting with `prefix`, at most `limit` of them.
     pub fn thread_ids_with_prefix(
         &self,
         prefix: &str,

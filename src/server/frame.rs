@@ -173,18 +173,50 @@ fn number_round_trips(line: &[u8], n: &serde_json::Number) -> bool {
     serde_json::from_slice::<IdText<'_>>(line).is_ok_and(|t| t.id.get() == n.to_string())
 }
 
+/// A response, serialized from borrows so the result is never copied into a new tree.
+#[derive(Serialize)]
+struct Response<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RpcError>,
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    params: &'a Value,
+}
+
 /// A response line (without the newline).
 pub fn response(id: &Value, result: Result<Value, RpcError>) -> String {
-    let body = match result {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
-        Err(error) => json!({ "jsonrpc": "2.0", "id": id, "error": error }),
+    let (result, error) = match &result {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(e)),
     };
-    body.to_string()
+    to_line(&Response {
+        jsonrpc: "2.0",
+        id,
+        result,
+        error,
+    })
 }
 
 /// A notification line (without the newline).
 pub fn notification(method: &str, params: &Value) -> String {
-    json!({ "jsonrpc": "2.0", "method": method, "params": params }).to_string()
+    to_line(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+}
+
+fn to_line(message: &impl Serialize) -> String {
+    // Serializing `Value`s and plain fields into a string cannot fail.
+    serde_json::to_string(message).unwrap_or_default()
 }
 
 /// What reading one line gave.

@@ -1,7 +1,7 @@
 //! `rolloutd service install | uninstall | status`: a [`Plan`] of files and commands, which
 //! `--dry-run` prints and otherwise is carried out in order.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -493,20 +493,10 @@ fn linger_file() -> Option<bool> {
 /// One `index/status` call with a short deadline, so `status` never hangs on a stuck agent.
 fn agent_status(socket: &Path) -> Result<serde_json::Value, String> {
     let shown = socket.display();
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+    let mut client = crate::client::Client::connect(socket)
         .map_err(|e| format!("no agent answers on {shown}: {e}"))?;
-    let deadline = Some(Duration::from_secs(3));
-    let _ = stream.set_read_timeout(deadline);
-    let _ = stream.set_write_timeout(deadline);
-    stream
-        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"index/status\",\"params\":{}}\n")
-        .map_err(|e| format!("{shown}: {e}"))?;
-    let mut reader = std::io::BufReader::new(stream);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| format!("{shown}: {e}"))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| format!("{shown}: not JSON-RPC: {e}"))?;
-    v.get("result")
-        .cloned()
-        .ok_or_else(|| format!("{shown}: {}", v["error"]["message"]))
+    let _ = client.set_read_timeout(Some(Duration::from_secs(3)));
+    client
+        .call("index/status", serde_json::json!({}))
+        .map_err(|e| format!("{shown}: {e}"))
 }

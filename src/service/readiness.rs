@@ -116,7 +116,11 @@ pub fn status_line(shared: &Shared) -> String {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .backend
         .clone();
-    match shared.query(|q| q.index.counts()) {
+    // A reader, when there is one: the writer may be busy with a crawl batch.
+    let counts = shared
+        .read_query(|q| q.index.counts())
+        .unwrap_or_else(|| shared.query(|q| q.index.counts()));
+    match counts {
         Ok(c) => format!(
             "{} threads ({} files, {} archived), {} problems; watching with {watch}",
             c.threads, c.files, c.archived, c.problems

@@ -265,26 +265,6 @@ impl Subscriber {
             }
         }
     }
-
-    /// Every notification that arrives within `window`.
-    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
-        let started = Instant::now();
-        let mut out = Vec::new();
-        while let Some(remaining) = window
-            .checked_sub(started.elapsed())
-            .filter(|d| !d.is_zero())
-        {
-            self.client.set_read_timeout(Some(remaining)).unwrap();
-            match self.client.read_message() {
-                Ok(m) => {
-                    self.seen.push(m.clone());
-                    out.push(m);
-                }
-                Err(_) => break,
-            }
-        }
-        out
-    }
 }
 
 /// A raw connection for framing tests: write bytes, read lines exactly as sent.

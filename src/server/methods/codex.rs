@@ -17,7 +17,7 @@ use crate::server::frame::{self, RpcError};
 /// which: `busy`, `unknownSchema`, `backfillRunning`, `noStateDb`, …).
 pub const CODEX_STATE_ERROR: i64 = -32020;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RepairParams {
     #[serde(default)]
@@ -36,11 +36,7 @@ pub async fn audit(shared: &Arc<Shared>) -> Result<Value, RpcError> {
 }
 
 pub async fn repair(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
-    let p: RepairParams = if p.is_null() {
-        RepairParams::default()
-    } else {
-        params(p)?
-    };
+    let p: RepairParams = params(p)?;
     let s = Arc::clone(shared);
     run(move || {
         let homes = s.homes();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::query;
-use crate::agent::state::{Notification, Shared};
-use crate::crawl;
+use crate::agent::apply;
+use crate::agent::state::Shared;
 use crate::server::frame::{self, RpcError};
 
 pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
@@ -35,8 +35,8 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let homes: Vec<_> = shared
         .homes()
         .homes
-        .into_iter()
-        .map(|h| h.configured)
+        .iter()
+        .map(|h| h.configured.clone())
         .collect();
     Ok(json!({
         "ready": ready,
@@ -57,26 +57,11 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
 
 pub async fn rescan(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let s = Arc::clone(shared);
-    let summary = tokio::task::spawn_blocking(move || {
-        let homes = s.homes();
-        let known = crate::agent::apply::known_threads(&s);
-        let summary = crawl::reconcile(&homes, &s.index, &s.limits, &());
-        if let (Ok(_), Some(known)) = (&summary, known) {
-            crate::agent::apply::announce_new_threads(&s, &homes, &known);
-        }
-        summary
-    })
-    .await
-    .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
-    .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
-    shared.rescans.fetch_add(1, Ordering::Relaxed);
-    let value = json!({ "summary": summary });
-    shared.notify(Notification {
-        method: "index/rescanned",
-        params: value.clone(),
-        thread_id: None,
-    });
-    Ok(value)
+    let summary = tokio::task::spawn_blocking(move || apply::reconcile(&s, &s.homes(), true))
+        .await
+        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
+        .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;
+    Ok(json!({ "summary": summary }))
 }
 
 pub async fn problems(shared: &Arc<Shared>) -> Result<Value, RpcError> {

@@ -103,6 +103,7 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
     // Subscribe before the first check, so a rollout appearing in between is not missed.
     let mut events = shared.events.subscribe();
     let mut stopping = shared.stopping.subscribe();
+    let wanted = p.thread_id.to_ascii_lowercase();
     loop {
         let id = p.thread_id.clone();
         match query(shared, move |q| q.resolve_thread(&id)).await {
@@ -140,7 +141,7 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
                 Ok(Ok(n))
                     if n.thread_id
                         .as_deref()
-                        .is_some_and(|t| t.starts_with(&p.thread_id.to_ascii_lowercase())) =>
+                        .is_some_and(|t| t.starts_with(&wanted)) =>
                 {
                     break
                 }
