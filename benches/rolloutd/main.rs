@@ -1,4 +1,4 @@
-//! `cargo bench`: rolloutd's figures beside the DESIGN.md targets and the anchors, on a
+//! `cargo bench`: rolloutd's figures beside the design targets and the anchors, on a
 //! generated corpus (see `corpus.rs`), in one run.
 //!
 //! ```sh
