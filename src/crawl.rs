@@ -95,7 +95,7 @@ pub fn reconcile<A: IndexAccess>(
 
 /// Hands the heap pages the walk's maps and batches used back to the OS: glibc keeps freed
 /// memory otherwise, and a long-running agent would carry a crawl's peak forever.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages; it has no preconditions.
     unsafe {

@@ -414,24 +414,23 @@ impl Watch {
         dirs.dedup();
         let mut missing = Vec::new();
         for dir in dirs {
-            let rows = {
-                let index = self
-                    .shared
-                    .index
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                index.files_at_or_under(&dir).and_then(|files| {
-                    let problems = index.problem_paths_at_or_under(&dir)?;
-                    Ok(files.into_iter().map(|r| r.path).chain(problems))
-                })
-            };
-            match rows {
-                Ok(paths) => {
-                    missing.extend(paths.filter(|p| std::fs::symlink_metadata(p).is_err()))
-                }
+            let paths = self
+                .shared
+                .index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .paths_at_or_under(&dir);
+            match paths {
+                Ok(paths) => missing.extend(
+                    paths
+                        .into_iter()
+                        .filter(|p| std::fs::symlink_metadata(p).is_err()),
+                ),
                 Err(e) => tracing::warn!(error = %e, "could not recheck a directory"),
             }
         }
+        // A whole home's paths were just held; give the pages back, as after a crawl.
+        crawl::release_freed_memory();
         missing
     }
 

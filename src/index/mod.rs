@@ -493,6 +493,23 @@ impl Index {
         })
     }
 
+    /// Paths of file rows and problems at `path` or below it: only the paths, so a recheck
+    /// of a whole home does not load every row.
+    pub fn paths_at_or_under(&self, path: &Path) -> Result<Vec<PathBuf>, IndexError> {
+        let exact = path_text(path);
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        self.read("listing paths under a directory", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path FROM files WHERE path = ?1 OR (path >= ?2 AND path < ?3) \
+                 UNION ALL SELECT path FROM problems WHERE path = ?1 OR (path >= ?2 AND path < ?3)",
+            )?;
+            let rows = stmt.query_map(params![exact, below, prefix_end(&below)], |r| {
+                Ok(PathBuf::from(r.get::<_, String>(0)?))
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Paths of every problem recorded under `home`.
     pub fn problem_paths_under(&self, home: &Path) -> Result<Vec<PathBuf>, IndexError> {
         self.read("listing problem paths", |conn| {
