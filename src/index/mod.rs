@@ -396,7 +396,13 @@ impl Index {
             return Ok(Vec::new());
         }
         let run = || -> rusqlite::Result<Vec<Change>> {
-            let tx = self.conn.unchecked_transaction()?;
+            // IMMEDIATE: the transaction reads before it writes, and a deferred one could
+            // not upgrade its read lock while another process writes (SQLITE_BUSY at once,
+            // whatever the busy timeout).
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
             let changes = apply_in(&tx, batch)?;
             tx.commit()?;
             Ok(changes)

@@ -51,10 +51,9 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            b.triggered(),
-        ))
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(1), b.triggered()).await
+        })
         .expect("a triggered token resolves at once");
     }
 }
