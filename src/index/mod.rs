@@ -314,6 +314,11 @@ impl Index {
         &self.path
     }
 
+    /// Opened with [`Index::open_guest`]: nothing is written.
+    pub fn is_guest(&self) -> bool {
+        self.mode == Mode::Guest
+    }
+
     /// Why the index cannot take writes right now (the disk is full, an I/O error, it was
     /// made read-only), or `None` when the last write succeeded. Reads still work while it
     /// is degraded; answers are verified against the files as always.
