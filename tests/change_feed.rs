@@ -468,9 +468,17 @@ fn seeded_churn() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // ...and every change was announced once, in order: no archive, unarchive, delete or
-    // materialization missed, nothing announced twice.
+    // ...and every change was announced once, in order: no archive, unarchive,
+    // compression, delete or materialization missed, none announced twice. (`updated` may
+    // come more often than appends: a file read while being written is read again.)
     let notes = feed.snapshot();
+    let transitions = |methods: &[&str]| -> Vec<String> {
+        methods
+            .iter()
+            .filter(|m| **m != "thread/updated")
+            .map(|m| m.to_string())
+            .collect()
+    };
     for t in &churn.threads {
         let mine: Vec<String> = notes
             .iter()
@@ -483,9 +491,11 @@ fn seeded_churn() {
                 )
             })
             .collect();
+        let got = feed.methods_for(&t.rollout.id);
+        let got: Vec<&str> = got.iter().map(String::as_str).collect();
         assert_eq!(
-            feed.methods_for(&t.rollout.id),
-            t.expected,
+            transitions(&got),
+            transitions(&t.expected),
             "seed {seed}: thread {}: {mine:#?}",
             t.rollout.id
         );
