@@ -204,7 +204,8 @@ fn reconcile_home<A: IndexAccess>(
 
 /// The walk is no snapshot: a file archived, unarchived or moved with its day directory
 /// while it ran is seen at neither place. For each thread whose every row is about to be
-/// removed, look for its file by name once more, so it is seen to move rather than to go.
+/// removed, look for its file once more, by the id in its name or by its identity (a rename
+/// keeps the inode), so it is seen to move rather than to go.
 fn moved_during_walk<A: IndexAccess>(
     home: &Home,
     roots: &[PathBuf],
@@ -215,32 +216,41 @@ fn moved_during_walk<A: IndexAccess>(
     if gone.is_empty() {
         return Ok(Vec::new());
     }
-    let orphaned: HashSet<String> = index.with(|i| -> Result<_, IndexError> {
+    let (threads, ids) = index.with(|i| -> Result<_, IndexError> {
         let gone_set: HashSet<&PathBuf> = gone.iter().collect();
-        let mut orphaned = HashSet::new();
+        let mut threads = HashSet::new();
+        let mut ids = HashSet::new();
         for p in gone {
             let Some(row) = i.file_at(p)? else { continue };
             let rows = i.files_for_thread(&row.head.thread_id)?;
             if rows.iter().all(|r| gone_set.contains(&r.path)) {
-                orphaned.insert(row.head.thread_id);
+                ids.insert(row.stamp.id);
+                threads.insert(row.head.thread_id);
             }
         }
-        Ok(orphaned)
+        Ok((threads, ids))
     })?;
-    if orphaned.is_empty() {
+    if threads.is_empty() {
         return Ok(Vec::new());
     }
-    let (candidates, _) = discover(home, roots, &|n| {
-        name::parse(n).is_some_and(|r| orphaned.contains(&r.thread_id.to_string()))
-    });
+    let (candidates, _) = discover(home, roots, &|_| true);
     let outcomes: Vec<_> = candidates
         .iter()
+        .filter(|c| {
+            let named = c
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(name::parse)
+                .is_some_and(|r| threads.contains(&r.thread_id.to_string()));
+            named || Stamp::of(&c.path).is_ok_and(|s| ids.contains(&s.id))
+        })
         .map(|c| (c, rollout::inspect(&c.path, limits)))
         .collect();
     let (files, _, _) = split_outcomes(outcomes);
     Ok(files
         .into_iter()
-        .filter(|f| orphaned.contains(&f.head.thread_id))
+        .filter(|f| threads.contains(&f.head.thread_id))
         .collect())
 }
 

@@ -80,7 +80,8 @@ impl Queries<'_> {
             found = self.first_verified(rows, thread_id, &mut gone)?;
         }
         if !gone.is_empty() {
-            self.index.require_writer("dropping rows of files that are gone")?;
+            self.index
+                .require_writer("dropping rows of files that are gone")?;
             if let Err(e) = self.index.remove_paths(&gone) {
                 if !crate::index::is_resource_failure(&e) {
                     return Err(e.into());
