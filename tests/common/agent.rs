@@ -145,19 +145,19 @@ impl Agent {
             if self.notes.iter().any(|m| m.lines().any(|l| l == line)) {
                 return;
             }
+            if started.elapsed() > limit {
+                panic!(
+                    "no {line} from the agent within {limit:?}; notes {:?}; log:\n{}",
+                    self.notes,
+                    self.log()
+                );
+            }
             let exited = self.try_exit();
-            // A datagram sent just before the exit is still queued.
+            // A datagram sent just before the exit is still queued: read it first.
             if !self.recv_note() {
                 if let Some(status) = exited {
                     panic!(
                         "agent exited ({status}) before {line}; notes {:?}; log:\n{}",
-                        self.notes,
-                        self.log()
-                    );
-                }
-                if started.elapsed() > limit {
-                    panic!(
-                        "no {line} from the agent within {limit:?}; notes {:?}; log:\n{}",
                         self.notes,
                         self.log()
                     );
