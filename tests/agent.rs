@@ -45,7 +45,7 @@ struct Tap {
     subscribed: mpsc::Receiver<()>,
     /// Both ends, once connected, to shut down at the end.
     ends: Arc<std::sync::Mutex<Vec<UnixStream>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    proxy: std::thread::JoinHandle<()>,
 }
 
 impl Tap {
@@ -95,18 +95,16 @@ impl Tap {
             front: front.to_owned(),
             subscribed,
             ends,
-            threads: vec![accept],
+            proxy: accept,
         }
     }
 
     /// Shuts both connections down and joins the proxy.
-    fn close(mut self) {
+    fn close(self) {
         for s in self.ends.lock().unwrap().iter() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        for t in self.threads.drain(..) {
-            t.join().unwrap();
-        }
+        self.proxy.join().unwrap();
     }
 }
 
