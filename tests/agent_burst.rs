@@ -41,7 +41,8 @@ fn burst(fx: &Fixture) {
 
 /// Every (path, stamp, thread) the index holds for the home.
 fn snapshot(index: &Path, home: &Path) -> Vec<(PathBuf, Stamp, String)> {
-    let index = Index::open(index, Journal::Wal).unwrap();
+    // Read-only: polled while the agent writes.
+    let index = Index::open_reader(index).unwrap();
     let mut rows: Vec<_> = index
         .stamps_under(home)
         .unwrap()
