@@ -175,8 +175,15 @@ impl Progress for ProgressBar {
 
 pub fn status(v: &serde_json::Value) -> String {
     let c = &v["counts"];
+    let degraded = match v["degraded"].as_bool() {
+        Some(true) => format!(
+            "\ndegraded   yes: {} (listings are refused until index writes succeed again)",
+            v["degradedReason"].as_str().unwrap_or("index writes fail")
+        ),
+        _ => String::new(),
+    };
     format!(
-        "ready      {}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
+        "ready      {}{degraded}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
         v["ready"],
         c["threads"],
         c["files"],

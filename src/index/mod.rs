@@ -142,7 +142,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
-     forked_from_id, git_branch, title";
+     forked_from_id, git_branch, title, thread_id_as_written";
 
 impl Index {
     /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
@@ -310,7 +310,7 @@ impl Index {
         {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             ))?;
             let mut forget = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
             let mut revive =
@@ -336,6 +336,7 @@ impl Index {
                     f.head.forked_from_id,
                     f.head.git_branch,
                     f.head.title,
+                    f.head.thread_id_as_written,
                 ])?;
                 forget.execute([&path])?;
                 revive.execute([&f.head.thread_id])?;
@@ -813,6 +814,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
             forked_from_id: r.get(15)?,
             git_branch: r.get(16)?,
             title: r.get(17)?,
+            thread_id_as_written: r.get(18)?,
         },
     })
 }

@@ -59,6 +59,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_newest ON files(archived, coalesce(created_at_ms, 0) DESC, thread_id);
     CREATE INDEX files_cwd_newest ON files(cwd, archived, coalesce(created_at_ms, 0) DESC, thread_id);
     "#,
+    // 3 -> 4: thread ids are stored in canonical lower case, the file's own spelling beside
+    // it; rows with another spelling get an impossible size so their heads are read again.
+    r#"
+    ALTER TABLE files ADD COLUMN thread_id_as_written TEXT;
+    UPDATE files SET thread_id_as_written = thread_id, thread_id = lower(thread_id), size = -1
+        WHERE thread_id <> lower(thread_id);
+    UPDATE problems SET thread_id = lower(thread_id) WHERE thread_id <> lower(thread_id);
+    UPDATE OR REPLACE removed_threads SET thread_id = lower(thread_id)
+        WHERE thread_id <> lower(thread_id);
+    "#,
 ];
 
 /// The schema version this build writes.
