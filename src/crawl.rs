@@ -312,6 +312,19 @@ fn walk(
             }
         };
         let Some(file_name) = entry.file_name().to_str() else {
+            use std::os::unix::ffi::OsStrExt;
+            // Reported, not skipped in silence: Codex cannot have written such a name.
+            if name::looks_like_rollout_bytes(entry.file_name().as_bytes()) {
+                let shown = PathBuf::from(entry.path().to_string_lossy().into_owned());
+                problems.push(problem_row(
+                    &home.real,
+                    BadFile::new(
+                        &shown,
+                        ProblemKind::InvalidUtf8,
+                        "the file name is not UTF-8",
+                    ),
+                ));
+            }
             continue;
         };
         let named = name::looks_like_rollout(file_name) && wanted(file_name);
