@@ -286,7 +286,10 @@ impl Queries<'_> {
                         );
                     }
                     // A thread Codex has named but not written yet.
-                    Ok(None) if self.homes.locate(given).is_some() => {
+                    Ok(None)
+                        if self.homes.locate(given).is_some()
+                            || self.homes.through_mount(given).is_some() =>
+                    {
                         reason = PathReason::NotMaterialized;
                         detail = format!(
                             "thread {id} has no rollout on disk yet ({}); thread/wait returns \
