@@ -50,9 +50,13 @@ pub fn same(a: &SameAnswer) -> String {
 pub fn check_resume(c: &CheckResume, path: &Path) -> String {
     match (c.ok, &c.record) {
         (true, Some(r)) => format!(
-            "ok: {} is the rollout of thread {}",
+            "ok: {} is the rollout of thread {}{}",
             path.display(),
-            r.thread_id
+            r.thread_id,
+            c.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         ),
         _ => format!(
             "{}: {}",

@@ -33,15 +33,23 @@ impl Queries<'_> {
                 let record = ThreadRecord::new(&file, self.homes);
                 // Codex stores the plain name of a compressed rollout and opens whichever
                 // exists, so the other spelling is accepted; the answer says which file.
-                let detail = sibling.map(|_| {
-                    format!(
+                let mut notes = Vec::new();
+                if sibling.is_some() {
+                    notes.push(format!(
                         "{} does not exist; its sibling {} is the rollout of thread {} (Codex \
                          opens whichever of `.jsonl` and `.jsonl.zst` exists)",
                         path.display(),
                         record.path.display(),
                         record.thread_id
-                    )
-                });
+                    ));
+                }
+                if let Some(written) = &record.thread_id_as_written {
+                    notes.push(format!(
+                        "the file spells the id {written}; ids compare case-insensitively, but \
+                         Codex looks a rollout up by a name with the lower-case id"
+                    ));
+                }
+                let detail = (!notes.is_empty()).then(|| notes.join("; "));
                 Ok(CheckResume {
                     ok: true,
                     reason: None,
