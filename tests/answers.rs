@@ -659,3 +659,25 @@ fn messages_use_the_configured_spelling_and_one_materialization_story() {
     );
     assert!(e.message.contains(story), "{e:?}");
 }
+
+// Item 4, for an index written before the rule: its upper-case rows are folded to lower case
+// and read again, so an upgrade needs no manual rebuild.
+#[test]
+fn an_index_from_before_the_case_rule_is_migrated() {
+    let fx = Fixture::new();
+    let upper = tid(3).to_ascii_uppercase();
+    fx.write_active(&rollout(&upper, 21));
+    fx.index();
+    // Put the row back as the previous schema (version 3) stored it: the id as written.
+    let conn = rusqlite::Connection::open(&fx.index).unwrap();
+    conn.execute_batch(&format!(
+        "UPDATE files SET thread_id = '{upper}'; ALTER TABLE files DROP COLUMN thread_id_as_written; \
+         PRAGMA user_version = 3;"
+    ))
+    .unwrap();
+    drop(conn);
+    let out = fx.resolve(tid(3));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["threadId"], tid(3));
+    assert_eq!(out.json["threadIdAsWritten"], upper, "read again: {out:?}");
+}
