@@ -132,7 +132,12 @@ fn reconcile_home<A: IndexAccess>(
         }
     }
     progress.advanced(summary.unchanged);
-    index.with(|i| i.record_problems(&walk_problems))?;
+    // Before the head reads, an empty write would succeed even on a full disk and clear the
+    // degraded state for a moment, letting a listing through as if the index were complete
+    // (the last write of the pass, after them, still clears it once writes succeed).
+    if !walk_problems.is_empty() {
+        index.with(|i| i.record_problems(&walk_problems))?;
+    }
     summary.problems += walk_problems.len() as u64;
 
     // Heads are read on all cores while the previous batch is written: a reader thread
