@@ -503,6 +503,8 @@ fn a_home_given_twice_by_two_spellings_is_one_home_with_both_spellings() {
     fx.write_active(&r);
     let out = fx.index();
     assert_eq!(out["counts"]["files"], 1, "indexed once: {out}");
+    assert_eq!(out["summary"]["seen"], 1, "crawled once: {out}");
+    assert_eq!(out["homes"].as_array().unwrap().len(), 1, "one home: {out}");
     let rec = fx.resolve(&r.id).json;
     let through_link = link.join(r.day_dir()).join(r.file_name());
     assert!(
