@@ -68,6 +68,7 @@ fn request_paths_that_are_relative_empty_or_hold_a_nul_are_refused() {
             ),
             ("path/same", json!({ "a": bad, "b": abs })),
             ("path/same", json!({ "a": abs, "b": bad })),
+            ("thread/list", json!({ "cwd": bad })),
         ] {
             let e = rpc_error(agent.call(method, params.clone()));
             assert_eq!(e.reason(), Some("badPath"), "{method} {params}: {e:?}");

@@ -312,7 +312,11 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             };
             let page = backend.list(&ListParams {
                 archived,
-                cwd: args.cwd,
+                cwd: args.cwd.map(|c| {
+                    absolute(std::path::Path::new(&c))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
                 search: args.search,
                 limit: args.limit,
                 cursor: args.cursor,

@@ -40,6 +40,10 @@ impl Queries<'_> {
             )));
         }
         let limit = params.limit.min(MAX_LIMIT);
+        // A cwd filter is a path too: never resolved against the agent's working directory.
+        if let Some(c) = &params.cwd {
+            super::check_request_path(Path::new(c))?;
+        }
         let after = match &params.cursor {
             Some(c) => Some(parse_cursor(c).ok_or_else(|| QueryError::BadId {
                 given: c.clone(),
