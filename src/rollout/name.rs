@@ -160,6 +160,17 @@ mod tests {
     }
 
     #[test]
+    fn siblings_both_ways() {
+        use std::path::{Path, PathBuf};
+        let plain = format!("/h/sessions/rollout-2026-11-21T19-02-43-{ID}.jsonl");
+        let zst = format!("{plain}.zst");
+        assert_eq!(sibling(Path::new(&plain)), Some(PathBuf::from(&zst)));
+        assert_eq!(sibling(Path::new(&zst)), Some(PathBuf::from(&plain)));
+        assert_eq!(sibling(Path::new("/h/sessions/notes.txt")), None);
+        assert_eq!(sibling(Path::new("/h/x.zst")), None);
+    }
+
+    #[test]
     fn rejects_other_shapes() {
         for name in [
             format!("rollout-2026-11-21T19-02-43-{ID}.json"),
