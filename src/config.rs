@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::watch::WatchMode;
-
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -490,6 +488,37 @@ fn expand_tilde(s: &str, home: Option<&Path>) -> PathBuf {
         (Some(rest), Some(home)) => home.join(rest),
         _ if s == "~" => home.map(Path::to_owned).unwrap_or_else(|| PathBuf::from(s)),
         _ => PathBuf::from(s),
+    }
+}
+
+/// `watch.mode`: how changes are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// Events, except polling on network and FUSE filesystems.
+    Auto,
+    Events,
+    Poll,
+}
+
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Auto => "auto",
+            WatchMode::Events => "events",
+            WatchMode::Poll => "poll",
+        }
+    }
+}
+
+impl std::str::FromStr for WatchMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(WatchMode::Auto),
+            "events" => Ok(WatchMode::Events),
+            "poll" => Ok(WatchMode::Poll),
+            other => Err(format!("{other:?} is not one of auto, events, poll")),
+        }
     }
 }
 

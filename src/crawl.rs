@@ -173,13 +173,15 @@ fn reconcile_home<A: IndexAccess>(
     summary.removed += gone.len() as u64;
     gone.extend(old_problems.into_iter().filter(|p| !seen.contains(p)));
     gone.extend(vanished);
-    index.with(|i| i.remove_paths(&gone))
+    index.with(|i| i.remove_paths(&gone)).map(drop)
 }
 
-type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
+pub(crate) type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
 
 /// Splits head reads into rows to write, problems to record, and paths that vanished.
-fn split_outcomes(outcomes: Outcomes<'_>) -> (Vec<IndexedFile>, Vec<ProblemRow>, Vec<PathBuf>) {
+pub(crate) fn split_outcomes(
+    outcomes: Outcomes<'_>,
+) -> (Vec<IndexedFile>, Vec<ProblemRow>, Vec<PathBuf>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     let mut gone = Vec::new();
@@ -439,13 +441,14 @@ pub fn refresh(
 
 /// A cache write that failed for lack of resources is skipped (the index records that it
 /// is degraded); any other failure is returned.
-fn tolerate(r: Result<(), IndexError>) -> Result<(), IndexError> {
+fn tolerate<T>(r: Result<T, IndexError>) -> Result<(), IndexError> {
     match r {
+        Ok(_) => Ok(()),
         Err(e) if crate::index::is_resource_failure(&e) => {
             tracing::debug!(error = %e, "skipping a cache write: the index is degraded");
             Ok(())
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 

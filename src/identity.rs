@@ -1,7 +1,7 @@
 //! File identity and the spellings of a Codex home.
 //!
 //! A file is (st_dev, st_ino): [`FileId`]. Inode numbers get reused, so an id alone is never
-//! trusted; a [`Stamp`] adds the validation tuple (size, mtime in ns), and callers confirm the
+//! trusted; a [`Stamp`] adds the validation tuple (size, mtime and ctime in ns), and callers confirm the
 //! thread id from the head before calling two spellings one file.
 //!
 //! A Codex home is known by every spelling a tool may use for it ([`Home`]): as configured,
@@ -42,6 +42,9 @@ pub struct Stamp {
     pub size: u64,
     /// Modification time in nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// Status-change time in nanoseconds. User space can set mtime (`touch -r`, `tar`,
+    /// `cp -p`) but not ctime: a rewrite that keeps inode, size and mtime still moves it.
+    pub ctime_ns: i64,
 }
 
 impl Stamp {
@@ -68,6 +71,7 @@ impl Stamp {
             kind,
             size: meta.size(),
             mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
         }
     }
 
@@ -76,7 +80,7 @@ impl Stamp {
         std::fs::metadata(path).map(|m| Stamp::from_metadata(&m))
     }
 
-    /// True when identity, size and mtime all agree: the head read earlier still holds.
+    /// True when identity, size, mtime and ctime all agree: the head read earlier still holds.
     pub fn unchanged(&self, other: &Stamp) -> bool {
         self == other
     }

@@ -1,11 +1,17 @@
 //! rolloutd: a per-user agent that indexes OpenAI Codex rollout files by file identity and
 //! answers resolve / check / repair queries.
 //!
-//! Data flows one way: filesystem → [`crawl`] → [`index`] → [`query`] → [`cli`].
-//! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
-//! speaks SQL to rolloutd's index, [`codex_state`] the only one that touches Codex's own
-//! state database, and [`identity`] owns what "the same file" means. [`service`] is how the
-//! agent lives under systemd and launchd.
+//! Data flows one way: filesystem → [`crawl`] / [`watch`] → [`index`] (which alone speaks
+//! SQL and alone decides what changed) → [`query`] → [`server`] / [`cli`].
+//! [`rollout`] is the only module that knows the JSONL format, [`codex_state`] the only one
+//! that touches Codex's own state database, [`identity`] owns what "the same file" means,
+//! and [`protocol`] is the only place the wire's method names are strings.
+//!
+//! Layers, bottom to top; a module imports only modules below it:
+//! [`identity`], [`logging`] → [`config`] → [`rollout`] → [`index`] → [`crawl`] → [`query`] →
+//! [`codex_state`] → [`protocol`] → [`client`] → [`live`] (state shared by the watcher, the
+//! server and readiness; the change publisher; the shutdown token) → [`watch`] → [`server`]
+//! → [`service`] → [`agent`] (wiring only) → [`cli`].
 
 pub mod agent;
 pub mod cli;
@@ -15,7 +21,9 @@ pub mod config;
 pub mod crawl;
 pub mod identity;
 pub mod index;
+pub mod live;
 pub mod logging;
+pub mod protocol;
 pub mod query;
 pub mod rollout;
 pub mod server;

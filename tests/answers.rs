@@ -675,7 +675,7 @@ fn an_index_from_before_the_case_rule_is_migrated() {
     let conn = rusqlite::Connection::open(&fx.index).unwrap();
     conn.execute_batch(&format!(
         "UPDATE files SET thread_id = '{upper}'; ALTER TABLE files DROP COLUMN thread_id_as_written; \
-         PRAGMA user_version = 3;"
+         PRAGMA user_version = 4;"
     ))
     .unwrap();
     drop(conn);

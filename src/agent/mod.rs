@@ -1,8 +1,6 @@
-//! The long-running agent: one instance per index, a first reconcile, live watching, and
-//! the socket server, until SIGTERM or SIGINT. SIGHUP reloads the config.
-
-pub mod apply;
-pub mod state;
+//! The long-running agent, wiring only: it builds the shared state ([`crate::live`]),
+//! starts the watcher and the server, and runs until SIGTERM or SIGINT fire the one
+//! shutdown token. SIGHUP reloads the config.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::identity::Homes;
-use crate::index::{Index, IndexError, Journal};
+use crate::index::{Change, Index, IndexError, Journal, ThreadChange};
+use crate::live::{ChangeObserver, Shared};
 use crate::server::{self, socket};
 use crate::watch::{self, WatchOptions};
-use state::Shared;
 
 /// How to run the agent.
 #[derive(Debug, Clone)]
@@ -90,16 +88,43 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     let index = Index::open(&index_path, journal)?;
     let homes = Homes::new(&config.homes, &config.aliases);
-    let shared = Arc::new(Shared::new(homes, index).with_readers(open_readers(&index_path)));
-    shared
-        .codex_auto_repair
-        .store(config.codex_state.auto_repair, Ordering::Relaxed);
+    let auto_repair = Arc::new(AtomicBool::new(config.codex_state.auto_repair));
+    let observer = follow_moves(Arc::clone(&auto_repair));
+    let shared =
+        Arc::new(Shared::new(homes, index, Some(observer)).with_readers(open_readers(&index_path)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(shared, opts, index_path, activated))
+    runtime.block_on(serve(shared, opts, index_path, activated, auto_repair))
+}
+
+/// `codex_state.auto_repair`: every archive or unarchive the index commits, whoever wrote
+/// it, is followed in Codex's state DB (off the writer's thread).
+fn follow_moves(enabled: Arc<AtomicBool>) -> ChangeObserver {
+    Box::new(move |homes: &Homes, changes: &[Change]| {
+        if !enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let moves: Vec<crate::codex_state::Move> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Thread {
+                    kind: kind @ (ThreadChange::Archived | ThreadChange::Unarchived),
+                    file,
+                    previous_path: Some(from),
+                } => Some(crate::codex_state::Move {
+                    thread_id: file.head.thread_id.clone(),
+                    from: from.clone(),
+                    to: file.path.clone(),
+                    archived: *kind == ThreadChange::Archived,
+                }),
+                _ => None,
+            })
+            .collect();
+        crate::codex_state::follow::follow_in_background(homes.clone(), moves);
+    })
 }
 
 async fn serve(
@@ -107,6 +132,7 @@ async fn serve(
     opts: AgentOptions,
     index_path: PathBuf,
     activated: Option<crate::service::activation::Activated>,
+    auto_repair: Arc<AtomicBool>,
 ) -> Result<(), AgentError> {
     let (listener, _socket_guard) = match activated {
         Some(a) => {
@@ -132,7 +158,6 @@ async fn serve(
     notifier.starting(shared.homes().homes.len());
     let watchdog = tokio::spawn(Arc::clone(&notifier).watchdog());
     let status_updates = tokio::spawn(Arc::clone(&notifier).status_updates(Arc::clone(&shared)));
-    let stop = Arc::new(AtomicBool::new(false));
     let on_ready = {
         let (notifier, shared) = (Arc::clone(&notifier), Arc::clone(&shared));
         Box::new(move || {
@@ -140,16 +165,15 @@ async fn serve(
             notifier.ready(&shared);
         })
     };
-    let watcher = watch::spawn(Arc::clone(&shared), opts.watch, Arc::clone(&stop), on_ready)
-        .map_err(AgentError::Runtime)?;
+    let watcher =
+        watch::spawn(Arc::clone(&shared), opts.watch, on_ready).map_err(AgentError::Runtime)?;
 
-    let (shutdown, _) = broadcast::channel(1);
     let (shutdown_complete, mut all_closed) = mpsc::channel::<()>(1);
     let listener = server::Listener {
         listener,
         shared: Arc::clone(&shared),
         limits: opts.server,
-        shutdown: shutdown.clone(),
+        shutdown: shared.shutdown.clone(),
         shutdown_complete,
     };
     let server = tokio::spawn(listener.run());
@@ -161,15 +185,13 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&shared, &opts.overrides),
+            _ = hup.recv() => reload(&shared, &opts.overrides, &auto_repair),
         }
     }
     tracing::info!("stopping");
-    shared.stopping.send_replace(true);
+    shared.shutdown.trigger();
     notifier.stopping();
     status_updates.abort();
-    let _ = shutdown.send(());
-    stop.store(true, Ordering::Release);
     // Stop accepting, then wait for every connection to finish its in-flight requests
     // (their handlers hold `shutdown_complete` clones), within the 2 s budget.
     let _ = tokio::time::timeout(Duration::from_millis(1800), async {
@@ -186,17 +208,11 @@ async fn serve(
 
 /// SIGHUP: re-read the config; new homes take effect at once (the watcher sees the
 /// change and re-establishes its watches).
-fn reload(shared: &Shared, overrides: &Overrides) {
+fn reload(shared: &Shared, overrides: &Overrides, auto_repair: &AtomicBool) {
     match Config::load(overrides) {
         Ok(config) => {
-            let homes = Homes::new(&config.homes, &config.aliases);
-            *shared
-                .homes
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(homes);
-            shared
-                .codex_auto_repair
-                .store(config.codex_state.auto_repair, Ordering::Relaxed);
+            shared.set_homes(Homes::new(&config.homes, &config.aliases));
+            auto_repair.store(config.codex_state.auto_repair, Ordering::Relaxed);
             tracing::info!(homes = ?config.homes, "config reloaded");
         }
         Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),

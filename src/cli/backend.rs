@@ -58,6 +58,14 @@ impl Backend {
                 let counts = decode(status.get("counts").cloned().unwrap_or(Value::Null))?;
                 Ok((summary, counts))
             }
+            Backend::Direct { index, .. } if index.is_guest() => Err(failure(
+                "agentOwnsIndex",
+                format!(
+                    "an agent owns {} and keeps it current, but did not answer on its socket; \
+                     nothing was written (it alone writes the index, so it misses no change)",
+                    index.path().display()
+                ),
+            )),
             Backend::Direct { homes, index } => {
                 let limits = HeadLimits::default();
                 let summary = crawl::reconcile(homes, &*index, &limits, progress)
@@ -114,8 +122,13 @@ impl Backend {
         self.ask("index/problems", json!({}), |q| q.problems())
     }
 
+    /// Without an agent, brings the index up to date first; a guest leaves that to the
+    /// agent that owns the index.
     fn catch_up(&mut self) -> Result<(), Failure> {
         if let Backend::Direct { homes, index } = self {
+            if index.is_guest() {
+                return Ok(());
+            }
             crawl::reconcile(homes, &*index, &HeadLimits::default(), &())
                 .map_err(|e| failure("indexError", e))?;
         }
@@ -146,7 +159,16 @@ fn open_at(
     journal: crate::index::Journal,
 ) -> Result<(Homes, Index), Failure> {
     let homes = Homes::new(&config.homes, &config.aliases);
-    let index = Index::open(index_path, journal).map_err(|e| failure("indexError", e))?;
+    // An agent holding the index (one that serves other homes, or did not answer) alone
+    // writes it: a write from here would be a change it never announces.
+    let index = match crate::server::socket::index_owner(index_path) {
+        Some(pid) => {
+            tracing::debug!(pid, "an agent owns the index; opening it without writing");
+            Index::open_guest(index_path)
+        }
+        None => Index::open(index_path, journal),
+    }
+    .map_err(|e| failure("indexError", e))?;
     Ok((homes, index))
 }
 

@@ -5,9 +5,14 @@
 //! ([`Index::open_reader`]). A corrupt or unreadable index is moved aside and rebuilt: the
 //! filesystem is the truth, so nothing is lost.
 
+mod change;
 mod schema;
 
+pub use change::{problem_change, thread_change, Change, ChangeSink, ProblemChange, ThreadChange};
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
@@ -125,6 +130,34 @@ impl IndexAccess for std::sync::Mutex<Index> {
     }
 }
 
+/// One transaction's worth of writes (see [`Index::apply`]).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub files: Vec<IndexedFile>,
+    pub problems: Vec<ProblemRow>,
+    pub removed: Vec<PathBuf>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.problems.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The process's one writer.
+    Writer,
+    /// [`Index::open_reader`]: every write is refused (and remembered, see
+    /// [`Index::take_refused_write`]) so the caller can run the query on the writer.
+    Reader,
+    /// [`Index::open_guest`]: another process (the agent) owns the index; reads work, work
+    /// that ends in a write is done, and the write itself is skipped, so answers are still
+    /// verified against the files but nothing is cached and the owner misses no change.
+    Guest,
+}
+
 /// A connection to the index.
 pub struct Index {
     conn: Connection,
@@ -132,17 +165,17 @@ pub struct Index {
     /// Why the last write failed for lack of resources (disk full, I/O error, read-only);
     /// cleared by the next write that succeeds. See [`Index::degraded`].
     degraded: std::sync::Mutex<Option<String>>,
-    /// Opened with [`Index::open_reader`]: every write is refused (and remembered, see
-    /// [`Index::take_refused_write`]) instead of reaching SQLite.
-    read_only: bool,
+    mode: Mode,
     refused_write: std::cell::Cell<bool>,
+    /// Where committed changes go (the agent's publisher); none in a CLI run.
+    sink: Option<Arc<dyn ChangeSink>>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
-     forked_from_id, git_branch, title, thread_id_as_written";
+     forked_from_id, git_branch, title, ctime_ns, thread_id_as_written";
 
 impl Index {
     /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
@@ -213,9 +246,15 @@ impl Index {
             conn,
             path: path.to_owned(),
             degraded: Default::default(),
-            read_only: false,
+            mode: Mode::Writer,
             refused_write: std::cell::Cell::new(false),
+            sink: None,
         })
+    }
+
+    /// Sends every committed write's changes to `sink`, in commit order.
+    pub fn set_sink(&mut self, sink: Arc<dyn ChangeSink>) {
+        self.sink = Some(sink);
     }
 
     /// Opens a read-only connection to an index a writer already created.
@@ -239,16 +278,26 @@ impl Index {
             conn,
             path: path.to_owned(),
             degraded: Default::default(),
-            read_only: true,
+            mode: Mode::Reader,
             refused_write: std::cell::Cell::new(false),
+            sink: None,
         })
+    }
+
+    /// Opens an index another process owns (a running agent) without ever writing to it:
+    /// queries verify against the files as usual and their cache writes are skipped. The
+    /// owner alone writes, so it alone announces changes and none goes unannounced.
+    pub fn open_guest(path: &Path) -> Result<Index, IndexError> {
+        let mut index = Index::open_reader(path)?;
+        index.mode = Mode::Guest;
+        Ok(index)
     }
 
     /// Fails on a reader connection (and flags it, see [`Index::take_refused_write`]); a
     /// caller about to do work that ends in a write (a head read to repair a row, a walk)
     /// checks first, so a reader never does that work for nothing.
     pub fn require_writer(&self, action: &'static str) -> Result<(), IndexError> {
-        if self.read_only {
+        if self.mode == Mode::Reader {
             self.refused_write.set(true);
             return Err(err(&self.path, action, "needs the writer connection"));
         }
@@ -263,6 +312,11 @@ impl Index {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opened with [`Index::open_guest`]: nothing is written.
+    pub fn is_guest(&self) -> bool {
+        self.mode == Mode::Guest
     }
 
     /// Why the index cannot take writes right now (the disk is full, an I/O error, it was
@@ -299,78 +353,80 @@ impl Index {
         &self,
         files: &[IndexedFile],
         problems: &[ProblemRow],
-    ) -> Result<(), IndexError> {
-        self.write("upserting files and problems", |tx| {
-            Index::upsert_in(tx, files)?;
-            Index::record_problems_in(tx, problems)
-        })
+    ) -> Result<Vec<Change>, IndexError> {
+        self.apply(
+            "upserting files and problems",
+            &Batch {
+                files: files.to_vec(),
+                problems: problems.to_vec(),
+                removed: Vec::new(),
+            },
+        )
     }
 
-    fn upsert_in(tx: &rusqlite::Transaction<'_>, files: &[IndexedFile]) -> rusqlite::Result<()> {
-        {
-            let mut insert = tx.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-            ))?;
-            let mut forget = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
-            let mut revive =
-                tx.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
-            for f in files {
-                let path = path_text(&f.path);
-                insert.execute(params![
-                    path,
-                    path_text(&f.home),
-                    f.stamp.id.dev as i64,
-                    f.stamp.id.ino as i64,
-                    f.stamp.size as i64,
-                    f.stamp.mtime_ns,
-                    f.head.thread_id,
-                    f.archived,
-                    f.compression.as_str(),
-                    f.created_at_ms(),
-                    f.head.cwd,
-                    f.head.source,
-                    f.head.originator,
-                    f.head.cli_version,
-                    f.head.model_provider,
-                    f.head.forked_from_id,
-                    f.head.git_branch,
-                    f.head.title,
-                    f.head.thread_id_as_written,
-                ])?;
-                forget.execute([&path])?;
-                revive.execute([&f.head.thread_id])?;
-            }
-            Ok(())
+    /// Removes the rows (and problems) of paths that are gone.
+    pub fn remove_paths(&self, paths: &[PathBuf]) -> Result<Vec<Change>, IndexError> {
+        self.apply(
+            "removing files",
+            &Batch {
+                removed: paths.to_vec(),
+                ..Batch::default()
+            },
+        )
+    }
+
+    /// Records problems, replacing any earlier problem at the same path. A problem that makes
+    /// a file unusable also drops that path's file row.
+    pub fn record_problems(&self, problems: &[ProblemRow]) -> Result<Vec<Change>, IndexError> {
+        self.apply(
+            "recording problems",
+            &Batch {
+                problems: problems.to_vec(),
+                ..Batch::default()
+            },
+        )
+    }
+
+    /// The one write path: applies `batch` in one transaction and returns what it changed,
+    /// decided from each touched thread's and path's rows before and after, inside that
+    /// transaction. The changes also go to the sink (see [`Index::set_sink`]) after the
+    /// commit, so whoever writes, each change is announced once, in commit order.
+    ///
+    /// Order inside the batch: files are upserted (forgetting problems at their paths),
+    /// then problems recorded (an unusable file's row is dropped), then paths removed. A
+    /// thread left with no file gets a tombstone (see [`Index::removed_thread`]).
+    pub fn apply(&self, action: &'static str, batch: &Batch) -> Result<Vec<Change>, IndexError> {
+        self.require_writer(action)?;
+        if self.mode == Mode::Guest {
+            return Ok(Vec::new());
         }
-    }
-
-    /// Removes the rows (and problems) of paths that are gone. A thread left with no file
-    /// gets a tombstone (see [`Index::removed_thread`]).
-    pub fn remove_paths(&self, paths: &[PathBuf]) -> Result<(), IndexError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        self.write("removing files", |tx| {
-            let mut files =
-                tx.prepare_cached("DELETE FROM files WHERE path = ?1 RETURNING thread_id")?;
-            let mut problems = tx.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
-            let mut tombstone = tx.prepare_cached(
-                "INSERT OR REPLACE INTO removed_threads (thread_id, path, removed_at_ms) \
-                 SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM files WHERE thread_id = ?1)",
+        let run = || -> rusqlite::Result<Vec<Change>> {
+            // IMMEDIATE: the transaction reads before it writes, and a deferred one could
+            // not upgrade its read lock while another process writes (SQLITE_BUSY at once,
+            // whatever the busy timeout).
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
             )?;
-            for p in paths {
-                let p = path_text(p);
-                let gone: Vec<String> = files
-                    .query_map([&p], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                problems.execute([&p])?;
-                for thread in gone {
-                    tombstone.execute(params![thread, p, now_ms])?;
+            let changes = apply_in(&tx, batch)?;
+            tx.commit()?;
+            Ok(changes)
+        };
+        match run() {
+            Ok(changes) => {
+                self.set_degraded(None);
+                if let (Some(sink), false) = (&self.sink, changes.is_empty()) {
+                    sink.publish(&changes);
                 }
+                Ok(changes)
             }
-            Ok(())
-        })
+            Err(e) => {
+                if let Some(why) = resource_failure(&e) {
+                    self.set_degraded(Some(format!("{action}: {why}")));
+                }
+                Err(err(&self.path, action, e))
+            }
+        }
     }
 
     /// Paths of file and problem rows recorded under none of `homes` (realpaths).
@@ -408,45 +464,11 @@ impl Index {
         })
     }
 
-    /// Records problems, replacing any earlier problem at the same path. A problem that makes
-    /// a file unusable also drops that path's file row.
-    pub fn record_problems(&self, problems: &[ProblemRow]) -> Result<(), IndexError> {
-        self.write("recording problems", |tx| {
-            Index::record_problems_in(tx, problems)
-        })
-    }
-
-    fn record_problems_in(
-        tx: &rusqlite::Transaction<'_>,
-        problems: &[ProblemRow],
-    ) -> rusqlite::Result<()> {
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO problems (path, home, kind, detail, thread_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut drop_file = tx.prepare_cached("DELETE FROM files WHERE path = ?1")?;
-            for p in problems {
-                let path = path_text(&p.path);
-                insert.execute(params![
-                    path,
-                    path_text(&p.home),
-                    p.kind.as_str(),
-                    p.detail,
-                    p.thread_id
-                ])?;
-                if !p.kind.is_warning() {
-                    drop_file.execute([&path])?;
-                }
-            }
-            Ok(())
-        }
-    }
-
     /// Every file row's stamp under `home`, for incremental reconcile.
     pub fn stamps_under(&self, home: &Path) -> Result<Vec<(PathBuf, Stamp)>, IndexError> {
         self.read("listing stamps", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT path, dev, ino, size, mtime_ns FROM files WHERE home = ?1",
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM files WHERE home = ?1",
             )?;
             let rows = stmt.query_map([path_text(home)], |r| {
                 Ok((
@@ -459,6 +481,7 @@ impl Index {
                         kind: FileKind::File,
                         size: r.get::<_, i64>(3)? as u64,
                         mtime_ns: r.get(4)?,
+                        ctime_ns: r.get(5)?,
                     },
                 ))
             })?;
@@ -522,29 +545,11 @@ impl Index {
         })
     }
 
-    /// Every file whose `session_meta.id` is `thread_id`, preferred first: active before
-    /// archived, plain before compressed (Codex's own preference).
+    /// Every file whose `session_meta.id` is `thread_id`, preferred first (see [`prefer`]).
     pub fn files_for_thread(&self, thread_id: &str) -> Result<Vec<IndexedFile>, IndexError> {
-        let mut rows = self.read("looking up a thread", |conn| {
-            // Ordered here, not in SQL: an ORDER BY with an expression makes SQLite re-prepare
-            // the statement whenever ?1 changes, which cost more than the lookup.
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"
-            ))?;
-            let rows = stmt.query_map([thread_id], file_from_row)?;
-            rows.collect::<rusqlite::Result<Vec<IndexedFile>>>()
-        })?;
-        // As `ORDER BY archived, compression <> 'none', path` (BINARY collation is byte order).
-        rows.sort_by(|a, b| {
-            let key = |f: &IndexedFile| (f.archived, f.compression != Compression::None);
-            key(a).cmp(&key(b)).then_with(|| {
-                a.path
-                    .as_os_str()
-                    .as_encoded_bytes()
-                    .cmp(b.path.as_os_str().as_encoded_bytes())
-            })
-        });
-        Ok(rows)
+        self.read("looking up a thread", |conn| {
+            files_for_thread_in(conn, thread_id)
+        })
     }
 
     /// Every thread id that has a file.
@@ -576,11 +581,7 @@ impl Index {
 
     /// The file row at a canonical path.
     pub fn file_at(&self, path: &Path) -> Result<Option<IndexedFile>, IndexError> {
-        self.read("looking up a path", |conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?;
-            stmt.query_row([path_text(path)], file_from_row).optional()
-        })
+        self.read("looking up a path", |conn| file_at_in(conn, path))
     }
 
     /// File rows with the given identity (a moved or hard-linked file).
@@ -636,16 +637,7 @@ impl Index {
             let mut stmt = conn.prepare_cached(
                 "SELECT path, home, kind, detail, thread_id FROM problems ORDER BY path",
             )?;
-            let rows = stmt.query_map([], |r| {
-                let kind: String = r.get(2)?;
-                Ok(ProblemRow {
-                    path: PathBuf::from(r.get::<_, String>(0)?),
-                    home: PathBuf::from(r.get::<_, String>(1)?),
-                    kind: ProblemKind::parse(&kind).unwrap_or(ProblemKind::Unreadable),
-                    detail: r.get(3)?,
-                    thread_id: r.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map([], problem_from_row)?;
             rows.collect()
         })
     }
@@ -701,31 +693,170 @@ impl Index {
     ) -> Result<T, IndexError> {
         f(&self.conn).map_err(|e| err(&self.path, action, e))
     }
+}
 
-    fn write(
-        &self,
-        action: &'static str,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
-    ) -> Result<(), IndexError> {
-        self.require_writer(action)?;
-        let run = || {
-            let tx = self.conn.unchecked_transaction()?;
-            f(&tx)?;
-            tx.commit()
-        };
-        match run() {
-            Ok(()) => {
-                self.set_degraded(None);
-                Ok(())
+/// [`Index::apply`] inside its transaction.
+fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
+    // Before: every touched path's problem, and every touched thread's preferred file.
+    let mut paths: BTreeSet<&Path> = BTreeSet::new();
+    paths.extend(batch.files.iter().map(|f| f.path.as_path()));
+    paths.extend(batch.problems.iter().map(|p| p.path.as_path()));
+    paths.extend(batch.removed.iter().map(PathBuf::as_path));
+    let mut threads: BTreeSet<String> = batch
+        .files
+        .iter()
+        .map(|f| f.head.thread_id.clone())
+        .collect();
+    let mut problems_before = Vec::with_capacity(paths.len());
+    for path in &paths {
+        if let Some(row) = file_at_in(conn, path)? {
+            threads.insert(row.head.thread_id);
+        }
+        problems_before.push((*path, problem_at_in(conn, path)?));
+    }
+    let mut threads_before = Vec::with_capacity(threads.len());
+    for thread in threads {
+        let preferred = files_for_thread_in(conn, &thread)?.into_iter().next();
+        threads_before.push((thread, preferred));
+    }
+
+    write_in(conn, batch)?;
+
+    // After, and the difference.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut tombstone = conn.prepare_cached(
+        "INSERT OR REPLACE INTO removed_threads (thread_id, path, removed_at_ms) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut revive = conn.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
+    let mut changes = Vec::new();
+    for (thread, before) in threads_before {
+        let after = files_for_thread_in(conn, &thread)?.into_iter().next();
+        match (&before, &after) {
+            (Some(last), None) => {
+                tombstone.execute(params![thread, path_text(&last.path), now_ms])?;
             }
-            Err(e) => {
-                if let Some(why) = resource_failure(&e) {
-                    self.set_degraded(Some(format!("{action}: {why}")));
-                }
-                Err(err(&self.path, action, e))
+            (None, Some(_)) => {
+                revive.execute([&thread])?;
             }
+            _ => {}
+        }
+        changes.extend(thread_change(before.as_ref(), after.as_ref()));
+    }
+    for (path, before) in problems_before {
+        let after = problem_at_in(conn, path)?;
+        changes.extend(problem_change(before.as_ref(), after.as_ref()));
+    }
+    Ok(changes)
+}
+
+/// The writes of a [`Batch`], in its documented order.
+fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    ))?;
+    let mut forget = conn.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
+    for f in &batch.files {
+        let path = path_text(&f.path);
+        insert.execute(params![
+            path,
+            path_text(&f.home),
+            f.stamp.id.dev as i64,
+            f.stamp.id.ino as i64,
+            f.stamp.size as i64,
+            f.stamp.mtime_ns,
+            f.head.thread_id,
+            f.archived,
+            f.compression.as_str(),
+            f.created_at_ms(),
+            f.head.cwd,
+            f.head.source,
+            f.head.originator,
+            f.head.cli_version,
+            f.head.model_provider,
+            f.head.forked_from_id,
+            f.head.git_branch,
+            f.head.title,
+            f.stamp.ctime_ns,
+            f.head.thread_id_as_written,
+        ])?;
+        forget.execute([&path])?;
+    }
+    let mut record = conn.prepare_cached(
+        "INSERT OR REPLACE INTO problems (path, home, kind, detail, thread_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut drop_file = conn.prepare_cached("DELETE FROM files WHERE path = ?1")?;
+    for p in &batch.problems {
+        let path = path_text(&p.path);
+        record.execute(params![
+            path,
+            path_text(&p.home),
+            p.kind.as_str(),
+            p.detail,
+            p.thread_id
+        ])?;
+        if !p.kind.is_warning() {
+            drop_file.execute([&path])?;
         }
     }
+    for p in &batch.removed {
+        let p = path_text(p);
+        drop_file.execute([&p])?;
+        forget.execute([&p])?;
+    }
+    Ok(())
+}
+
+fn file_at_in(conn: &Connection, path: &Path) -> rusqlite::Result<Option<IndexedFile>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?;
+    stmt.query_row([path_text(path)], file_from_row).optional()
+}
+
+fn problem_at_in(conn: &Connection, path: &Path) -> rusqlite::Result<Option<ProblemRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT path, home, kind, detail, thread_id FROM problems WHERE path = ?1",
+    )?;
+    stmt.query_row([path_text(path)], problem_from_row)
+        .optional()
+}
+
+fn files_for_thread_in(conn: &Connection, thread_id: &str) -> rusqlite::Result<Vec<IndexedFile>> {
+    // Ordered here, not in SQL: an ORDER BY with an expression makes SQLite re-prepare
+    // the statement whenever ?1 changes, which cost more than the lookup.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"
+    ))?;
+    let mut rows = stmt
+        .query_map([thread_id], file_from_row)?
+        .collect::<rusqlite::Result<Vec<IndexedFile>>>()?;
+    rows.sort_by(prefer);
+    Ok(rows)
+}
+
+/// Which of a thread's files answers for it, first: active before archived, plain before
+/// compressed (Codex's own preference), then by path bytes (BINARY collation order).
+pub fn prefer(a: &IndexedFile, b: &IndexedFile) -> std::cmp::Ordering {
+    let key = |f: &IndexedFile| (f.archived, f.compression != Compression::None);
+    key(a).cmp(&key(b)).then_with(|| {
+        a.path
+            .as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.path.as_os_str().as_encoded_bytes())
+    })
+}
+
+fn problem_from_row(r: &Row<'_>) -> rusqlite::Result<ProblemRow> {
+    let kind: String = r.get(2)?;
+    Ok(ProblemRow {
+        path: PathBuf::from(r.get::<_, String>(0)?),
+        home: PathBuf::from(r.get::<_, String>(1)?),
+        kind: ProblemKind::parse(&kind).unwrap_or(ProblemKind::Unreadable),
+        detail: r.get(3)?,
+        thread_id: r.get(4)?,
+    })
 }
 
 /// The sentence for a write that failed because the index's storage gave out (as opposed
@@ -792,6 +923,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
             kind: FileKind::File,
             size: r.get::<_, i64>(4)? as u64,
             mtime_ns: r.get(5)?,
+            ctime_ns: r.get(18)?,
         },
         archived: r.get(7)?,
         compression: Compression::parse(&compression).unwrap_or(Compression::None),
@@ -814,7 +946,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
             forked_from_id: r.get(15)?,
             git_branch: r.get(16)?,
             title: r.get(17)?,
-            thread_id_as_written: r.get(18)?,
+            thread_id_as_written: r.get(19)?,
         },
     })
 }

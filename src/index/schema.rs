@@ -59,7 +59,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_newest ON files(archived, coalesce(created_at_ms, 0) DESC, thread_id);
     CREATE INDEX files_cwd_newest ON files(cwd, archived, coalesce(created_at_ms, 0) DESC, thread_id);
     "#,
-    // 3 -> 4: thread ids are stored in canonical lower case, the file's own spelling beside
+    // 3 -> 4: the stamp carries ctime, which user space cannot set: a rewrite that keeps
+    // inode, size and mtime (`touch -r`, a tar restore) is re-read. Old rows get 0, so each
+    // is re-read once.
+    r#"
+    ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 4 -> 5: thread ids are stored in canonical lower case, the file's own spelling beside
     // it; rows with another spelling get an impossible size so their heads are read again.
     r#"
     ALTER TABLE files ADD COLUMN thread_id_as_written TEXT;

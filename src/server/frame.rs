@@ -185,10 +185,10 @@ struct Response<'a> {
 }
 
 #[derive(Serialize)]
-struct Notification<'a> {
+struct Notification<'a, P> {
     jsonrpc: &'static str,
     method: &'a str,
-    params: &'a Value,
+    params: &'a P,
 }
 
 /// A response line (without the newline).
@@ -206,7 +206,7 @@ pub fn response(id: &Value, result: Result<Value, RpcError>) -> String {
 }
 
 /// A notification line (without the newline).
-pub fn notification(method: &str, params: &Value) -> String {
+pub fn notification<P: Serialize>(method: &str, params: &P) -> String {
     to_line(&Notification {
         jsonrpc: "2.0",
         method,

@@ -1,6 +1,6 @@
 //! The Unix-socket JSON-RPC server, as small named parts: a [`Listener`] accepts under a
 //! semaphore bound, a per-connection [`Handler`] runs a read-frame / apply loop, and
-//! graceful shutdown runs through a broadcast channel.
+//! graceful shutdown runs through the agent's one [`Shutdown`] token.
 
 pub mod frame;
 mod methods;
@@ -16,7 +16,9 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
-use crate::agent::state::Shared;
+use crate::live::{Shared, Shutdown};
+use crate::protocol::Notification;
+
 use frame::{Line, RpcError};
 
 /// Server limits.
@@ -47,7 +49,7 @@ pub struct Listener {
     pub listener: UnixListener,
     pub shared: Arc<Shared>,
     pub limits: Limits,
-    pub shutdown: broadcast::Sender<()>,
+    pub shutdown: Shutdown,
     /// Cloned into every handler and never sent on: when the last clone drops, every
     /// connection has finished, which is what graceful shutdown waits for.
     pub shutdown_complete: mpsc::Sender<()>,
@@ -56,11 +58,10 @@ pub struct Listener {
 impl Listener {
     pub async fn run(self) {
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let mut shutdown = self.shutdown.subscribe();
         loop {
             let permit = tokio::select! {
                 p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = shutdown.recv() => return,
+                _ = self.shutdown.triggered() => return,
             };
             let stream = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -71,12 +72,12 @@ impl Listener {
                         continue;
                     }
                 },
-                _ = shutdown.recv() => return,
+                _ = self.shutdown.triggered() => return,
             };
             let handler = Handler {
                 shared: Arc::clone(&self.shared),
                 limits: self.limits,
-                shutdown: self.shutdown.subscribe(),
+                shutdown: self.shutdown.clone(),
                 _shutdown_complete: self.shutdown_complete.clone(),
             };
             tokio::spawn(async move {
@@ -92,13 +93,13 @@ impl Listener {
 struct Handler {
     shared: Arc<Shared>,
     limits: Limits,
-    shutdown: broadcast::Receiver<()>,
+    shutdown: Shutdown,
     /// Dropped with the handler; see [`Listener::shutdown_complete`].
     _shutdown_complete: mpsc::Sender<()>,
 }
 
 impl Handler {
-    async fn run(mut self, stream: UnixStream) {
+    async fn run(self, stream: UnixStream) {
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == socket::unsafe_uid() => {}
             other => {
@@ -142,7 +143,7 @@ impl Handler {
             };
             let line = tokio::select! {
                 r = tokio::time::timeout(idle, frame::read_line(&mut reader, &mut buf)) => r,
-                _ = self.shutdown.recv() => break,
+                _ = self.shutdown.triggered() => break,
             };
             match line {
                 Err(_) if in_flight.available_permits() == IN_FLIGHT => break, // idle
@@ -281,21 +282,21 @@ fn subscribe_filter(params: &Value) -> Result<Option<HashSet<String>>, RpcError>
 /// Forwards notifications to one subscriber. A subscriber too slow for the bounded queue
 /// gets `index/lagged` and must re-read; the agent itself never waits for it.
 async fn forward(
-    mut events: broadcast::Receiver<crate::agent::state::Notification>,
+    mut events: broadcast::Receiver<Notification>,
     filter: Option<HashSet<String>>,
     out: mpsc::Sender<String>,
 ) {
     loop {
         let line = match events.recv().await {
             Ok(n) => {
-                let wanted = match (&filter, &n.thread_id) {
+                let wanted = match (&filter, n.thread_id()) {
                     (None, _) | (Some(_), None) => true,
                     (Some(ids), Some(t)) => ids.contains(t),
                 };
                 if !wanted {
                     continue;
                 }
-                frame::notification(n.method, &n.params)
+                frame::notification(n.method(), &n)
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 frame::notification("index/lagged", &json!({ "missed": missed }))

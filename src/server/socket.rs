@@ -154,6 +154,21 @@ pub fn lock_instance(index: &Path) -> Result<InstanceLock, StartError> {
     Ok(InstanceLock { _file: file })
 }
 
+/// The pid of the agent holding `<index>.lock`, if one does: that agent alone writes the
+/// index (so it alone announces changes); a CLI run then opens it as a guest.
+pub fn index_owner(index: &Path) -> Option<String> {
+    let mut lock_path = index.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let mut file = File::open(PathBuf::from(lock_path)).ok()?;
+    // SAFETY: the descriptor is valid for the life of `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None; // nobody holds it (our shared lock goes with `file`)
+    }
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    Some(pid.trim().to_owned())
+}
+
 /// Binds the socket, replacing a stale one left by a crashed instance (we hold the
 /// instance lock, so whatever socket is there is dead). The socket is made 0600.
 pub fn bind(socket: &Path) -> Result<tokio::net::UnixListener, StartError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::agent::state::Shared;
+use crate::live::Shared;
 
 /// How often the `STATUS=` line is refreshed after the agent is ready.
 const STATUS_EVERY: Duration = Duration::from_secs(5);

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::params;
-use crate::agent::state::Shared;
 use crate::codex_state::{self, repair::DEFAULT_BUSY_BUDGET, CodexStateError};
+use crate::live::Shared;
 use crate::server::frame::{self, RpcError};
 
 /// Application error code for a refusal or failure on Codex's state DB (`data.reason` says

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::query;
-use crate::agent::apply;
-use crate::agent::state::Shared;
+use crate::live::Shared;
 use crate::server::frame::{self, RpcError};
 
 pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
@@ -57,7 +56,7 @@ pub async fn status(shared: &Arc<Shared>) -> Result<Value, RpcError> {
 
 pub async fn rescan(shared: &Arc<Shared>) -> Result<Value, RpcError> {
     let s = Arc::clone(shared);
-    let summary = tokio::task::spawn_blocking(move || apply::reconcile(&s, &s.homes(), true))
+    let summary = tokio::task::spawn_blocking(move || s.rescan())
         .await
         .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?
         .map_err(|e| RpcError::new(frame::INDEX_ERROR, e.to_string()))?;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::frame::{self, RpcError};
-use crate::agent::state::Shared;
+use crate::live::Shared;
 use crate::query::{Queries, QueryError};
 
 /// Runs one method. Unknown methods get -32601.

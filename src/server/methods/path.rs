@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{params, query};
-use crate::agent::state::Shared;
+use crate::live::Shared;
 use crate::server::frame::RpcError;
 
 #[derive(Deserialize)]

@@ -10,8 +10,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::{params, query, query_error};
-use crate::agent::state::Shared;
 use crate::index::ArchivedFilter;
+use crate::live::Shared;
 use crate::query::{ListParams, QueryError};
 use crate::server::frame::{self, RpcError};
 
@@ -102,7 +102,6 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
     let deadline = started + Duration::from_millis(p.timeout_ms).min(MAX_WAIT);
     // Subscribe before the first check, so a rollout appearing in between is not missed.
     let mut events = shared.events.subscribe();
-    let mut stopping = shared.stopping.subscribe();
     let wanted = p.thread_id.to_ascii_lowercase();
     loop {
         let id = p.thread_id.clone();
@@ -135,17 +134,11 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
             }
             let event = tokio::select! {
                 e = tokio::time::timeout_at(next_check, events.recv()) => e,
-                _ = stopping.wait_for(|s| *s) => Ok(Err(RecvError::Closed)),
+                _ = shared.shutdown.triggered() => Ok(Err(RecvError::Closed)),
             };
             match event {
                 Err(_) => break, // periodic re-check
-                Ok(Ok(n))
-                    if n.thread_id
-                        .as_deref()
-                        .is_some_and(|t| t.starts_with(&wanted)) =>
-                {
-                    break
-                }
+                Ok(Ok(n)) if n.thread_id().is_some_and(|t| t.starts_with(&wanted)) => break,
                 Ok(Ok(_)) => continue,
                 Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Err(RecvError::Closed)) => {

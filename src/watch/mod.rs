@@ -1,56 +1,29 @@
-//! Keeps the index live: notify + notify-debouncer-full at a ~20 ms settle, a full
+//! Keeps the index live: raw notify events settled for ~20 ms ([`policy::Settle`]), a full
 //! reconcile when events were lost, polling on filesystems that send no events, and
 //! re-established watches when a home is deleted, recreated or its symlink retargeted.
 //!
 //! Each home is watched non-recursively (to see `sessions/` and `archived_sessions/`
 //! appear), `sessions/` recursively and `archived_sessions/` flat. Never the whole home
-//! recursively: Codex's SQLite WAL files there churn constantly.
+//! recursively: Codex's SQLite WAL files there churn constantly. The loop sleeps until the
+//! next thing is due (an event, a settled batch, a delayed path, the root check), so an
+//! idle home costs about one wake-up a second.
+
+pub mod apply;
+pub mod policy;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use notify::{PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{
-    new_debouncer_opt, DebounceEventResult, Debouncer, NoCache, RecommendedCache,
-};
+use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::agent::apply;
-use crate::agent::state::{Shared, WatchInfo};
 use crate::crawl;
 use crate::identity::{canonicalize, FileId, Homes, Stamp};
+use crate::live::{Shared, WatchInfo};
+use policy::{Delayed, LossBurst, RescanBackoff, Settle};
 
-/// `watch.mode`: how changes are noticed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WatchMode {
-    /// Events, except polling on network and FUSE filesystems.
-    Auto,
-    Events,
-    Poll,
-}
-
-impl WatchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WatchMode::Auto => "auto",
-            WatchMode::Events => "events",
-            WatchMode::Poll => "poll",
-        }
-    }
-}
-
-impl std::str::FromStr for WatchMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(WatchMode::Auto),
-            "events" => Ok(WatchMode::Events),
-            "poll" => Ok(WatchMode::Poll),
-            other => Err(format!("{other:?} is not one of auto, events, poll")),
-        }
-    }
-}
+pub use crate::config::WatchMode;
 
 #[derive(Debug, Clone, Copy)]
 pub struct WatchOptions {
@@ -71,15 +44,10 @@ impl Default for WatchOptions {
 }
 
 /// How often the watched roots are checked for deletion or a retargeted symlink.
-const ROOT_CHECK: Duration = Duration::from_millis(500);
-/// How long a vanished path waits before it counts as deleted. The two halves of a rename
-/// (an archive) can arrive in different batches; by then the destination is indexed and
-/// the file is seen to have moved rather than gone.
+const ROOT_CHECK: Duration = Duration::from_secs(1);
+/// How long a vanished path waits before it counts as deleted (see [`policy::Delayed`]).
 const GONE_GRACE: Duration = Duration::from_millis(100);
-/// How long after a directory was walked (a new directory, a reconcile) its rows are
-/// checked against the disk again. A file created and deleted within one debounce window
-/// produces no event at all (the debouncer drops the pair), yet a walk in between may have
-/// indexed it; this second look removes such rows.
+/// How long after a directory was walked its rows are checked against the disk again.
 const RECHECK_DELAY: Duration = Duration::from_millis(300);
 /// Rescans after lost events back off from this...
 const RESCAN_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -137,74 +105,56 @@ fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
         .collect()
 }
 
-enum AnyDebouncer {
-    Events(Debouncer<RecommendedWatcher, RecommendedCache>),
-    Poll(Debouncer<PollWatcher, NoCache>),
-}
-
-impl AnyDebouncer {
-    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
-        match self {
-            AnyDebouncer::Events(d) => d.watch(path, mode),
-            AnyDebouncer::Poll(d) => d.watch(path, mode),
-        }
-    }
-}
+type Events = mpsc::Receiver<notify::Result<notify::Event>>;
 
 /// Starts the watcher thread; it runs the first reconcile, marks the agent ready, then
-/// applies changes until `stop` is set.
+/// applies changes until the shutdown token fires.
 pub fn spawn(
     shared: Arc<Shared>,
     opts: WatchOptions,
-    stop: Arc<AtomicBool>,
     on_ready: Box<dyn FnOnce() + Send>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("rolloutd-watch".into())
-        .spawn(move || Watch::new(shared, opts, stop).run(on_ready))
+        .spawn(move || Watch::new(shared, opts).run(on_ready))
 }
 
 struct Watch {
     shared: Arc<Shared>,
     opts: WatchOptions,
-    stop: Arc<AtomicBool>,
     /// Forced to polling after the kernel refused more watches.
     force_poll: Option<String>,
-    backoff: Duration,
-    last_rescan: Option<Instant>,
+    backoff: RescanBackoff,
     rescan_pending: bool,
-    /// When events were last lost, to warn once per burst of losses.
-    last_loss: Option<Instant>,
-    /// Losses in the current burst after the first (logged at debug).
-    losses_in_burst: u64,
-    /// Directories walked, with when: their rows are checked again after [`RECHECK_DELAY`].
-    recheck: Vec<(Instant, PathBuf)>,
+    losses: LossBurst,
+    /// Vanished paths wait out the rename grace before they count as deleted.
+    vanished: Delayed,
+    /// Directories walked: their rows are checked against the disk again a little later.
+    recheck: Delayed,
 }
 
 impl Watch {
-    fn new(shared: Arc<Shared>, opts: WatchOptions, stop: Arc<AtomicBool>) -> Self {
+    fn new(shared: Arc<Shared>, opts: WatchOptions) -> Self {
         Watch {
             shared,
             opts,
-            stop,
             force_poll: None,
-            backoff: RESCAN_BACKOFF_MIN,
-            last_rescan: None,
+            backoff: RescanBackoff::new(RESCAN_BACKOFF_MIN, RESCAN_BACKOFF_MAX),
             rescan_pending: false,
-            last_loss: None,
-            losses_in_burst: 0,
-            recheck: Vec::new(),
+            losses: LossBurst::new(BURST_QUIET),
+            vanished: Delayed::new(GONE_GRACE),
+            recheck: Delayed::new(RECHECK_DELAY),
         }
     }
 
     fn run(mut self, on_ready: Box<dyn FnOnce() + Send>) {
         let mut on_ready = Some(on_ready);
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.shared.shutdown.is_triggered() {
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
-            let (tx, rx) = mpsc::channel::<DebounceEventResult>();
+            let (tx, rx) = mpsc::channel();
             let forced_before = self.force_poll.is_some();
-            let debouncer = self.start(&homes, tx);
+            let watcher = self.start(&homes, tx);
             if self.force_poll.is_some() && !forced_before {
                 continue; // the watch limit was hit: start over in poll mode
             }
@@ -215,17 +165,17 @@ impl Watch {
                 ready();
             }
             self.pump(&rx, &print);
-            drop(debouncer);
+            drop(watcher);
         }
     }
 
-    /// Creates the debouncer and adds the watches; failures are logged and leave polling or
+    /// Creates the watcher and adds the watches; failures are logged and leave polling or
     /// the periodic root check to catch up.
     fn start(
         &mut self,
         homes: &Homes,
-        tx: mpsc::Sender<DebounceEventResult>,
-    ) -> Option<AnyDebouncer> {
+        tx: mpsc::Sender<notify::Result<notify::Event>>,
+    ) -> Option<Box<dyn Watcher + Send>> {
         let network = homes
             .homes
             .iter()
@@ -239,26 +189,17 @@ impl Watch {
             )),
             _ => None,
         };
-        let handler = move |r: DebounceEventResult| {
+        let handler = move |r: notify::Result<notify::Event>| {
             let _ = tx.send(r);
         };
-        let made = match &poll_reason {
-            Some(_) => new_debouncer_opt::<_, PollWatcher, NoCache>(
-                self.opts.settle,
-                None,
+        let made: notify::Result<Box<dyn Watcher + Send>> = match &poll_reason {
+            Some(_) => PollWatcher::new(
                 handler,
-                NoCache,
                 notify::Config::default().with_poll_interval(self.opts.poll_interval),
             )
-            .map(AnyDebouncer::Poll),
-            None => new_debouncer_opt::<_, RecommendedWatcher, RecommendedCache>(
-                self.opts.settle,
-                None,
-                handler,
-                RecommendedCache::new(),
-                notify::Config::default(),
-            )
-            .map(AnyDebouncer::Events),
+            .map(|w| Box::new(w) as Box<dyn Watcher + Send>),
+            None => RecommendedWatcher::new(handler, notify::Config::default())
+                .map(|w| Box::new(w) as Box<dyn Watcher + Send>),
         };
         let backend = if poll_reason.is_some() {
             "poll"
@@ -279,8 +220,8 @@ impl Watch {
             .into(),
             reason: poll_reason.clone(),
         };
-        let mut debouncer = match made {
-            Ok(d) => d,
+        let mut watcher = match made {
+            Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the file watcher; answers stay correct through disk lookups");
                 return None;
@@ -296,7 +237,7 @@ impl Watch {
                 let Ok(real) = canonicalize(&path) else {
                     continue;
                 };
-                if let Err(e) = debouncer.watch(&real, mode) {
+                if let Err(e) = watcher.watch(&real, mode) {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         tracing::warn!(path = %real.display(), "inotify watch limit reached; polling this home instead");
                         self.force_poll = Some(format!(
@@ -309,95 +250,79 @@ impl Watch {
                 }
             }
         }
-        Some(debouncer)
+        Some(watcher)
     }
 
-    /// Applies events until the roots change or the agent stops.
-    fn pump(
-        &mut self,
-        rx: &mpsc::Receiver<DebounceEventResult>,
-        print: &[Option<(PathBuf, FileId)>],
-    ) {
-        let mut last_check = Instant::now();
-        let mut last_degraded_try = Instant::now();
-        let mut vanished: Vec<(Instant, PathBuf)> = Vec::new();
-        while !self.stop.load(Ordering::Acquire) {
-            let wait = if vanished.is_empty() && self.recheck.is_empty() {
-                ROOT_CHECK
-            } else {
-                GONE_GRACE
-            };
-            match rx.recv_timeout(wait) {
-                Ok(Ok(events)) => {
-                    if events.iter().any(|e| e.need_rescan()) {
+    /// Applies events until the roots change or the agent stops; sleeps until the next
+    /// thing falls due.
+    fn pump(&mut self, rx: &Events, print: &[Option<(PathBuf, FileId)>]) {
+        let mut settle = Settle::new(self.opts.settle);
+        let mut next_root_check = Instant::now() + ROOT_CHECK;
+        let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
+        while !self.shared.shutdown.is_triggered() {
+            let rescan_at = self
+                .rescan_pending
+                .then(|| self.backoff.next_allowed())
+                .flatten();
+            let wake = [
+                settle.deadline(),
+                self.vanished.next_due(),
+                self.recheck.next_due(),
+                rescan_at,
+                Some(next_root_check),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_root_check);
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Ok(event)) => {
+                    if event.need_rescan() {
                         self.request_rescan("the kernel event queue overflowed");
-                    } else {
-                        let first = events.iter().map(|e| e.time).min();
-                        let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) = events
-                            .into_iter()
-                            .filter(|e| changes_content(&e.event.kind))
-                            .flat_map(|e| e.event.paths)
-                            .partition(|p| std::fs::symlink_metadata(p).is_ok());
-                        let now = Instant::now();
-                        vanished.extend(gone.into_iter().map(|p| (now, p)));
-                        self.recheck.extend(
-                            present
-                                .iter()
-                                .filter(|p| p.is_dir())
-                                .map(|p| (now, p.clone())),
-                        );
-                        self.apply(present);
-                        if let Some(t) = first {
-                            self.shared
-                                .last_lag_ms
-                                .store(t.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        }
+                    } else if changes_content(&event.kind) {
+                        settle.push(Instant::now(), event.paths);
                     }
                 }
-                Ok(Err(errors)) => {
-                    if errors
-                        .iter()
-                        .any(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch))
-                    {
+                Ok(Err(e)) => {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         self.force_poll = Some("the inotify watch limit was reached".into());
                         return;
                     }
-                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    self.request_rescan(&format!("watcher errors: {}", text.join("; ")));
+                    self.request_rescan(&format!("watcher error: {e}"));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // No watcher: fall back to the periodic root check and rescans.
-                    std::thread::sleep(ROOT_CHECK);
+                    std::thread::sleep(wake.saturating_duration_since(Instant::now()));
                 }
             }
-            if !self.recheck.is_empty() {
-                let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.recheck)
-                    .into_iter()
-                    .partition(|(t, _)| t.elapsed() >= RECHECK_DELAY);
-                self.recheck = wait;
-                let now = Instant::now();
+            let now = Instant::now();
+            if let Some((first, paths)) = settle.take_due(now) {
+                self.settled(paths);
+                self.shared
+                    .last_lag_ms
+                    .store(first.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            let due = self.recheck.take_due(now);
+            if !due.is_empty() {
                 // Rows whose file is gone take the same path as a removal event.
-                vanished.extend(self.missing_under(due).into_iter().map(|p| (now, p)));
+                for p in self.missing_under(due) {
+                    self.vanished.push(now, p);
+                }
             }
-            if !vanished.is_empty() {
-                let (due, wait): (Vec<_>, Vec<_>) = vanished
-                    .drain(..)
-                    .partition(|(t, _)| t.elapsed() >= GONE_GRACE);
-                vanished = wait;
-                self.apply(due.into_iter().map(|(_, p)| p).collect());
-            }
-            if self.rescan_pending && self.rescan_allowed() {
+            let due = self.vanished.take_due(now);
+            self.apply(due);
+            if self.rescan_pending && self.backoff.allowed(now) {
                 self.reconcile(true);
             }
-            if last_degraded_try.elapsed() >= DEGRADED_RETRY {
-                last_degraded_try = Instant::now();
+            if now >= next_degraded_try {
+                next_degraded_try = now + DEGRADED_RETRY;
                 if self.shared.degraded().is_some() {
                     self.reconcile(true);
                 }
             }
-            if last_check.elapsed() >= ROOT_CHECK {
-                last_check = Instant::now();
+            if now >= next_root_check {
+                next_root_check = now + ROOT_CHECK;
                 if fingerprint(&self.shared.homes()) != print {
                     tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
                     self.refresh_homes();
@@ -407,20 +332,30 @@ impl Watch {
         }
     }
 
+    /// A settled batch: present paths now; vanished ones after the rename grace; new
+    /// directories are rechecked after their walk.
+    fn settled(&mut self, paths: Vec<PathBuf>) {
+        let now = Instant::now();
+        let mut present = Vec::with_capacity(paths.len());
+        for p in paths {
+            match std::fs::symlink_metadata(&p) {
+                Ok(meta) => {
+                    if meta.is_dir() {
+                        self.recheck.push(now, p.clone());
+                    }
+                    present.push(p);
+                }
+                Err(_) => self.vanished.push(now, p),
+            }
+        }
+        self.apply(present);
+    }
+
     /// Paths of rows at or under `dirs` whose file no longer exists.
-    fn missing_under(&self, dirs: Vec<(Instant, PathBuf)>) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = dirs.into_iter().map(|(_, d)| d).collect();
-        dirs.sort();
-        dirs.dedup();
+    fn missing_under(&self, dirs: Vec<PathBuf>) -> Vec<PathBuf> {
         let mut missing = Vec::new();
         for dir in dirs {
-            let paths = self
-                .shared
-                .index
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .paths_at_or_under(&dir);
-            match paths {
+            match self.shared.writer().paths_at_or_under(&dir) {
                 Ok(paths) => missing.extend(
                     paths
                         .into_iter()
@@ -447,72 +382,58 @@ impl Watch {
     /// Re-resolves the homes' realpaths (a retargeted symlink moves a home); the restarted
     /// watch loop then watches, and reconciles, the new location.
     fn refresh_homes(&self) {
-        let mut homes = self
-            .shared
-            .homes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fresh = homes.refreshed();
-        for (old, new) in homes.homes.iter().zip(&fresh.homes) {
+        let old = self.shared.homes();
+        let fresh = old.refreshed();
+        for (old, new) in old.homes.iter().zip(&fresh.homes) {
             if old.real != new.real {
                 tracing::info!(home = %new.configured.display(), from = %old.real.display(), to = %new.real.display(), "home moved");
             }
         }
-        *homes = Arc::new(fresh);
+        self.shared.set_homes(fresh);
     }
 
     /// Asks for a full reconcile, at most once per backoff window; warns once per burst.
     fn request_rescan(&mut self, why: &str) {
-        let new_burst = self.last_loss.is_none_or(|t| t.elapsed() >= BURST_QUIET);
-        self.last_loss = Some(Instant::now());
-        if new_burst {
-            if self.losses_in_burst > 0 {
+        let now = Instant::now();
+        let repeats = self.losses.repeats;
+        if self.losses.lost(now) {
+            if repeats > 0 {
                 tracing::info!(
-                    losses = self.losses_in_burst + 1,
+                    losses = repeats + 1,
                     "the previous burst of lost events is over"
                 );
             }
-            self.losses_in_burst = 0;
             tracing::warn!(reason = why, "events were lost; a full reconcile follows (further losses in this burst are logged at debug)");
         } else {
-            self.losses_in_burst += 1;
             tracing::debug!(
                 reason = why,
-                losses = self.losses_in_burst + 1,
+                losses = self.losses.repeats + 1,
                 "events lost again in this burst"
             );
         }
         self.rescan_pending = true;
-        if self.rescan_allowed() {
+        if self.backoff.allowed(now) {
             self.reconcile(true);
         }
     }
 
-    fn rescan_allowed(&self) -> bool {
-        self.last_rescan.is_none_or(|t| t.elapsed() >= self.backoff)
-    }
-
     /// Runs a full reconcile; after the first, it counts as a rescan and is announced.
     fn reconcile(&mut self, is_rescan: bool) {
+        let now = Instant::now();
         if is_rescan {
-            // Back-to-back rescans double the window; a quiet period resets it.
-            self.backoff = match self.last_rescan {
-                Some(t) if t.elapsed() < self.backoff * 4 => {
-                    (self.backoff * 2).min(RESCAN_BACKOFF_MAX)
-                }
-                _ => RESCAN_BACKOFF_MIN,
-            };
-            self.last_rescan = Some(Instant::now());
+            self.backoff.ran(now);
             self.rescan_pending = false;
         }
         let homes = self.shared.homes();
-        let walked = Instant::now();
-        self.recheck.extend(
-            crawl::allowed_roots(&homes)
-                .into_iter()
-                .map(|root| (walked, root)),
-        );
-        match apply::reconcile(&self.shared, &homes, is_rescan) {
+        for root in crawl::allowed_roots(&homes) {
+            self.recheck.push(now, root);
+        }
+        let result = if is_rescan {
+            self.shared.rescan()
+        } else {
+            crawl::reconcile(&homes, &self.shared.index, &self.shared.limits, &())
+        };
+        match result {
             Ok(summary) => {
                 tracing::info!(
                     read = summary.read,

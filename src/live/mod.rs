@@ -1,5 +1,8 @@
-//! What the agent's parts share: the homes, the one writer connection, the notification
-//! channel and the status counters.
+//! What the watcher, the server and readiness share, below all three: the homes, the index
+//! connections, the change publisher, the status counters and the one shutdown token.
+
+mod publish;
+mod shutdown;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -8,23 +11,18 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::crawl::{self, ReconcileSummary};
 use crate::identity::Homes;
-use crate::index::Index;
+use crate::index::{Index, IndexError};
+use crate::protocol::{Notification, Rescanned};
 use crate::query::Queries;
 use crate::rollout::HeadLimits;
 
+pub use publish::{ChangeObserver, Publisher};
+pub use shutdown::Shutdown;
+
 /// Notifications buffered per subscriber before it is told it lagged.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
-
-/// A change pushed to subscribers.
-#[derive(Debug, Clone, Serialize)]
-pub struct Notification {
-    pub method: &'static str,
-    pub params: serde_json::Value,
-    /// The thread concerned, for subscription filters; `None` for index-wide notices.
-    #[serde(skip)]
-    pub thread_id: Option<String>,
-}
 
 /// How the homes are being watched, for `index/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,23 +36,25 @@ pub struct WatchInfo {
     pub reason: Option<String>,
 }
 
-/// State shared by the watcher, the server and the initial crawl.
+/// The configured homes, replaced on SIGHUP or when a home's symlink is retargeted; shared
+/// with the publisher, which spells records in them.
+pub type HomesCell = Arc<RwLock<Arc<Homes>>>;
+
+/// State shared by the watcher, the server and readiness.
 pub struct Shared {
-    /// Replaced on SIGHUP when the configured homes change.
-    pub homes: RwLock<Arc<Homes>>,
+    homes: HomesCell,
     /// Read-only connections that answer queries first (see [`Shared::read_query`]); empty
     /// when none could be opened, and then every query uses the writer. Declared before
     /// the writer so they close first: only a writer closing last checkpoints and removes
     /// the WAL file, leaving the index one self-contained file after a clean stop.
     readers: Vec<Mutex<Index>>,
     next_reader: AtomicUsize,
-    /// The process's one writer connection.
+    /// The process's one writer connection. Every write it commits goes through the
+    /// publisher (its change sink), whoever made it.
     pub index: Mutex<Index>,
     pub limits: HeadLimits,
     pub events: broadcast::Sender<Notification>,
-    /// Set to `true` at shutdown, so that long waits answer "shutting down" at once
-    /// instead of being cut off.
-    pub stopping: tokio::sync::watch::Sender<bool>,
+    pub shutdown: Shutdown,
     /// Set once the first reconcile finished; until then a miss falls back to the disk.
     pub ready: AtomicBool,
     /// Full reconciles after the first (lost events, rescans on request, home changes).
@@ -65,28 +65,33 @@ pub struct Shared {
     pub last_lag_ms: AtomicU64,
     pub watch: Mutex<WatchInfo>,
     pub started: Instant,
-    /// `codex_state.auto_repair`: follow archive/unarchive moves in Codex's state DB.
-    pub codex_auto_repair: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(homes: Homes, index: Index) -> Shared {
+    /// Wires `index` (the writer) to a publisher on a new notification channel; `observer`
+    /// also sees every committed change (the agent follows archive moves with it).
+    pub fn new(homes: Homes, mut index: Index, observer: Option<ChangeObserver>) -> Shared {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        let homes: HomesCell = Arc::new(RwLock::new(Arc::new(homes)));
+        index.set_sink(Arc::new(Publisher::new(
+            events.clone(),
+            Arc::clone(&homes),
+            observer,
+        )));
         Shared {
-            homes: RwLock::new(Arc::new(homes)),
+            homes,
             index: Mutex::new(index),
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
             limits: HeadLimits::default(),
             events,
-            stopping: tokio::sync::watch::Sender::new(false),
+            shutdown: Shutdown::new(),
             ready: AtomicBool::new(false),
             rescans: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             last_lag_ms: AtomicU64::new(0),
             watch: Mutex::new(WatchInfo::default()),
             started: Instant::now(),
-            codex_auto_repair: AtomicBool::new(false),
         }
     }
 
@@ -128,15 +133,20 @@ impl Shared {
     /// Runs `f` with query access: the current homes and the writer connection.
     pub fn query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> R {
         let homes = self.homes();
-        let index = self
-            .index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = self.writer();
         f(&Queries {
             homes: &homes,
             index: &index,
             limits: self.limits,
         })
+    }
+
+    /// The writer connection.
+    pub fn writer(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic mid-query leaves no half-state in SQLite (transactions roll back).
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A snapshot of the configured homes (shared, not copied: this runs per request).
@@ -147,18 +157,29 @@ impl Shared {
             .clone()
     }
 
-    pub fn notify(&self, n: Notification) {
-        // No receivers is fine: nobody subscribed.
-        let _ = self.events.send(n);
+    /// Replaces the homes (SIGHUP, a retargeted home symlink).
+    pub fn set_homes(&self, homes: Homes) {
+        *self
+            .homes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(homes);
+    }
+
+    /// A full reconcile after the first: counted, and announced as `index/rescanned` after
+    /// the changes it made (which the publisher announced as it committed them).
+    pub fn rescan(&self) -> Result<ReconcileSummary, IndexError> {
+        let summary = crawl::reconcile(&self.homes(), &self.index, &self.limits, &())?;
+        self.rescans.fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(Notification::Rescanned(Rescanned {
+            summary: summary.clone(),
+        }));
+        Ok(summary)
     }
 
     /// Why the index cannot take writes (disk full, I/O error), if it cannot: answers then
     /// come from verified file reads, and the watcher retries until writes succeed.
     pub fn degraded(&self) -> Option<String> {
-        self.index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .degraded()
+        self.writer().degraded()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -1,0 +1,220 @@
+//! What a write changed, decided inside its transaction from the rows before and after.
+//!
+//! A thread's state is its preferred file (see [`super::prefer`]) or nothing. Comparing that
+//! state before and after one transaction gives at most one change per thread, whatever mix
+//! of inserts, replacements and removals the transaction made: an archive rename applied as
+//! "insert the new path, drop the old" is one `Archived`, a file replaced by another
+//! thread's is `Removed` for one and `Materialized` for the other.
+
+use std::path::PathBuf;
+
+use super::{IndexedFile, ProblemRow};
+
+/// How a thread's state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadChange {
+    /// It had no file and now has one.
+    Materialized,
+    /// Its preferred file changed (appended to, moved within its area, re-read).
+    Updated,
+    /// Its preferred file moved into `archived_sessions/`.
+    Archived,
+    /// Its preferred file moved out of `archived_sessions/`.
+    Unarchived,
+    /// Its preferred file changed representation (`.jsonl` → `.jsonl.zst`, or back).
+    Compressed,
+    /// It had a file and now has none.
+    Removed,
+}
+
+/// How a problem row changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemChange {
+    /// New at its path, or a different problem than before.
+    Added,
+    /// Gone from its path.
+    Cleared,
+}
+
+/// One change a committed write made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Thread {
+        kind: ThreadChange,
+        /// The preferred file now; for `Removed`, the last file the thread had.
+        file: Box<IndexedFile>,
+        /// The preferred file's path before, when it was another path.
+        previous_path: Option<PathBuf>,
+    },
+    Problem {
+        kind: ProblemChange,
+        /// The problem now; for `Cleared`, the problem that went.
+        row: ProblemRow,
+    },
+}
+
+impl Change {
+    /// The thread concerned, if any.
+    pub fn thread_id(&self) -> Option<&str> {
+        match self {
+            Change::Thread { file, .. } => Some(&file.head.thread_id),
+            Change::Problem { row, .. } => row.thread_id.as_deref(),
+        }
+    }
+}
+
+/// The change from one thread state to another, if any.
+pub fn thread_change(before: Option<&IndexedFile>, after: Option<&IndexedFile>) -> Option<Change> {
+    let (kind, file, previous) = match (before, after) {
+        (None, None) => return None,
+        (None, Some(a)) => (ThreadChange::Materialized, a, None),
+        (Some(b), None) => (ThreadChange::Removed, b, None),
+        (Some(b), Some(a)) => {
+            let kind = if b.archived != a.archived {
+                if a.archived {
+                    ThreadChange::Archived
+                } else {
+                    ThreadChange::Unarchived
+                }
+            } else if b.compression != a.compression {
+                ThreadChange::Compressed
+            } else if b != a {
+                ThreadChange::Updated
+            } else {
+                return None;
+            };
+            (kind, a, Some(&b.path).filter(|p| **p != a.path))
+        }
+    };
+    Some(Change::Thread {
+        kind,
+        file: Box::new(file.clone()),
+        previous_path: previous.cloned(),
+    })
+}
+
+/// The change from one problem row at a path to another, if any.
+pub fn problem_change(before: Option<&ProblemRow>, after: Option<&ProblemRow>) -> Option<Change> {
+    match (before, after) {
+        (_, Some(a)) if before != after => Some(Change::Problem {
+            kind: ProblemChange::Added,
+            row: a.clone(),
+        }),
+        (Some(b), None) => Some(Change::Problem {
+            kind: ProblemChange::Cleared,
+            row: b.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Receives every committed write's changes, in commit order (the agent's publisher).
+pub trait ChangeSink: Send + Sync {
+    fn publish(&self, changes: &[Change]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{FileId, FileKind, Stamp};
+    use crate::rollout::{Compression, ProblemKind, RolloutHead};
+
+    fn file(path: &str, archived: bool, compression: Compression, size: u64) -> IndexedFile {
+        IndexedFile {
+            path: PathBuf::from(path),
+            home: PathBuf::from("/h"),
+            stamp: Stamp {
+                id: FileId { dev: 1, ino: 2 },
+                kind: FileKind::File,
+                size,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            },
+            archived,
+            compression,
+            head: RolloutHead {
+                thread_id: "t".into(),
+                ..RolloutHead::default()
+            },
+        }
+    }
+
+    fn kind(c: Option<Change>) -> Option<(ThreadChange, Option<PathBuf>)> {
+        match c? {
+            Change::Thread {
+                kind,
+                previous_path,
+                ..
+            } => Some((kind, previous_path)),
+            Change::Problem { .. } => None,
+        }
+    }
+
+    #[test]
+    fn thread_states() {
+        let a = file("/h/sessions/a", false, Compression::None, 1);
+        let grown = file("/h/sessions/a", false, Compression::None, 2);
+        let archived = file("/h/archived_sessions/a", true, Compression::None, 1);
+        let zst = file("/h/sessions/a.zst", false, Compression::Zstd, 1);
+        let moved = file("/h/sessions/b", false, Compression::None, 1);
+        assert_eq!(kind(thread_change(None, None)), None);
+        assert_eq!(
+            kind(thread_change(None, Some(&a))),
+            Some((ThreadChange::Materialized, None))
+        );
+        assert_eq!(
+            kind(thread_change(Some(&a), None)),
+            Some((ThreadChange::Removed, None))
+        );
+        assert_eq!(kind(thread_change(Some(&a), Some(&a))), None);
+        assert_eq!(
+            kind(thread_change(Some(&a), Some(&grown))),
+            Some((ThreadChange::Updated, None))
+        );
+        assert_eq!(
+            kind(thread_change(Some(&a), Some(&archived))),
+            Some((ThreadChange::Archived, Some(a.path.clone())))
+        );
+        assert_eq!(
+            kind(thread_change(Some(&archived), Some(&a))),
+            Some((ThreadChange::Unarchived, Some(archived.path.clone())))
+        );
+        assert_eq!(
+            kind(thread_change(Some(&a), Some(&zst))),
+            Some((ThreadChange::Compressed, Some(a.path.clone())))
+        );
+        assert_eq!(
+            kind(thread_change(Some(&a), Some(&moved))),
+            Some((ThreadChange::Updated, Some(a.path.clone())))
+        );
+    }
+
+    #[test]
+    fn problem_states() {
+        let row = |detail: &str| ProblemRow {
+            path: PathBuf::from("/h/sessions/x"),
+            home: PathBuf::from("/h"),
+            kind: ProblemKind::Empty,
+            detail: detail.into(),
+            thread_id: None,
+        };
+        let is = |c: Option<Change>| match c {
+            Some(Change::Problem { kind, .. }) => Some(kind),
+            _ => None,
+        };
+        assert_eq!(is(problem_change(None, None)), None);
+        assert_eq!(
+            is(problem_change(None, Some(&row("a")))),
+            Some(ProblemChange::Added)
+        );
+        assert_eq!(is(problem_change(Some(&row("a")), Some(&row("a")))), None);
+        assert_eq!(
+            is(problem_change(Some(&row("a")), Some(&row("b")))),
+            Some(ProblemChange::Added)
+        );
+        assert_eq!(
+            is(problem_change(Some(&row("a")), None)),
+            Some(ProblemChange::Cleared)
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Applying a batch of changed paths to the index as one write.
+//!
+//! Changes are handled by state, not by event kind: for each changed path the watcher looks
+//! at what is on disk now and writes that; the index decides, inside the transaction, what
+//! changed for each thread (a rename into `archived_sessions/` is one `Archived`, a file
+//! replaced by another thread's is `Removed` plus `Materialized`) and its publisher
+//! announces it.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::crawl;
+use crate::identity::{self, Stamp};
+use crate::index::{Batch, IndexError, ProblemRow};
+use crate::live::Shared;
+use crate::rollout::{self, name, ProblemKind};
+
+/// Applies the changed `paths` (files or directories, present or gone).
+pub fn apply_paths(shared: &Shared, mut paths: Vec<PathBuf>) -> Result<(), IndexError> {
+    let homes = shared.homes();
+    let roots = crawl::allowed_roots(&homes);
+    paths.sort();
+    paths.dedup();
+    let mut candidates = Vec::new();
+    let mut batch = Batch::default();
+    let mut gone = Vec::new();
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            gone.push(path);
+            continue;
+        };
+        let rollout_named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(name::looks_like_rollout);
+        if meta.is_dir() {
+            // A directory that appeared: what it holds, and itself when it carries a
+            // rollout name (a directory is never a rollout, and says so in `problems`).
+            for home in homes.homes.iter().filter(|h| path.starts_with(&h.real)) {
+                let (found, problems) = crawl::discover_under(home, &roots, &path);
+                candidates.extend(found);
+                batch.problems.extend(problems);
+            }
+            if let Some(c) = rollout_named
+                .then(|| crawl::candidate_for(&homes, &path))
+                .flatten()
+            {
+                batch.problems.push(ProblemRow {
+                    path: c.path,
+                    home: c.home,
+                    kind: ProblemKind::Directory,
+                    detail: "is a directory".into(),
+                    thread_id: None,
+                });
+            }
+            continue;
+        }
+        if !rollout_named {
+            continue;
+        }
+        let canonical = identity::canonicalize(&path).unwrap_or(path);
+        candidates.extend(crawl::candidate_for(&homes, &canonical));
+    }
+    // Heads are read before the writer is taken, so queries keep going meanwhile.
+    let outcomes: Vec<_> = candidates
+        .par_iter()
+        .map(|c| (c, rollout::inspect(&c.path, &shared.limits)))
+        .collect();
+    let (files, problems, vanished) = crawl::split_outcomes(outcomes);
+    batch.files = files;
+    batch.problems.extend(problems);
+    gone.extend(vanished);
+
+    let index = shared.writer();
+    // A file that changed again since its head was read is left to the event that change
+    // sent: writing the older read now would undo what a query may have written since.
+    let (fresh, stale): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.files)
+        .into_iter()
+        .partition(|f| Stamp::of(&f.path).is_ok_and(|now| now.unchanged(&f.stamp)));
+    batch.files = fresh;
+    batch
+        .problems
+        .retain(|p| !(p.kind.is_warning() && stale.iter().any(|f| f.path == p.path)));
+    for path in gone {
+        let mut under = index.paths_at_or_under(&path)?;
+        under.retain(|p| std::fs::symlink_metadata(p).is_err());
+        batch.removed.extend(under);
+    }
+    batch.removed.sort();
+    batch.removed.dedup();
+    if !batch.is_empty() {
+        index.apply("applying changes", &batch)?;
+    }
+    Ok(())
+}
