@@ -357,10 +357,19 @@ impl Config {
             )?,
         };
 
+        // One home per directory: a second spelling of a home (a symlink to it) is kept as
+        // an alias of the first, so its paths are still recognised.
+        let mut aliases = aliases;
         let mut deduped: Vec<PathBuf> = Vec::new();
         for h in homes {
-            if !deduped.contains(&h) {
-                deduped.push(h);
+            let real = std::fs::canonicalize(&h).ok();
+            let twin = deduped
+                .iter()
+                .find(|d| **d == h || (real.is_some() && std::fs::canonicalize(d).ok() == real));
+            match twin {
+                Some(d) if *d == h => {}
+                Some(d) => aliases.push((d.clone(), h)),
+                None => deduped.push(h),
             }
         }
         let mut origins = layers.origins;

@@ -132,7 +132,12 @@ fn reconcile_home<A: IndexAccess>(
         }
     }
     progress.advanced(summary.unchanged);
-    index.with(|i| i.record_problems(&walk_problems))?;
+    // Before the head reads, an empty write would succeed even on a full disk and clear the
+    // degraded state for a moment, letting a listing through as if the index were complete
+    // (the last write of the pass, after them, still clears it once writes succeed).
+    if !walk_problems.is_empty() {
+        index.with(|i| i.record_problems(&walk_problems))?;
+    }
     summary.problems += walk_problems.len() as u64;
 
     // Heads are read on all cores while the previous batch is written: a reader thread
@@ -397,6 +402,19 @@ fn walk(
             }
         };
         let Some(file_name) = entry.file_name().to_str() else {
+            use std::os::unix::ffi::OsStrExt;
+            // Reported, not skipped in silence: Codex cannot have written such a name.
+            if name::looks_like_rollout_bytes(entry.file_name().as_bytes()) {
+                let shown = PathBuf::from(entry.path().to_string_lossy().into_owned());
+                problems.push(problem_row(
+                    &home.real,
+                    BadFile::new(
+                        &shown,
+                        ProblemKind::InvalidUtf8,
+                        "the file name is not UTF-8",
+                    ),
+                ));
+            }
             continue;
         };
         let named = name::looks_like_rollout(file_name) && wanted(file_name);

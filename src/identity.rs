@@ -225,9 +225,25 @@ pub struct Homes {
 }
 
 impl Homes {
+    /// One [`Home`] per directory: a home configured twice, by two spellings (a symlink and
+    /// its target), is one home whose spellings include both.
     pub fn new(configured: &[PathBuf], aliases: &[(PathBuf, PathBuf)]) -> Self {
+        let mut homes: Vec<Home> = Vec::new();
+        for h in configured {
+            let home = Home::new(h, aliases);
+            match homes.iter_mut().find(|known| known.real == home.real) {
+                Some(known) => {
+                    for s in home.spellings {
+                        if known.spellings.len() < 64 {
+                            push_unique(&mut known.spellings, s);
+                        }
+                    }
+                }
+                None => homes.push(home),
+            }
+        }
         Homes {
-            homes: configured.iter().map(|h| Home::new(h, aliases)).collect(),
+            homes,
             aliases: aliases.to_vec(),
         }
     }
@@ -246,6 +262,15 @@ impl Homes {
             .find_map(|h| h.relative(path).map(|rest| (h, rest)))
     }
 
+    /// `path` in the spelling its user configured: under the home as configured when it lies
+    /// under any spelling of a home, else unchanged. Messages name paths this way.
+    pub fn display(&self, path: &Path) -> PathBuf {
+        match self.locate(path) {
+            Some((home, rest)) => home.configured.join(rest),
+            None => path.to_owned(),
+        }
+    }
+
     /// Every spelling of a path that may not exist, through the home spellings. The input
     /// itself comes first.
     pub fn lexical_alternatives(&self, path: &Path) -> Vec<PathBuf> {
@@ -257,6 +282,58 @@ impl Homes {
             }
         }
         out
+    }
+
+    /// `path` respelled under a home's realpath when one of its ancestors is a home (or its
+    /// `sessions/` or `archived_sessions/`) reached another way: a bind mount or a second
+    /// mount of the same filesystem (same st_dev and inode), or a symlink. Works whether or
+    /// not `path` itself exists; stats at most one directory per ancestor.
+    pub fn through_mount(&self, path: &Path) -> Option<PathBuf> {
+        let mut anchors: Vec<(FileId, PathBuf)> = Vec::new();
+        for h in &self.homes {
+            for dir in [h.real.clone(), h.sessions_dir(), h.archived_dir()] {
+                if let (Ok(stamp), Ok(real)) = (Stamp::of(&dir), canonicalize(&dir)) {
+                    anchors.push((stamp.id, real));
+                }
+            }
+        }
+        if anchors.is_empty() {
+            return None;
+        }
+        for ancestor in path.ancestors().take(MAX_DEPTH) {
+            let Ok(stamp) = Stamp::of(ancestor) else {
+                continue;
+            };
+            if stamp.kind != FileKind::Directory {
+                continue;
+            }
+            if let Some((_, real)) = anchors.iter().find(|(id, _)| *id == stamp.id) {
+                let rest = path.strip_prefix(ancestor).ok()?;
+                return Some(real.join(rest));
+            }
+        }
+        None
+    }
+}
+
+/// Ancestors looked at by [`Homes::through_mount`]; deeper paths are not rollout paths.
+const MAX_DEPTH: usize = 64;
+
+/// Why a configured home cannot be indexed, in words, or `None` when it is a directory.
+pub fn home_problem(home: &Path) -> Option<String> {
+    match std::fs::metadata(home) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("is not a directory".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Some("is a symlink loop (too many levels of symbolic links)".into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::symlink_metadata(home) {
+                Ok(_) => Some("is a dangling symlink".into()),
+                Err(_) => Some("does not exist (yet)".into()),
+            }
+        }
+        Err(e) => Some(format!("cannot be read ({e})")),
     }
 }
 

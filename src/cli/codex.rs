@@ -33,10 +33,14 @@ pub enum CodexCommand {
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         busy_timeout: Duration,
     },
-    /// Put a backup made by `codex repair --apply` back (refused while the DB is in use)
+    /// Put a backup made by `codex repair --apply` back (refused while the DB is in use, and
+    /// without --force when rows changed since the backup other than by rolloutd)
     Restore {
         /// The backup file
         backup: PathBuf,
+        /// Restore even though it reverts rows Codex changed after the backup
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -71,8 +75,8 @@ pub fn run(command: CodexCommand, q: &Queries<'_>) -> Result<Answer, Failure> {
                 !report.skipped_any() && report.quick_check.as_deref().is_none_or(|c| c == "ok");
             Ok(Answer::new(&report, render_repair(&report), positive))
         }
-        CodexCommand::Restore { backup } => {
-            let report = codex_state::run_restore(q.homes, &backup, &backup_dir)?;
+        CodexCommand::Restore { backup, force } => {
+            let report = codex_state::run_restore(q.homes, &backup, &backup_dir, force)?;
             let positive = report.quick_check == "ok";
             Ok(Answer::new(&report, render_restore(&report), positive))
         }
@@ -242,13 +246,29 @@ pub fn render_repair(r: &RepairReport) -> String {
 }
 
 pub fn render_restore(r: &RestoreReport) -> String {
-    format!(
-        "restored   {} from {} ({} rows, {} journal)\nprevious   content saved to {}\nquick_check {}\n",
+    let mut s = format!(
+        "restored   {} from {} ({} rows, {} journal)\nprevious   content saved to {}\n",
         r.db.display(),
         r.restored_from.display(),
         r.rows,
         r.journal_mode.as_str(),
         r.previous_saved_to.display(),
-        r.quick_check
-    )
+    );
+    for row in &r.reverted {
+        let side = |v: &Option<RowState>| v.as_ref().map_or_else(|| "no row".to_owned(), state);
+        let _ = writeln!(
+            s,
+            "reverted {} {}\n         was   {}\n         now   {}",
+            row.thread_id,
+            if row.by_rolloutd {
+                "(undoes rolloutd's repair)"
+            } else {
+                "(changed after the backup, not by rolloutd; --force)"
+            },
+            side(&row.current),
+            side(&row.backup)
+        );
+    }
+    let _ = writeln!(s, "quick_check {}", r.quick_check);
+    s
 }

@@ -265,8 +265,11 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
     match cli.command {
         Command::Index => {
             for home in &config.homes {
-                if !home.is_dir() {
-                    eprintln!("rolloutd: warning: Codex home {} does not exist (yet); nothing to index there", home.display());
+                if let Some(why) = crate::identity::home_problem(home) {
+                    eprintln!(
+                        "rolloutd: warning: Codex home {} {why}; nothing to index there",
+                        home.display()
+                    );
                 }
             }
             let bar = render::ProgressBar::new(cli.global.json);
@@ -283,17 +286,17 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             let record = if looks_like_id(&target) {
                 backend.resolve_thread(&target)?
             } else {
-                backend.resolve_path(&PathBuf::from(&target))?
+                backend.resolve_path(&absolute(&PathBuf::from(&target)))?
             };
             Ok(Answer::new(&record, render::record(&record), true))
         }
         Command::Same { a, b } => {
-            let answer = backend.same(&a, &b)?;
+            let answer = backend.same(&absolute(&a), &absolute(&b))?;
             let positive = answer.same;
             Ok(Answer::new(&answer, render::same(&answer), positive))
         }
         Command::CheckResume { thread_id, path } => {
-            let answer = backend.check_resume(&thread_id, &path)?;
+            let answer = backend.check_resume(&thread_id, &absolute(&path))?;
             let positive = answer.ok;
             Ok(Answer::new(
                 &answer,
@@ -309,7 +312,11 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             };
             let page = backend.list(&ListParams {
                 archived,
-                cwd: args.cwd,
+                cwd: args.cwd.map(|c| {
+                    absolute(std::path::Path::new(&c))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
                 search: args.search,
                 limit: args.limit,
                 cursor: args.cursor,
@@ -377,6 +384,12 @@ fn watch(socket: &std::path::Path, thread_ids: Vec<String>) -> Result<Answer, Fa
             Err(e) => return Err(failure("agentError", e)),
         }
     }
+}
+
+/// `p` made absolute against this process's working directory: requests carry absolute
+/// paths only (an empty path is left for the query to refuse).
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
 
 /// A target made only of hex digits and dashes is an id or prefix; anything else a path.

@@ -50,9 +50,13 @@ pub fn same(a: &SameAnswer) -> String {
 pub fn check_resume(c: &CheckResume, path: &Path) -> String {
     match (c.ok, &c.record) {
         (true, Some(r)) => format!(
-            "ok: {} is the rollout of thread {}",
+            "ok: {} is the rollout of thread {}{}",
             path.display(),
-            r.thread_id
+            r.thread_id,
+            c.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         ),
         _ => format!(
             "{}: {}",
@@ -175,8 +179,15 @@ impl Progress for ProgressBar {
 
 pub fn status(v: &serde_json::Value) -> String {
     let c = &v["counts"];
+    let degraded = match v["degraded"].as_bool() {
+        Some(true) => format!(
+            "\ndegraded   yes: {} (listings are refused until index writes succeed again)",
+            v["degradedReason"].as_str().unwrap_or("index writes fail")
+        ),
+        _ => String::new(),
+    };
     format!(
-        "ready      {}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
+        "ready      {}{degraded}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
         v["ready"],
         c["threads"],
         c["files"],

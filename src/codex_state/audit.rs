@@ -17,7 +17,7 @@ use super::CodexStateError;
 use crate::identity::{self, Home, Homes, Stamp};
 use crate::index::{ArchivedFilter, IndexAccess, IndexedFile, ListQuery};
 use crate::query::{Queries, QueryError, ThreadRecord};
-use crate::rollout::{Compression, HeadLimits};
+use crate::rollout::HeadLimits;
 
 pub use super::db::RowState;
 
@@ -46,6 +46,8 @@ impl Severity {
 pub struct FoundFile {
     /// Canonical path.
     pub path: PathBuf,
+    /// The same file under the home as configured: the spelling messages use.
+    pub shown_path: PathBuf,
     pub archived: bool,
     /// mtime in seconds (what Codex's backfill uses for `archived_at`).
     pub mtime: i64,
@@ -83,11 +85,23 @@ pub enum Finding {
     },
     /// `archived` / `archived_at` disagree with where the file lies.
     RowArchivedMismatch { row: ThreadRow, file: FoundFile },
-    /// The path is another spelling (a symlinked home) of the right file.
+    /// The path reaches the right file, but not by the spelling Codex writes now (the
+    /// realpath after a resume through it, an alias, a home spelling from before
+    /// `CODEX_HOME` was set). Information only: Codex opens it.
     RowAliasSpelling {
         row: ThreadRow,
         canonical_path: PathBuf,
+        /// The home spelling the row uses, when it is one of the home's known spellings.
+        used_spelling: Option<PathBuf>,
+        /// The home as Codex spells it in the rows it writes.
+        codex_spelling: PathBuf,
+        /// Whether `CODEX_HOME` names this home (then Codex writes its realpath).
+        codex_home_set: bool,
     },
+    /// The path does not exist, but its `.jsonl` / `.jsonl.zst` sibling does and is this
+    /// thread's file: Codex stores the plain name of a rollout it compressed and opens the
+    /// sibling itself. Information only.
+    RowCompressedSibling { row: ThreadRow, file: PathBuf },
     /// The path exists but cannot be checked: not a rollout, unreadable, outside the home.
     RowUnverifiable {
         row: ThreadRow,
@@ -125,6 +139,7 @@ impl Finding {
             Finding::RowNotRegularFile { .. } => "rowNotRegularFile",
             Finding::RowArchivedMismatch { .. } => "rowArchivedMismatch",
             Finding::RowAliasSpelling { .. } => "rowAliasSpelling",
+            Finding::RowCompressedSibling { .. } => "rowCompressedSibling",
             Finding::RowUnverifiable { .. } => "rowUnverifiable",
             Finding::FileWithoutRow { .. } => "fileWithoutRow",
             Finding::DuplicateFiles { .. } => "duplicateFiles",
@@ -142,7 +157,9 @@ impl Finding {
             Finding::RowUnverifiable { .. }
             | Finding::DuplicateFiles { .. }
             | Finding::BackfillIncomplete { .. } => Severity::Warning,
-            Finding::RowAliasSpelling { .. } | Finding::FileWithoutRow { .. } => Severity::Info,
+            Finding::RowAliasSpelling { .. }
+            | Finding::RowCompressedSibling { .. }
+            | Finding::FileWithoutRow { .. } => Severity::Info,
         }
     }
 
@@ -155,6 +172,7 @@ impl Finding {
             | Finding::RowNotRegularFile { row, .. }
             | Finding::RowArchivedMismatch { row, .. }
             | Finding::RowAliasSpelling { row, .. }
+            | Finding::RowCompressedSibling { row, .. }
             | Finding::RowUnverifiable { row, .. } => Some(row),
             Finding::DuplicateFiles { row, .. } => row.as_ref(),
             Finding::FileWithoutRow { .. } | Finding::BackfillIncomplete { .. } => None,
@@ -173,7 +191,7 @@ impl Finding {
     /// One sentence: what was seen.
     pub fn evidence(&self) -> String {
         let elsewhere = |found: &Option<FoundFile>| match found {
-            Some(f) => format!("; the thread's file is {}", f.path.display()),
+            Some(f) => format!("; the thread's file is {}", f.shown_path.display()),
             None => "; no file of this thread is in the home".to_owned(),
         };
         match self {
@@ -210,10 +228,37 @@ impl Finding {
                 },
                 file.mtime
             ),
-            Finding::RowAliasSpelling { canonical_path, .. } => format!(
-                "rollout_path is another spelling of {} (a symlinked home); harmless, but a \
-                 resume comparing paths as strings may call one of them stale",
-                canonical_path.display()
+            Finding::RowAliasSpelling {
+                used_spelling,
+                codex_spelling,
+                codex_home_set,
+                ..
+            } => {
+                let codex = if *codex_home_set {
+                    format!(
+                        "Codex, with CODEX_HOME set, resolves the home and writes {}",
+                        codex_spelling.display()
+                    )
+                } else {
+                    format!(
+                        "Codex writes {} (the home as configured; CODEX_HOME is unset)",
+                        codex_spelling.display()
+                    )
+                };
+                let used = match used_spelling {
+                    Some(u) => format!("the home spelling {}", u.display()),
+                    None => "a spelling outside the home's known ones".to_owned(),
+                };
+                format!(
+                    "rollout_path reaches this thread's file through {used}, while {codex}; \
+                     Codex rewrites a row this way after a resume through that spelling"
+                )
+            }
+            Finding::RowCompressedSibling { row, file } => format!(
+                "rollout_path {} does not exist; its sibling {} is this thread's file (Codex \
+                 stores the plain name of a rollout it compressed and opens the sibling)",
+                row.state.rollout_path,
+                file.display()
             ),
             Finding::RowUnverifiable {
                 reason,
@@ -359,22 +404,32 @@ pub fn audit<A: IndexAccess>(
     limits: HeadLimits,
 ) -> Result<AuditReport, CodexStateError> {
     let files = home_files(home, index)?;
+    // Codex canonicalizes the home when CODEX_HOME names it, else writes it as found.
+    let codex_home_set = super::locate::process_env("CODEX_HOME")
+        .and_then(|h| identity::canonicalize(Path::new(&h)).ok())
+        .is_some_and(|h| h == home.real);
     let ctx = Ctx {
         home,
         homes,
         index,
         limits,
         files: &files,
+        codex_home_set,
     };
     let mut findings = Vec::new();
-    let row_ids: HashSet<&str> = snapshot.rows.iter().map(|r| r.thread_id.as_str()).collect();
+    // Ids are compared in lower case, as the index stores them.
+    let row_ids: HashSet<String> = snapshot
+        .rows
+        .iter()
+        .map(|r| r.thread_id.to_ascii_lowercase())
+        .collect();
     for row in &snapshot.rows {
         findings.extend(ctx.check_row(row)?);
     }
-    let rows_by_id: HashMap<&str, &ThreadRow> = snapshot
+    let rows_by_id: HashMap<String, &ThreadRow> = snapshot
         .rows
         .iter()
-        .map(|r| (r.thread_id.as_str(), r))
+        .map(|r| (r.thread_id.to_ascii_lowercase(), r))
         .collect();
     let mut threads: Vec<(&String, &Vec<IndexedFile>)> = files.iter().collect();
     threads.sort_by(|a, b| a.0.cmp(b.0));
@@ -382,11 +437,11 @@ pub fn audit<A: IndexAccess>(
         let Some(first) = thread_files.first() else {
             continue;
         };
-        if !row_ids.contains(thread_id.as_str()) {
+        if !row_ids.contains(thread_id) {
             findings.push(FindingEntry::new(
                 Finding::FileWithoutRow {
                     thread_id: thread_id.clone(),
-                    path: home.display_spelling(&first.path),
+                    path: homes.display(&first.path),
                     archived: first.archived,
                 },
                 Fix::leave(
@@ -399,8 +454,11 @@ pub fn audit<A: IndexAccess>(
             findings.push(FindingEntry::new(
                 Finding::DuplicateFiles {
                     thread_id: thread_id.clone(),
-                    paths: thread_files.iter().map(|f| f.path.clone()).collect(),
-                    row: rows_by_id.get(thread_id.as_str()).map(|r| (*r).clone()),
+                    paths: thread_files
+                        .iter()
+                        .map(|f| homes.display(&f.path))
+                        .collect(),
+                    row: rows_by_id.get(thread_id).map(|r| (*r).clone()),
                 },
                 Fix::leave(
                     "rolloutd never deletes files; Codex prefers the active, plain file \
@@ -482,13 +540,7 @@ fn home_files<A: IndexAccess>(
             .push(f);
     }
     for files in by_thread.values_mut() {
-        files.sort_by(|a, b| {
-            (a.archived, a.compression != Compression::None, &a.path).cmp(&(
-                b.archived,
-                b.compression != Compression::None,
-                &b.path,
-            ))
-        });
+        files.sort_by(crate::query::preference);
     }
     Ok(by_thread)
 }
@@ -499,6 +551,7 @@ struct Ctx<'a, A> {
     index: &'a A,
     limits: HeadLimits,
     files: &'a HashMap<String, Vec<IndexedFile>>,
+    codex_home_set: bool,
 }
 
 impl<A: IndexAccess> Ctx<'_, A> {
@@ -515,7 +568,8 @@ impl<A: IndexAccess> Ctx<'_, A> {
 
     /// The thread's verified file in this home, preferred first.
     fn find(&self, thread_id: &str) -> Result<Option<FoundFile>, CodexStateError> {
-        for f in self.files.get(thread_id).into_iter().flatten() {
+        let thread_id = thread_id.to_ascii_lowercase();
+        for f in self.files.get(&thread_id).into_iter().flatten() {
             match self.resolve_path(&f.path) {
                 Ok(rec) if rec.thread_id == thread_id => return Ok(Some(found(&rec))),
                 Ok(_) | Err(QueryError::Path { .. }) => {}
@@ -565,7 +619,9 @@ impl<A: IndexAccess> Ctx<'_, A> {
             return self.check_absent(row, given).map(|f| vec![f]);
         };
         match self.resolve_path(&file) {
-            Ok(rec) if rec.thread_id == row.thread_id => Ok(self.check_match(row, &file, &rec)),
+            Ok(rec) if rec.thread_id.eq_ignore_ascii_case(&row.thread_id) => {
+                Ok(self.check_match(row, &file, &rec))
+            }
             Ok(rec) => {
                 let found = self.find(&row.thread_id)?;
                 let fix = self.point_at(row, &found);
@@ -632,15 +688,42 @@ impl<A: IndexAccess> Ctx<'_, A> {
     /// The row's file is its thread's: check the spelling and the archive state.
     fn check_match(&self, row: &ThreadRow, file: &Path, rec: &ThreadRecord) -> Vec<FindingEntry> {
         let mut out = Vec::new();
-        if identity::normalize_lexically(file) != rec.canonical_path {
+        let given = identity::normalize_lexically(Path::new(&row.state.rollout_path));
+        if identity::normalize_lexically(file) != given {
+            out.push(FindingEntry::new(
+                Finding::RowCompressedSibling {
+                    row: row.clone(),
+                    file: self.homes.display(file),
+                },
+                Fix::leave("nothing to repair: Codex opens the sibling for this row"),
+            ));
+        }
+        // A row spelled the way Codex writes the home is healthy, whatever its realpath.
+        let codex_spelling = if self.codex_home_set {
+            self.home.real.clone()
+        } else {
+            self.home.configured.clone()
+        };
+        if !given.starts_with(&codex_spelling) {
+            let used_spelling = self
+                .home
+                .spellings
+                .iter()
+                .filter(|s| given.starts_with(s))
+                .max_by_key(|s| s.as_os_str().len())
+                .cloned();
             out.push(FindingEntry::new(
                 Finding::RowAliasSpelling {
                     row: row.clone(),
                     canonical_path: rec.canonical_path.clone(),
+                    used_spelling,
+                    codex_spelling,
+                    codex_home_set: self.codex_home_set,
                 },
                 Fix::leave(
-                    "both spellings name the same file; left as Codex wrote it (rewrite the \
-                     spelling only by fixing the home: set CODEX_HOME or add an alias)",
+                    "nothing to repair: the row opens this thread's file. Only a client that \
+                     compares paths as strings may call the other spelling stale; resume by \
+                     thread id, or with the path the row holds",
                 ),
             ));
         }
@@ -692,6 +775,7 @@ fn found(rec: &ThreadRecord) -> FoundFile {
         .unwrap_or(0);
     FoundFile {
         path: rec.canonical_path.clone(),
+        shown_path: rec.path.clone(),
         archived: rec.archived,
         mtime,
         compression: crate::rollout::Compression::parse(&rec.compression)

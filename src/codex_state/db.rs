@@ -85,7 +85,7 @@ pub struct DbInfo {
 }
 
 /// The part of a `threads` row rolloutd compares and may change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RowState {
     pub rollout_path: String,

@@ -34,7 +34,7 @@ pub use db::{Access, DbInfo, JournalMode};
 pub use follow::{follow_move, Move, MoveOutcome};
 pub use locate::{locate, Located};
 pub use repair::{apply, plan, Applied, ChangeOutcome, ChangeStatus, RepairOptions, RepairReport};
-pub use restore::{restore, RestoreReport};
+pub use restore::{restore, RestoreReport, RowRevert};
 
 /// The schema generations (`state_<N>.sqlite`) this build knows. Codex rebuilds rather than
 /// migrates across generations, so another `N` may mean another shape.
@@ -88,6 +88,12 @@ pub enum CodexStateError {
     Unstable { path: PathBuf },
     #[error("{}: {what}", path.display())]
     Refused { path: PathBuf, what: String },
+    #[error("{}: restoring {} would revert {} row{} changed since that backup by someone other than rolloutd (Codex, most likely): {}; add --force to restore anyway", path.display(), backup.display(), rows.len(), if rows.len() == 1 { "" } else { "s" }, describe_reverts(rows))]
+    ChangedSinceBackup {
+        path: PathBuf,
+        backup: PathBuf,
+        rows: Vec<restore::RowRevert>,
+    },
     #[error("no Codex home is configured")]
     NoHome,
     #[error(transparent)]
@@ -110,6 +116,7 @@ impl CodexStateError {
             CodexStateError::InUse { .. } => "inUse",
             CodexStateError::Unstable { .. } => "unstable",
             CodexStateError::Refused { .. } => "refused",
+            CodexStateError::ChangedSinceBackup { .. } => "changedSinceBackup",
             CodexStateError::NoHome => "noHome",
             CodexStateError::Index(_) => "indexError",
         }
@@ -137,6 +144,37 @@ impl CodexStateError {
             source,
         }
     }
+}
+
+/// The first few reverted rows, in words.
+fn describe_reverts(rows: &[restore::RowRevert]) -> String {
+    const SHOWN: usize = 5;
+    let state = |s: &Option<RowState>| match s {
+        Some(s) => format!(
+            "{} archived={} archived_at={}",
+            s.rollout_path,
+            s.archived,
+            s.archived_at
+                .map_or_else(|| "NULL".to_owned(), |t| t.to_string())
+        ),
+        None => "no row".to_owned(),
+    };
+    let mut parts: Vec<String> = rows
+        .iter()
+        .take(SHOWN)
+        .map(|r| {
+            format!(
+                "{} now {} would become {}",
+                r.thread_id,
+                state(&r.current),
+                state(&r.backup)
+            )
+        })
+        .collect();
+    if rows.len() > SHOWN {
+        parts.push(format!("and {} more", rows.len() - SHOWN));
+    }
+    parts.join("; ")
 }
 
 fn known_generations() -> String {
@@ -213,6 +251,7 @@ pub fn run_restore(
     homes: &crate::identity::Homes,
     backup: &Path,
     backup_dir: &Path,
+    force: bool,
 ) -> Result<RestoreReport, CodexStateError> {
     let home = primary_home(homes)?;
     let located = locate(home, &locate::process_env)?;
@@ -221,6 +260,7 @@ pub fn run_restore(
         backup,
         backup_dir,
         &forbidden_dirs(homes, &located),
+        force,
     )
 }
 

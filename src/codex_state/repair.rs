@@ -186,6 +186,16 @@ pub fn apply(
             return Err(e);
         }
     };
+    let made: Vec<super::restore::ManifestChange> = changes
+        .iter()
+        .filter(|c| c.status == ChangeStatus::Applied)
+        .map(|c| super::restore::ManifestChange {
+            thread_id: c.update.thread_id.clone(),
+            before: Some(c.update.before.clone()),
+            after: Some(c.update.after.clone()),
+        })
+        .collect();
+    super::restore::write_manifest(&backup, &made);
     let quick_check = db::quick_check(&conn, path)?;
     Ok(Applied {
         backup: Some(backup),

@@ -175,7 +175,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
-     forked_from_id, git_branch, title, ctime_ns";
+     forked_from_id, git_branch, title, ctime_ns, thread_id_as_written";
 
 impl Index {
     /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
@@ -755,7 +755,7 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
 fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
     ))?;
     let mut forget = conn.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
     for f in &batch.files {
@@ -780,6 +780,7 @@ fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
             f.head.git_branch,
             f.head.title,
             f.stamp.ctime_ns,
+            f.head.thread_id_as_written,
         ])?;
         forget.execute([&path])?;
     }
@@ -945,6 +946,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
             forked_from_id: r.get(15)?,
             git_branch: r.get(16)?,
             title: r.get(17)?,
+            thread_id_as_written: r.get(19)?,
         },
     })
 }

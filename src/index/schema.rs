@@ -65,6 +65,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4 -> 5: thread ids are stored in canonical lower case, the file's own spelling beside
+    // it; rows with another spelling get an impossible size so their heads are read again.
+    r#"
+    ALTER TABLE files ADD COLUMN thread_id_as_written TEXT;
+    UPDATE files SET thread_id_as_written = thread_id, thread_id = lower(thread_id), size = -1
+        WHERE thread_id <> lower(thread_id);
+    UPDATE problems SET thread_id = lower(thread_id) WHERE thread_id <> lower(thread_id);
+    UPDATE OR REPLACE removed_threads SET thread_id = lower(thread_id)
+        WHERE thread_id <> lower(thread_id);
+    "#,
 ];
 
 /// The schema version this build writes.

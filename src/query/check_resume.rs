@@ -28,14 +28,36 @@ impl Queries<'_> {
     /// `outsideHome`, `permissionDenied`.
     pub fn check_resume(&self, thread_id: &str, path: &Path) -> Result<CheckResume, QueryError> {
         let wanted = thread_id.trim().to_ascii_lowercase();
-        match self.path_file(path) {
-            Ok(file) if file.head.thread_id.to_ascii_lowercase() == wanted => Ok(CheckResume {
-                ok: true,
-                reason: None,
-                detail: None,
-                record: Some(ThreadRecord::new(&file, self.homes)),
-            }),
-            Ok(file) => Ok(CheckResume {
+        match self.path_file_noting(path) {
+            Ok((file, sibling)) if file.head.thread_id == wanted => {
+                let record = ThreadRecord::new(&file, self.homes);
+                // Codex stores the plain name of a compressed rollout and opens whichever
+                // exists, so the other spelling is accepted; the answer says which file.
+                let mut notes = Vec::new();
+                if sibling.is_some() {
+                    notes.push(format!(
+                        "{} does not exist; its sibling {} is the rollout of thread {} (Codex \
+                         opens whichever of `.jsonl` and `.jsonl.zst` exists)",
+                        path.display(),
+                        record.path.display(),
+                        record.thread_id
+                    ));
+                }
+                if let Some(written) = &record.thread_id_as_written {
+                    notes.push(format!(
+                        "the file spells the id {written}; ids compare case-insensitively, but \
+                         Codex looks a rollout up by a name with the lower-case id"
+                    ));
+                }
+                let detail = (!notes.is_empty()).then(|| notes.join("; "));
+                Ok(CheckResume {
+                    ok: true,
+                    reason: None,
+                    detail,
+                    record: Some(record),
+                })
+            }
+            Ok((file, _)) => Ok(CheckResume {
                 ok: false,
                 reason: Some(Cow::Borrowed(PathReason::OtherThread.as_str())),
                 detail: Some(format!(
@@ -45,8 +67,7 @@ impl Queries<'_> {
                 )),
                 record: Some(ThreadRecord::new(&file, self.homes)),
             }),
-            Err(QueryError::Index(e)) => Err(QueryError::Index(e)),
-            Err(e) => Ok(CheckResume {
+            Err(e @ QueryError::Path { .. }) => Ok(CheckResume {
                 ok: false,
                 reason: Some(Cow::Borrowed(match e.reason() {
                     // The path names a thread not written yet, but not the one asked about.
@@ -56,6 +77,8 @@ impl Queries<'_> {
                 detail: Some(e.to_string()),
                 record: None,
             }),
+            // A bad request (a relative path), a degraded or failing index: not an answer.
+            Err(e) => Err(e),
         }
     }
 }

@@ -34,7 +34,16 @@ pub struct ListPage {
 
 impl Queries<'_> {
     pub fn list(&self, params: &ListParams) -> Result<ListPage, QueryError> {
-        let limit = params.limit.clamp(1, MAX_LIMIT);
+        if params.limit == 0 {
+            return Err(QueryError::BadParams(format!(
+                "limit must be between 1 and {MAX_LIMIT} (larger values are served as {MAX_LIMIT})"
+            )));
+        }
+        let limit = params.limit.min(MAX_LIMIT);
+        // A cwd filter is a path too: never resolved against the agent's working directory.
+        if let Some(c) = &params.cwd {
+            super::check_request_path(Path::new(c))?;
+        }
         let after = match &params.cursor {
             Some(c) => Some(parse_cursor(c).ok_or_else(|| QueryError::BadId {
                 given: c.clone(),
@@ -67,6 +76,17 @@ impl Queries<'_> {
             after,
         })?;
         let more = rows.len() > limit;
+        // A degraded index (its writes fail: a full disk at start) may lack threads; a listing
+        // from it would pass an incomplete answer off as complete. A reader connection does
+        // not know the writer's state, so a page that ends the listing is checked on the
+        // writer (the common short listing; full pages of a large index stay on the readers).
+        if !more {
+            self.index
+                .require_writer("checking the index is complete")?;
+        }
+        if let Some(why) = self.index.degraded() {
+            return Err(QueryError::Degraded { why });
+        }
         let mut next_cursor = None;
         let mut seen = HashSet::new();
         let mut threads = Vec::new();

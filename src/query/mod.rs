@@ -25,6 +25,56 @@ pub use problems::{DuplicateEntry, ProblemEntry, ProblemsReport};
 pub use record::ThreadRecord;
 pub use same::{PathIdentity, SameAnswer};
 
+/// Ids listed in an ambiguous-prefix error (the count says how many match in all).
+pub const AMBIGUOUS_SHOWN: usize = 20;
+
+/// When Codex writes a thread's rollout: seen with Codex 0.169, the file appears when the
+/// first turn starts, well before that turn completes. One sentence for every message.
+pub const MATERIALIZES_WHEN: &str =
+    "Codex writes a thread's rollout when its first turn starts (turn/start), before the turn completes";
+
+/// Refuses a request path that is empty, relative or carries a NUL byte: the agent must not
+/// resolve a caller's relative path against its own working directory.
+pub fn check_request_path(path: &std::path::Path) -> Result<(), QueryError> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let why = if bytes.is_empty() {
+        "it is empty"
+    } else if bytes.contains(&0) {
+        "it contains a NUL byte"
+    } else if !path.is_absolute() {
+        "it is relative; paths in requests must be absolute (make it absolute against the \
+         caller's working directory)"
+    } else {
+        return Ok(());
+    };
+    Err(QueryError::BadPath {
+        path: path.to_owned(),
+        why,
+    })
+}
+
+/// The one order of a thread's files, preferred first, used for every answer and listing:
+/// active before archived (Codex looks in `sessions/` before `archived_sessions/`), plain
+/// before `.zst` (Codex opens the plain name first), then by canonical path in byte order,
+/// so equal candidates always give the same answer.
+pub fn preference(
+    a: &crate::index::IndexedFile,
+    b: &crate::index::IndexedFile,
+) -> std::cmp::Ordering {
+    let key = |f: &crate::index::IndexedFile| {
+        (
+            f.archived,
+            f.compression != crate::rollout::Compression::None,
+        )
+    };
+    key(a).cmp(&key(b)).then_with(|| {
+        a.path
+            .as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.path.as_os_str().as_encoded_bytes())
+    })
+}
+
 /// The query context: the homes, the index connection, and the head bounds.
 pub struct Queries<'a> {
     pub homes: &'a Homes,
@@ -67,11 +117,25 @@ impl PathReason {
 pub enum QueryError {
     #[error("no rollout found for thread {thread_id}")]
     NotFound { thread_id: String },
-    #[error("id prefix {prefix} matches {} threads: {}", matches.len(), matches.join(", "))]
+    #[error("id prefix {prefix} matches {count} threads: {}{}", matches.join(", "), if *count > matches.len() { format!(" (the first {} shown)", matches.len()) } else { String::new() })]
     Ambiguous {
         prefix: String,
+        /// The first [`AMBIGUOUS_SHOWN`] matching ids, in order.
         matches: Vec<String>,
+        /// How many threads match (all of them, not only those shown).
+        count: usize,
     },
+    /// A `path` in a request that cannot name a file: empty, relative, or with a NUL byte.
+    /// Never resolved against the agent's working directory.
+    #[error("{path:?} is not a usable path: {why}")]
+    BadPath { path: PathBuf, why: &'static str },
+    /// A parameter outside what the method accepts.
+    #[error("{0}")]
+    BadParams(String),
+    /// The index cannot be written (disk full, I/O error), so it may lack threads: an answer
+    /// that needs the whole index (a listing) is refused rather than given incomplete.
+    #[error("the index is degraded ({why}): it may lack threads, so a listing would be incomplete; resolving one thread by id or path still works")]
+    Degraded { why: String },
     #[error("{given:?} is not a thread id: {why}")]
     BadId { given: String, why: &'static str },
     #[error("{}: {}{}", path.display(), detail, would_be.as_ref().map(|p| format!("; would be {}", p.display())).unwrap_or_default())]
@@ -93,6 +157,9 @@ impl QueryError {
             QueryError::NotFound { .. } => "notFound",
             QueryError::Ambiguous { .. } => "ambiguous",
             QueryError::BadId { .. } => "badId",
+            QueryError::BadPath { .. } => "badPath",
+            QueryError::BadParams(_) => "badParams",
+            QueryError::Degraded { .. } => "degraded",
             QueryError::Path { reason, .. } => reason.as_str(),
             QueryError::Index(_) => "indexError",
         }

@@ -10,19 +10,28 @@ use crate::rollout::ProblemKind;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProblemEntry {
+    /// The path under the home as configured (the spelling records use).
     pub path: PathBuf,
+    /// The realpath.
+    #[serde(default)]
+    pub canonical_path: PathBuf,
     pub reason: ProblemKind,
     pub detail: String,
     pub thread_id: Option<String>,
 }
 
-/// One thread id held by several files, preferred file first.
+/// One thread id held by several files, preferred file first (see [`super::preference`]:
+/// the file every answer for this thread gives).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DuplicateEntry {
     pub thread_id: String,
     pub reason: ProblemKind,
+    /// Under the home as configured.
     pub paths: Vec<PathBuf>,
+    /// The same files' realpaths, in the same order.
+    #[serde(default)]
+    pub canonical_paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +53,8 @@ impl Queries<'_> {
             .problems()?
             .into_iter()
             .map(|p| ProblemEntry {
-                path: p.path,
+                path: self.homes.display(&p.path),
+                canonical_path: p.path,
                 reason: p.kind,
                 detail: p.detail,
                 thread_id: p.thread_id,
@@ -54,10 +64,14 @@ impl Queries<'_> {
             .index
             .duplicates()?
             .into_iter()
-            .map(|(thread_id, paths)| DuplicateEntry {
+            .map(|(thread_id, canonical_paths)| DuplicateEntry {
                 thread_id,
                 reason: ProblemKind::Duplicate,
-                paths,
+                paths: canonical_paths
+                    .iter()
+                    .map(|p| self.homes.display(p))
+                    .collect(),
+                canonical_paths,
             })
             .collect();
         Ok(ProblemsReport {

@@ -13,7 +13,11 @@ use crate::index::IndexedFile;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadRecord {
+    /// The thread id in canonical lower case.
     pub thread_id: String,
+    /// `session_meta.id` as the file spells it, when that is not `thread_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id_as_written: Option<String>,
     /// The path under the home as configured (the spelling Codex writes for it).
     pub path: PathBuf,
     /// The realpath.
@@ -51,6 +55,7 @@ impl ThreadRecord {
             UNIX_EPOCH + Duration::from_nanos(u64::try_from(file.stamp.mtime_ns).unwrap_or(0));
         ThreadRecord {
             thread_id: file.head.thread_id.clone(),
+            thread_id_as_written: file.head.thread_id_as_written.clone(),
             path,
             canonical_path: file.path.clone(),
             aliases,

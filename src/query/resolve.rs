@@ -7,10 +7,13 @@ use super::{PathReason, Queries, QueryError, ThreadRecord};
 use crate::crawl::{self, Candidate};
 use crate::identity::{self, FileKind, Stamp};
 use crate::index::IndexedFile;
-use crate::rollout::{self, name, BadFile, ProblemKind};
+use crate::rollout::{name, BadFile, ProblemKind};
 
 /// Shortest id prefix accepted: 8 hex digits single out one thread among millions.
 pub const MIN_PREFIX: usize = 8;
+
+/// Ids read to count an ambiguous prefix; an 8-digit prefix matches far fewer in practice.
+const PREFIX_COUNT_MAX: usize = 100_000;
 
 impl Queries<'_> {
     /// Resolves a full thread id or a unique prefix of at least [`MIN_PREFIX`] characters.
@@ -25,7 +28,7 @@ impl Queries<'_> {
         if uuid::Uuid::try_parse(&id).is_ok() {
             return self.verified_thread(&id);
         }
-        let mut matches = self.index.thread_ids_with_prefix(&id, 2)?;
+        let mut matches = self.index.thread_ids_with_prefix(&id, PREFIX_COUNT_MAX)?;
         if matches.is_empty() {
             // Not indexed (yet): look for names carrying the prefix, as Codex would.
             let mut found: Vec<String> = self
@@ -41,10 +44,14 @@ impl Queries<'_> {
         match matches.len() {
             0 => Err(QueryError::NotFound { thread_id: id }),
             1 => self.verified_thread(&matches[0]),
-            _ => Err(QueryError::Ambiguous {
-                prefix: id,
-                matches,
-            }),
+            count => {
+                matches.truncate(super::AMBIGUOUS_SHOWN);
+                Err(QueryError::Ambiguous {
+                    prefix: id,
+                    matches,
+                    count,
+                })
+            }
         }
     }
 
@@ -98,10 +105,11 @@ impl Queries<'_> {
 
     fn first_verified(
         &self,
-        rows: Vec<IndexedFile>,
+        mut rows: Vec<IndexedFile>,
         thread_id: &str,
         gone: &mut Vec<PathBuf>,
     ) -> Result<Option<IndexedFile>, QueryError> {
+        rows.sort_by(super::preference);
         for row in rows {
             if let Some(file) = self.verify(row, gone)? {
                 if file.head.thread_id == thread_id {
@@ -142,15 +150,18 @@ impl Queries<'_> {
         self.index.require_writer("walking the homes")?;
         let roots = crawl::allowed_roots(self.homes);
         let mut found = Vec::new();
+        // Ids are compared case-insensitively, so names are too (`needle` is lower case).
+        let wanted = |n: &str| n.to_ascii_lowercase().contains(needle);
         for home in &self.homes.homes {
-            let (candidates, _) = crawl::discover(home, &roots, &|n| n.contains(needle));
+            let (candidates, _) = crawl::discover(home, &roots, &wanted);
             for c in candidates {
                 if let Ok(file) = crawl::refresh(self.index, &c, &self.limits)? {
                     found.push(file);
                 }
             }
         }
-        found.sort_by_key(|f| (f.archived, f.compression != rollout::Compression::None));
+        // The walk's order is the directory's; the answer must not depend on it.
+        found.sort_by(super::preference);
         Ok(found)
     }
 
@@ -161,21 +172,36 @@ impl Queries<'_> {
     }
 
     /// Classifies `path` and returns its verified rollout.
+    pub(super) fn path_file(&self, path: &Path) -> Result<IndexedFile, QueryError> {
+        self.path_file_noting(path).map(|(file, _)| file)
+    }
+
+    /// As [`Queries::path_file`], also saying when `path` does not exist and its sibling
+    /// spelling (`….jsonl` ↔ `….jsonl.zst`) was taken instead, as Codex does.
     ///
     /// Never opens a file outside the configured homes: the path is normalized (`..`
-    /// folded, symlinks resolved) and checked against the homes' realpaths first.
-    pub(super) fn path_file(&self, path: &Path) -> Result<IndexedFile, QueryError> {
+    /// folded, symlinks resolved) and checked against the homes' realpaths first. A path
+    /// under another spelling of a home (a configured alias, a bind mount or another mount
+    /// of the same filesystem, a symlink) is looked at under the home's own spelling.
+    pub(super) fn path_file_noting(
+        &self,
+        path: &Path,
+    ) -> Result<(IndexedFile, Option<PathBuf>), QueryError> {
+        super::check_request_path(path)?;
         let given = identity::normalize_lexically(path);
-        let existing = self
-            .homes
-            .lexical_alternatives(&given)
-            .into_iter()
-            .find(|p| std::fs::symlink_metadata(p).is_ok());
-        let Some(existing) = existing else {
-            return Err(self.missing(&given));
+        let roots = crawl::allowed_roots(self.homes);
+        let (existing, sibling) = match self.existing_spelling(&given, &roots) {
+            Some(p) => (p, None),
+            None => {
+                let other = name::sibling(&given)
+                    .and_then(|s| self.existing_spelling(&s, &roots).map(|p| (p, s)));
+                match other {
+                    Some((p, s)) => (p, Some(s)),
+                    None => return Err(self.missing(&given)),
+                }
+            }
         };
         let canonical = identity::canonicalize(&existing).map_err(|e| path_error(&given, &e))?;
-        let roots = crawl::allowed_roots(self.homes);
         if !roots.iter().any(|r| canonical.starts_with(r)) {
             return Err(QueryError::path(
                 &given,
@@ -213,22 +239,54 @@ impl Queries<'_> {
         };
         if let Some(row) = self.index.file_at(&canonical)? {
             if row.stamp.unchanged(&stamp) {
-                return Ok(row);
+                return Ok((row, sibling));
             }
         }
         match crawl::refresh(self.index, &candidate, &self.limits)? {
-            Ok(file) => Ok(file),
+            Ok(file) => Ok((file, sibling)),
             Err(bad) => Err(bad_file_error(&given, bad)),
         }
     }
 
-    /// The error for a path that exists under no spelling, with where the file is now when
-    /// its name carries a thread id that still resolves.
+    /// The spelling of `given` to look at, `None` when it exists under none.
+    ///
+    /// `given` itself when it exists inside a home. Otherwise the same file under a home's
+    /// spelling (an alias, a bind mount of the home: same device and inode), so such a path
+    /// is inside the home whether or not it exists; else `given` as it is (which the caller
+    /// then finds outside every home).
+    pub(super) fn existing_spelling(&self, given: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
+        let inside = |p: &Path| {
+            identity::canonicalize(p).is_ok_and(|c| roots.iter().any(|r| c.starts_with(r)))
+        };
+        let mut alternatives = self.homes.lexical_alternatives(given);
+        match Stamp::of(given) {
+            Ok(stamp) => {
+                if inside(given) {
+                    return Some(given.to_owned());
+                }
+                alternatives.extend(self.homes.through_mount(given));
+                let same_file = alternatives
+                    .into_iter()
+                    .skip(1)
+                    .find(|p| Stamp::of(p).is_ok_and(|s| s.id == stamp.id) && inside(p));
+                Some(same_file.unwrap_or_else(|| given.to_owned()))
+            }
+            // A dangling symlink or a path that cannot be statted: reported as it is.
+            Err(_) if std::fs::symlink_metadata(given).is_ok() => Some(given.to_owned()),
+            Err(_) => {
+                alternatives.extend(self.homes.through_mount(given));
+                alternatives
+                    .into_iter()
+                    .find(|p| std::fs::symlink_metadata(p).is_ok())
+            }
+        }
+    }
+
+    /// The error for a path that exists under no spelling. `wouldBe` names the thread's
+    /// file when the name carries the id of a thread whose file is elsewhere, and nothing
+    /// otherwise (never a file that does not exist). Paths are shown as configured.
     fn missing(&self, given: &Path) -> QueryError {
-        let mut would_be = self
-            .homes
-            .locate(given)
-            .map(|(home, rest)| home.real.join(rest));
+        let mut would_be = None;
         let mut detail = "no such file".to_owned();
         let mut reason = PathReason::Missing;
         let id = given
@@ -239,26 +297,27 @@ impl Queries<'_> {
         if let Some(id) = id {
             match self.verified_thread(&id) {
                 Ok(file) => {
-                    detail = format!(
-                        "no such file; thread {id} is now at {}",
-                        file.path.display()
-                    );
-                    would_be = Some(file.path);
+                    let shown = self.homes.display(&file.path);
+                    detail = format!("no such file; thread {id} is now at {}", shown.display());
+                    would_be = Some(shown);
                 }
                 Err(QueryError::NotFound { .. }) => match self.index.removed_thread(&id) {
                     Ok(Some((last, _))) => {
                         detail = format!(
                             "no such file; thread {id} had a rollout at {} that was removed",
-                            last.display()
+                            self.homes.display(&last).display()
                         );
                     }
-                    // A thread Codex has named but not written yet: it writes the rollout
-                    // lazily, after the first turn.
-                    Ok(None) if self.homes.locate(given).is_some() => {
+                    // A thread Codex has named but not written yet.
+                    Ok(None)
+                        if self.homes.locate(given).is_some()
+                            || self.homes.through_mount(given).is_some() =>
+                    {
                         reason = PathReason::NotMaterialized;
                         detail = format!(
-                            "thread {id} has no rollout on disk yet (Codex writes it after the \
-                             first turn); thread/wait returns once it exists"
+                            "thread {id} has no rollout on disk yet ({}); thread/wait returns \
+                             once it exists",
+                            super::MATERIALIZES_WHEN
                         );
                     }
                     _ => {}

@@ -35,6 +35,8 @@ impl Queries<'_> {
     /// Two paths are the same rollout when they are one file (device and inode, confirmed
     /// through open handles) and that file's head names one thread.
     pub fn same(&self, a: &Path, b: &Path) -> Result<SameAnswer, QueryError> {
+        super::check_request_path(a)?;
+        super::check_request_path(b)?;
         let ia = self.identify(a)?;
         let ib = self.identify(b)?;
         let same = ia.thread_id.is_some()
@@ -49,13 +51,11 @@ impl Queries<'_> {
     }
 
     fn identify(&self, path: &Path) -> Result<PathIdentity, QueryError> {
-        // A stale or aliased spelling is looked at through the home's other spellings.
-        let normalized = self
-            .homes
-            .lexical_alternatives(path)
-            .into_iter()
-            .find(|p| std::fs::symlink_metadata(p).is_ok())
-            .unwrap_or_else(|| identity::normalize_lexically(path));
+        // A stale or aliased spelling, or a bind mount of a home, is looked at through the
+        // home's own spelling.
+        let given = identity::normalize_lexically(path);
+        let roots = crate::crawl::allowed_roots(self.homes);
+        let normalized = self.existing_spelling(&given, &roots).unwrap_or(given);
         let stamp = Stamp::of(&normalized).ok();
         let mut id = PathIdentity {
             path: path.to_owned(),

@@ -37,8 +37,11 @@ impl Default for HeadLimits {
 /// What the head of a rollout says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolloutHead {
-    /// `session_meta.payload.id`: the thread id of record.
+    /// `session_meta.payload.id`: the thread id of record, in its canonical lower-case
+    /// form (ids are compared case-insensitively, as Codex parses them as UUIDs).
     pub thread_id: String,
+    /// `session_meta.payload.id` as the file spells it, when that is not `thread_id`.
+    pub thread_id_as_written: Option<String>,
     /// `session_meta.payload.timestamp` (UTC, `…Z`), the thread's start.
     pub timestamp: Option<String>,
     pub cwd: Option<String>,
@@ -227,15 +230,18 @@ fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
 
 /// The head a parsed `session_meta` payload gives; `None` without an id.
 fn head_from_meta(meta: MetaPayload) -> Option<RolloutHead> {
-    let thread_id = meta
+    let written = meta
         .id
         .map(|id| id.trim().to_owned())
         .filter(|id| !id.is_empty())?;
+    let thread_id = written.to_ascii_lowercase();
+    let thread_id_as_written = (written != thread_id).then_some(written);
     let source = meta.source.map(|raw| {
         serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
     });
     Some(RolloutHead {
         thread_id,
+        thread_id_as_written,
         timestamp: meta.timestamp,
         cwd: meta.cwd,
         originator: meta.originator,

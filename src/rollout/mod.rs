@@ -29,21 +29,35 @@ pub struct Inspected {
 }
 
 impl Inspected {
-    /// A warning when the file name's thread id is missing or differs from `session_meta.id`.
+    /// A warning when the file name's thread id is missing or differs from `session_meta.id`,
+    /// or either spells it in upper case: Codex finds a rollout by a name ending in the
+    /// lower-case id, so such a file is invisible to Codex's lookup by id.
     pub fn name_mismatch(&self) -> Option<String> {
+        let written = self
+            .head
+            .thread_id_as_written
+            .as_deref()
+            .unwrap_or(&self.head.thread_id);
         match &self.name {
             Some(name)
-                if name.thread_id.to_string() == self.head.thread_id.to_ascii_lowercase() =>
+                if name.thread_id.to_string() == self.head.thread_id
+                    && (name.thread_id_as_written != self.head.thread_id
+                        || written != self.head.thread_id) =>
             {
-                None
+                Some(format!(
+                    "the id is not in lower case (file name {}, session_meta.id {written}); \
+                     rolloutd compares ids case-insensitively and answers with {}, but \
+                     Codex looks rollouts up by the lower-case id and may not find this file",
+                    name.thread_id_as_written, self.head.thread_id
+                ))
             }
+            Some(name) if name.thread_id.to_string() == self.head.thread_id => None,
             Some(name) => Some(format!(
-                "file name says {} but session_meta.id is {}",
-                name.thread_id, self.head.thread_id
+                "file name says {} but session_meta.id is {written}",
+                name.thread_id_as_written
             )),
             None => Some(format!(
-                "file name has no thread id; session_meta.id is {}",
-                self.head.thread_id
+                "file name has no thread id; session_meta.id is {written}"
             )),
         }
     }

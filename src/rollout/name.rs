@@ -41,6 +41,8 @@ pub struct RolloutName {
     pub timestamp: String,
     /// The thread id the name claims.
     pub thread_id: Uuid,
+    /// The id part as the name spells it (Codex writes it in lower case).
+    pub thread_id_as_written: String,
     /// The rollout generation id of `<thread_id>_<rollout_id>` names.
     pub rollout_id: Option<Uuid>,
     pub compression: Compression,
@@ -50,11 +52,38 @@ const PREFIX: &str = "rollout-";
 const PLAIN: &str = ".jsonl";
 const ZST: &str = ".jsonl.zst";
 
+/// True when a file name that is not UTF-8 still has a rollout's shape: such a file is
+/// reported, never skipped in silence.
+pub fn looks_like_rollout_bytes(file_name: &[u8]) -> bool {
+    file_name.starts_with(PREFIX.as_bytes())
+        || file_name.ends_with(PLAIN.as_bytes())
+        || file_name.ends_with(ZST.as_bytes())
+}
+
 /// True when `file_name` has the shape of a rollout (`rollout-*.jsonl` or `rollout-*.jsonl.zst`),
 /// whether or not its uuid part parses. Crawls use this to pick candidates, so a file with a
 /// damaged name is still looked at and reported rather than silently skipped.
 pub fn looks_like_rollout(file_name: &str) -> bool {
     file_name.starts_with(PREFIX) && (file_name.ends_with(PLAIN) || file_name.ends_with(ZST))
+}
+
+/// The other spelling Codex accepts for a rollout path: `….jsonl` ↔ `….jsonl.zst` (Codex
+/// stores the plain name of a compressed rollout and opens whichever exists).
+pub fn sibling(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let text = path.as_os_str().as_bytes();
+    if let Some(plain) = text
+        .strip_suffix(b".zst")
+        .filter(|p| p.ends_with(PLAIN.as_bytes()))
+    {
+        return Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(plain)));
+    }
+    if text.ends_with(PLAIN.as_bytes()) {
+        let mut s = path.as_os_str().to_owned();
+        s.push(".zst");
+        return Some(std::path::PathBuf::from(s));
+    }
+    None
 }
 
 /// The compression a rollout-shaped name implies, from its extension alone.
@@ -83,16 +112,15 @@ pub fn parse(file_name: &str) -> Option<RolloutName> {
     if !is_name_timestamp(timestamp) {
         return None;
     }
-    let (thread_id, rollout_id) = match ids.split_once('_') {
-        Some((thread, rollout)) => (
-            Uuid::try_parse(thread).ok()?,
-            Some(Uuid::try_parse(rollout).ok()?),
-        ),
-        None => (Uuid::try_parse(ids).ok()?, None),
+    let (thread_text, rollout_id) = match ids.split_once('_') {
+        Some((thread, rollout)) => (thread, Some(Uuid::try_parse(rollout).ok()?)),
+        None => (ids, None),
     };
+    let thread_id = Uuid::try_parse(thread_text).ok()?;
     Some(RolloutName {
         timestamp: timestamp.to_owned(),
         thread_id,
+        thread_id_as_written: thread_text.to_owned(),
         rollout_id,
         compression,
     })
@@ -129,6 +157,17 @@ mod tests {
         let generation = parse(&format!("rollout-2026-11-21T19-02-43-{ID}_{RID}.jsonl")).unwrap();
         assert_eq!(generation.thread_id.to_string(), ID);
         assert_eq!(generation.rollout_id.unwrap().to_string(), RID);
+    }
+
+    #[test]
+    fn siblings_both_ways() {
+        use std::path::{Path, PathBuf};
+        let plain = format!("/h/sessions/rollout-2026-11-21T19-02-43-{ID}.jsonl");
+        let zst = format!("{plain}.zst");
+        assert_eq!(sibling(Path::new(&plain)), Some(PathBuf::from(&zst)));
+        assert_eq!(sibling(Path::new(&zst)), Some(PathBuf::from(&plain)));
+        assert_eq!(sibling(Path::new("/h/sessions/notes.txt")), None);
+        assert_eq!(sibling(Path::new("/h/x.zst")), None);
     }
 
     #[test]

@@ -71,8 +71,10 @@ pub fn query_error(e: &QueryError) -> RpcError {
     let code = match e {
         QueryError::NotFound { .. } | QueryError::Path { .. } => frame::NOT_FOUND,
         QueryError::Ambiguous { .. } => frame::AMBIGUOUS,
-        QueryError::BadId { .. } => frame::INVALID_PARAMS,
-        QueryError::Index(_) => frame::INDEX_ERROR,
+        QueryError::BadId { .. } | QueryError::BadPath { .. } | QueryError::BadParams(_) => {
+            frame::INVALID_PARAMS
+        }
+        QueryError::Index(_) | QueryError::Degraded { .. } => frame::INDEX_ERROR,
     };
     let mut data = json!({ "reason": e.reason() });
     match e {
@@ -82,7 +84,11 @@ pub fn query_error(e: &QueryError) -> RpcError {
                 data["wouldBe"] = json!(w);
             }
         }
-        QueryError::Ambiguous { matches, .. } => data["matches"] = json!(matches),
+        QueryError::Ambiguous { matches, count, .. } => {
+            data["matches"] = json!(matches);
+            data["count"] = json!(count);
+        }
+        QueryError::BadPath { path, .. } => data["path"] = json!(path),
         QueryError::NotFound { thread_id } => data["threadId"] = json!(thread_id),
         _ => {}
     }

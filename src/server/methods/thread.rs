@@ -119,9 +119,10 @@ pub async fn wait(shared: &Arc<Shared>, p: Value) -> Result<Value, RpcError> {
                 return Err(RpcError {
                     code: frame::TIMEOUT,
                     message: format!(
-                        "thread {} has no rollout after waiting {} ms: it has not materialized (Codex writes the file at the first user message)",
+                        "thread {} has no rollout after waiting {} ms: it has not materialized ({})",
                         p.thread_id,
-                        deadline.duration_since(started).as_millis()
+                        deadline.duration_since(started).as_millis(),
+                        crate::query::MATERIALIZES_WHEN
                     ),
                     data: Some(json!({
                         "reason": "notMaterialized",
