@@ -16,6 +16,7 @@ pub mod crawl;
 pub mod identity;
 pub mod index;
 pub mod logging;
+pub mod protocol;
 pub mod query;
 pub mod rollout;
 pub mod server;

@@ -7,12 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use super::state::{Notification, Shared};
 use crate::crawl::{self, Candidate};
 use crate::identity::{self, Homes, Stamp};
 use crate::index::{Index, IndexError, IndexedFile};
+use crate::protocol::{Rescanned, ThreadChanged, ThreadRemoved};
 use crate::query::ThreadRecord;
 use crate::rollout::name;
 
@@ -126,11 +125,9 @@ pub fn reconcile(
         shared
             .rescans
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shared.notify(Notification {
-            method: "index/rescanned",
-            params: json!({ "summary": summary }),
-            thread_id: None,
-        });
+        shared.notify(Notification::Rescanned(Rescanned {
+            summary: summary.clone(),
+        }));
     }
     Ok(summary)
 }
@@ -160,7 +157,7 @@ fn announce_new_threads(shared: &Shared, homes: &Homes, known: &std::collections
         }
         new.into_iter()
             .filter_map(|t| index.files_for_thread(t).ok()?.into_iter().next())
-            .map(|file| record_note("thread/materialized", &file, homes, None))
+            .map(|file| record_note(Notification::Materialized, &file, homes, None))
             .collect()
     };
     for n in notes {
@@ -172,13 +169,17 @@ fn announce_new_threads(shared: &Shared, homes: &Homes, known: &std::collections
 fn moves(notes: &[Notification]) -> Vec<crate::codex_state::Move> {
     notes
         .iter()
-        .filter(|n| matches!(n.method, "thread/archived" | "thread/unarchived"))
         .filter_map(|n| {
+            let (c, archived) = match n {
+                Notification::Archived(c) => (c, true),
+                Notification::Unarchived(c) => (c, false),
+                _ => return None,
+            };
             Some(crate::codex_state::Move {
-                thread_id: n.thread_id.clone()?,
-                from: PathBuf::from(n.params["previousPath"].as_str()?),
-                to: PathBuf::from(n.params["record"]["canonicalPath"].as_str()?),
-                archived: n.method == "thread/archived",
+                thread_id: c.thread_id.clone(),
+                from: c.previous_path.clone()?,
+                to: c.record.canonical_path.clone(),
+                archived,
             })
         })
         .collect()
@@ -221,15 +222,15 @@ fn apply_file(
     if let Some(old) = moved_from {
         index.remove_paths(std::slice::from_ref(&old.path))?;
         let method = match (old.archived, file.archived) {
-            (false, true) => "thread/archived",
-            (true, false) => "thread/unarchived",
-            _ => "thread/updated",
+            (false, true) => Notification::Archived,
+            (true, false) => Notification::Unarchived,
+            _ => Notification::Updated,
         };
         notes.push(record_note(method, &file, homes, Some(&old.path)));
         return Ok(());
     }
     if before.is_some() {
-        notes.push(record_note("thread/updated", &file, homes, None));
+        notes.push(record_note(Notification::Updated, &file, homes, None));
         return Ok(());
     }
     // Rows whose file just went count too: their loss is handled later in this batch.
@@ -239,9 +240,9 @@ fn apply_file(
         .filter(|f| f.path != file.path)
         .collect();
     if others.is_empty() {
-        notes.push(record_note("thread/materialized", &file, homes, None));
+        notes.push(record_note(Notification::Materialized, &file, homes, None));
     } else if others.iter().all(|o| o.compression == file.compression) {
-        notes.push(record_note("thread/updated", &file, homes, None));
+        notes.push(record_note(Notification::Updated, &file, homes, None));
     }
     // A second copy in another representation is a compression in flight: the notice
     // comes when the old copy goes.
@@ -267,19 +268,15 @@ fn after_loss(index: &Index, homes: &Homes, row: &IndexedFile) -> Result<Notific
         .filter(|f| f.path.exists())
         .collect();
     Ok(match remaining.first() {
-        None => Notification {
-            method: "thread/removed",
-            params: json!({
-                "threadId": row.head.thread_id,
-                "path": display_path(homes, row),
-                "canonicalPath": row.path,
-            }),
-            thread_id: Some(row.head.thread_id.clone()),
-        },
+        None => Notification::Removed(ThreadRemoved {
+            thread_id: row.head.thread_id.clone(),
+            path: display_path(homes, row),
+            canonical_path: row.path.clone(),
+        }),
         Some(next) if next.compression != row.compression => {
-            record_note("thread/compressed", next, homes, Some(&row.path))
+            record_note(Notification::Compressed, next, homes, Some(&row.path))
         }
-        Some(next) => record_note("thread/updated", next, homes, Some(&row.path)),
+        Some(next) => record_note(Notification::Updated, next, homes, Some(&row.path)),
     })
 }
 
@@ -293,19 +290,15 @@ fn display_path(homes: &Homes, row: &IndexedFile) -> PathBuf {
 }
 
 fn record_note(
-    method: &'static str,
+    kind: fn(ThreadChanged) -> Notification,
     file: &IndexedFile,
     homes: &Homes,
     previous: Option<&Path>,
 ) -> Notification {
     let record = ThreadRecord::new(file, homes);
-    let mut params = json!({ "threadId": record.thread_id, "record": record });
-    if let Some(p) = previous {
-        params["previousPath"] = json!(p);
-    }
-    Notification {
-        method,
-        params,
-        thread_id: Some(file.head.thread_id.clone()),
-    }
+    kind(ThreadChanged {
+        thread_id: record.thread_id.clone(),
+        record,
+        previous_path: previous.map(Path::to_owned),
+    })
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::identity::Homes;
@@ -143,7 +143,7 @@ async fn serve(
     let watcher = watch::spawn(Arc::clone(&shared), opts.watch, Arc::clone(&stop), on_ready)
         .map_err(AgentError::Runtime)?;
 
-    let (shutdown, _) = broadcast::channel(1);
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let (shutdown_complete, mut all_closed) = mpsc::channel::<()>(1);
     let listener = server::Listener {
         listener,
@@ -168,7 +168,7 @@ async fn serve(
     shared.stopping.send_replace(true);
     notifier.stopping();
     status_updates.abort();
-    let _ = shutdown.send(());
+    shutdown.cancel();
     stop.store(true, Ordering::Release);
     // Stop accepting, then wait for every connection to finish its in-flight requests
     // (their handlers hold `shutdown_complete` clones), within the 2 s budget.

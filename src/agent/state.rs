@@ -16,15 +16,8 @@ use crate::rollout::HeadLimits;
 /// Notifications buffered per subscriber before it is told it lagged.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
 
-/// A change pushed to subscribers.
-#[derive(Debug, Clone, Serialize)]
-pub struct Notification {
-    pub method: &'static str,
-    pub params: serde_json::Value,
-    /// The thread concerned, for subscription filters; `None` for index-wide notices.
-    #[serde(skip)]
-    pub thread_id: Option<String>,
-}
+/// A change pushed to subscribers (the protocol's type, published as is).
+pub use crate::protocol::Notification;
 
 /// How the homes are being watched, for `index/status`.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -24,7 +24,7 @@ use super::locate::Located;
 use super::CodexStateError;
 
 /// What a restore did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreReport {
     pub db: PathBuf,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Queries, QueryError};
 use crate::rollout::ProblemKind;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProblemEntry {
     pub path: PathBuf,
@@ -17,7 +17,7 @@ pub struct ProblemEntry {
 }
 
 /// One thread id held by several files, preferred file first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DuplicateEntry {
     pub thread_id: String,
@@ -25,7 +25,7 @@ pub struct DuplicateEntry {
     pub paths: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProblemsReport {
     pub problems: Vec<ProblemEntry>,
     pub duplicates: Vec<DuplicateEntry>,
