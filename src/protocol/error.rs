@@ -160,7 +160,7 @@ pub struct RpcError {
     pub code: i64,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<ErrorData>,
+    pub data: Option<Box<ErrorData>>,
 }
 
 impl RpcError {
@@ -176,7 +176,7 @@ impl RpcError {
         RpcError {
             code,
             message: message.into(),
-            data: Some(ErrorData::new(reason)),
+            data: Some(Box::new(ErrorData::new(reason))),
         }
     }
 
@@ -243,7 +243,7 @@ impl From<&QueryError> for RpcError {
         RpcError {
             code,
             message: e.to_string(),
-            data: Some(data),
+            data: Some(Box::new(data)),
         }
     }
 }

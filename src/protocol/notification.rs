@@ -123,7 +123,7 @@ impl Lagged {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ServerNotification {
-    Change(Notification),
+    Change(Box<Notification>),
     Lagged(LaggedMessage),
 }
 

@@ -67,12 +67,12 @@ pub async fn wait(cx: &Context, p: ThreadWaitParams) -> Answer {
                         p.thread_id,
                         deadline.duration_since(started).as_millis()
                     ),
-                    data: Some(ErrorData {
+                    data: Some(Box::new(ErrorData {
                         thread_id: Some(p.thread_id.clone()),
                         waited_ms: Some(started.elapsed().as_millis() as u64),
-                        lookup: lookup.data.map(Box::new),
+                        lookup: lookup.data,
                         ..ErrorData::new(ErrorReason::NotMaterialized)
-                    }),
+                    })),
                 });
             }
             let event = tokio::select! {
