@@ -166,7 +166,10 @@ fn wait_returns_when_the_rollout_appears_and_times_out_cleanly() {
     assert_eq!(e.code, rolloutd::server::frame::TIMEOUT);
     assert_eq!(e.reason().map(|r| r.as_str()), Some("notMaterialized"));
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(e.data.as_ref().unwrap().thread_id.as_deref(), Some(ghost.id.as_str()));
+    assert_eq!(
+        e.data.as_ref().unwrap().thread_id.as_deref(),
+        Some(ghost.id.as_str())
+    );
 
     // The CLI form: exit 1 (a "no"), with the reason.
     let out = fx.run(&["wait", &ghost.id, "--timeout", "200ms"]);

@@ -73,7 +73,9 @@ impl Session<'_> {
             (Some(r), None) => {
                 assert_valid(self.doc, &m["result"], r, &format!("{method} result"));
             }
-            (None, Some(e)) => assert_valid(self.doc, &self.doc["error"], e, &format!("{method} error")),
+            (None, Some(e)) => {
+                assert_valid(self.doc, &self.doc["error"], e, &format!("{method} error"))
+            }
             _ => panic!("not a response: {response}"),
         }
         self.methods.insert(method.to_owned());
@@ -91,7 +93,9 @@ fn every_response_and_notification_of_a_live_agent_matches_the_schema() {
     fx.write_archived(&archived);
     // A bad file, so index/problems has something to say.
     fx.write_bytes(
-        &active.day_dir().join(format!("rollout-2026-11-21T19-11-00-{}.jsonl", tid(9))),
+        &active
+            .day_dir()
+            .join(format!("rollout-2026-11-21T19-11-00-{}.jsonl", tid(9))),
         b"",
     );
     let agent = Agent::start(&fx);
@@ -107,12 +111,24 @@ fn every_response_and_notification_of_a_live_agent_matches_the_schema() {
 
     s.call("thread/resolve", json!({"threadId": tid(1)}));
     s.call("thread/resolve", json!({"threadId": tid(3)}));
-    s.call("thread/checkResume", json!({"threadId": tid(1), "path": path}));
-    s.call("thread/checkResume", json!({"threadId": tid(2), "path": path}));
-    s.call("thread/checkResume", json!({"threadId": tid(1), "path": home}));
+    s.call(
+        "thread/checkResume",
+        json!({"threadId": tid(1), "path": path}),
+    );
+    s.call(
+        "thread/checkResume",
+        json!({"threadId": tid(2), "path": path}),
+    );
+    s.call(
+        "thread/checkResume",
+        json!({"threadId": tid(1), "path": home}),
+    );
     s.call("thread/list", json!({"archived": "all", "limit": 1}));
     s.call("thread/list", json!({"archived": true}));
-    s.call("thread/wait", json!({"threadId": tid(1), "timeoutMs": 1000}));
+    s.call(
+        "thread/wait",
+        json!({"threadId": tid(1), "timeoutMs": 1000}),
+    );
     s.call("thread/wait", json!({"threadId": tid(3), "timeoutMs": 10}));
     s.call("path/resolve", json!({"path": path}));
     s.call("path/resolve", json!({"path": home}));
@@ -151,7 +167,12 @@ fn every_response_and_notification_of_a_live_agent_matches_the_schema() {
         assert_valid(&doc, note, &body, &format!("notification {msg}"));
         seen.insert(msg["method"].as_str().unwrap().to_owned());
     }
-    for m in ["thread/materialized", "thread/archived", "thread/removed", "index/rescanned"] {
+    for m in [
+        "thread/materialized",
+        "thread/archived",
+        "thread/removed",
+        "index/rescanned",
+    ] {
         assert!(seen.contains(m), "{m} was seen: {seen:?}");
     }
 }
@@ -165,7 +186,10 @@ fn typescript_declares_every_method() {
     assert!(out.status.success(), "{out:?}");
     let ts = String::from_utf8(out.stdout).unwrap();
     for (method, _) in schema_doc()["methods"].as_object().unwrap() {
-        assert!(ts.contains(&format!("{method:?}: {{ params:")), "{method} in:\n{ts}");
+        assert!(
+            ts.contains(&format!("{method:?}: {{ params:")),
+            "{method} in:\n{ts}"
+        );
     }
     assert!(ts.contains("export type Notification ="), "{ts}");
     assert!(ts.contains("export type ThreadRecord ="), "{ts}");
