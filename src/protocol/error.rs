@@ -33,6 +33,8 @@ pub enum ErrorReason {
     NotFound,
     Ambiguous,
     BadId,
+    /// A path in a request is relative (or empty); paths are absolute.
+    RelativePath,
     // Paths (as `thread/checkResume`'s reasons).
     Directory,
     NotRegularFile,
@@ -68,6 +70,7 @@ impl ErrorReason {
             ErrorReason::NotFound => "notFound",
             ErrorReason::Ambiguous => "ambiguous",
             ErrorReason::BadId => "badId",
+            ErrorReason::RelativePath => "relativePath",
             ErrorReason::Directory => "directory",
             ErrorReason::NotRegularFile => "notRegularFile",
             ErrorReason::Missing => "missing",

@@ -16,7 +16,7 @@ use crate::query::{CheckResume, ListPage, ProblemsReport, SameAnswer, ThreadReco
 /// A method: its name on the wire, its params and its result.
 pub trait Method {
     const NAME: &'static str;
-    type Params: Serialize + DeserializeOwned + JsonSchema;
+    type Params: Serialize + DeserializeOwned + JsonSchema + Validate;
     type Result: Serialize + JsonSchema;
 }
 
@@ -48,7 +48,9 @@ macro_rules! requests {
             /// fit -32602 with serde's sentence (it names the field).
             pub fn parse(method: &str, params: Value) -> Result<ClientRequest, RpcError> {
                 match method {
-                    $( $name => parse_params(params).map(ClientRequest::$variant), )*
+                    $( $name => parse_params::<$params>(params)
+                        .and_then(|p| p.validate().map(|()| p))
+                        .map(ClientRequest::$variant), )*
                     other => Err(RpcError::new(
                         super::error::METHOD_NOT_FOUND,
                         format!("unknown method {other:?}"),
@@ -102,6 +104,55 @@ requests! {
 
 fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
     serde_json::from_value(params).map_err(|e| RpcError::invalid_params(format!("bad params: {e}")))
+}
+
+/// Checks beyond the params' shape.
+pub trait Validate {
+    fn validate(&self) -> Result<(), RpcError> {
+        Ok(())
+    }
+}
+
+/// Paths in requests are absolute: the agent never resolves one against its own working
+/// directory (the CLI makes them absolute against its own).
+fn absolute(field: &str, path: &std::path::Path) -> Result<(), RpcError> {
+    if path.is_absolute() {
+        return Ok(());
+    }
+    Err(RpcError::with_reason(
+        super::error::INVALID_PARAMS,
+        super::ErrorReason::RelativePath,
+        format!(
+            "bad params: {field} must be an absolute path, not {:?}",
+            path.display().to_string()
+        ),
+    ))
+}
+
+impl Validate for NoParams {}
+impl Validate for ThreadResolveParams {}
+impl Validate for ThreadListParams {}
+impl Validate for ThreadWaitParams {}
+impl Validate for SubscribeParams {}
+impl Validate for CodexRepairParams {}
+
+impl Validate for ThreadCheckResumeParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        absolute("path", &self.path)
+    }
+}
+
+impl Validate for PathResolveParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        absolute("path", &self.path)
+    }
+}
+
+impl Validate for PathSameParams {
+    fn validate(&self) -> Result<(), RpcError> {
+        absolute("a", &self.a)?;
+        absolute("b", &self.b)
+    }
 }
 
 /// No params (any object is accepted and ignored).
@@ -259,4 +310,35 @@ pub struct CodexRepairParams {
     /// How long to wait for a busy database (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy_timeout_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorReason;
+
+    #[test]
+    fn relative_and_empty_paths_are_refused_with_a_reason() {
+        for path in ["", "sessions/x.jsonl", "./x"] {
+            let e = ClientRequest::parse("path/resolve", serde_json::json!({ "path": path }))
+                .unwrap_err();
+            assert_eq!(e.reason(), Some(ErrorReason::RelativePath), "{path:?}");
+        }
+        let e = ClientRequest::parse("path/same", serde_json::json!({"a": "/x", "b": "y"}))
+            .unwrap_err();
+        assert_eq!(e.code, crate::protocol::error::INVALID_PARAMS);
+        assert!(ClientRequest::parse("path/resolve", serde_json::json!({"path": "/x"})).is_ok());
+    }
+
+    #[test]
+    fn archived_reads_false_true_and_all() {
+        let parse = |v| {
+            serde_json::from_value::<ThreadListParams>(serde_json::json!({ "archived": v }))
+                .map(|p| p.archived)
+        };
+        assert_eq!(parse(serde_json::json!(false)).unwrap(), Archived::Active);
+        assert_eq!(parse(serde_json::json!(true)).unwrap(), Archived::Archived);
+        assert_eq!(parse(serde_json::json!("all")).unwrap(), Archived::All);
+        assert!(parse(serde_json::json!("some")).is_err());
+    }
 }
