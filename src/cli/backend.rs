@@ -22,6 +22,9 @@ use crate::query::{
 };
 use crate::rollout::HeadLimits;
 
+/// How long `index` waits for the agent's rescan.
+const RESCAN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The answer source for one CLI run.
 pub enum Backend {
     /// A running agent that indexes the same homes into the same index.
@@ -56,18 +59,23 @@ impl Backend {
         &mut self,
         progress: &dyn Progress,
     ) -> Result<(ReconcileSummary, Counts), Failure> {
-        if let Backend::Agent { client, .. } = self {
-            let rescan = call::<methods::IndexRescan>(client, &NoParams {})?;
-            let status = call::<methods::IndexStatus>(client, &NoParams {})?;
-            return Ok((rescan.summary, status.counts.into()));
+        match self {
+            Backend::Agent { client, .. } => {
+                // A full reconcile of a large home takes longer than a query.
+                client
+                    .set_read_timeout(Some(RESCAN_TIMEOUT))
+                    .map_err(|e| failure("agentError", e))?;
+                let rescan = call::<methods::IndexRescan>(client, &NoParams {})?;
+                let status = call::<methods::IndexStatus>(client, &NoParams {})?;
+                Ok((rescan.summary, status.counts.into()))
+            }
+            Backend::Direct { homes, index } => {
+                let summary = crawl::reconcile(homes, &*index, &HeadLimits::default(), progress)
+                    .map_err(|e| failure("indexError", e))?;
+                let counts = index.counts().map_err(|e| failure("indexError", e))?;
+                Ok((summary, counts))
+            }
         }
-        let Backend::Direct { homes, index } = self else {
-            unreachable!("handled above")
-        };
-        let summary = crawl::reconcile(homes, &*index, &HeadLimits::default(), progress)
-            .map_err(|e| failure("indexError", e))?;
-        let counts = index.counts().map_err(|e| failure("indexError", e))?;
-        Ok((summary, counts))
     }
 
     pub fn resolve_thread(&mut self, id: &str) -> Result<ThreadRecord, Failure> {
@@ -148,14 +156,14 @@ impl Backend {
                 other => return other.map_err(agent_failure),
             }
         }
-        let Backend::Direct { homes, index } = self else {
-            unreachable!("an agent backend was replaced above")
-        };
-        Ok(direct(&Queries {
-            homes,
-            index,
-            limits: HeadLimits::default(),
-        })?)
+        match self {
+            Backend::Direct { homes, index } => Ok(direct(&Queries {
+                homes,
+                index,
+                limits: HeadLimits::default(),
+            })?),
+            Backend::Agent { .. } => Err(failure("agentError", "the agent did not answer")),
+        }
     }
 }
 

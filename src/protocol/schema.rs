@@ -61,8 +61,8 @@ pub fn schema() -> Value {
     })
 }
 
-/// A schema that validates one thing of the protocol: `pointer` is a `$ref` target such as
-/// `#/$defs/ThreadRecord`, with every definition beside it (for validators).
+/// A standalone schema for one part of [`schema`]'s document (`reference` is one of its
+/// `{"$ref": "#/$defs/…"}` values), with every definition beside it, for validators.
 pub fn schema_for_ref(doc: &Value, reference: &Value) -> Value {
     let mut s = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
