@@ -191,6 +191,6 @@ fn typescript_declares_every_method() {
             "{method} in:\n{ts}"
         );
     }
-    assert!(ts.contains("export type Notification ="), "{ts}");
+    assert!(ts.contains("export type AnyNotification ="), "{ts}");
     assert!(ts.contains("export type ThreadRecord ="), "{ts}");
 }

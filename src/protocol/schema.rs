@@ -100,11 +100,11 @@ pub fn typescript() -> String {
     }
     out.push_str("};\n\n");
     out.push_str(&format!(
-        "/** Any notification's method and params. */\nexport type Notification = {};\n\n",
+        "/** Any notification's method and params. */\nexport type AnyNotification = {};\n\n",
         ts(&doc["notification"], "")
     ));
     out.push_str(&format!(
-        "/** A response's error member. */\nexport type Error = {};\n",
+        "/** A response's error member. */\nexport type ResponseError = {};\n",
         ts(&doc["error"], "")
     ));
     out
@@ -125,8 +125,11 @@ fn ts(schema: &Value, indent: &str) -> String {
         // `true` accepts anything.
         return "unknown".to_owned();
     };
+    let mut parts = Vec::new();
+    // A `$ref` beside other keywords (an internally tagged variant: the tag's property
+    // beside the variant's type) is an intersection.
     if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
-        return r.rsplit('/').next().unwrap_or("unknown").to_owned();
+        parts.push(r.rsplit('/').next().unwrap_or("unknown").to_owned());
     }
     if let Some(c) = obj.get("const") {
         return c.to_string();
@@ -138,7 +141,6 @@ fn ts(schema: &Value, indent: &str) -> String {
             .collect::<Vec<_>>()
             .join(" | ");
     }
-    let mut parts = Vec::new();
     if let Some(Value::Object(props)) = obj.get("properties") {
         let required: Vec<&str> = obj
             .get("required")
