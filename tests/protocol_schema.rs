@@ -153,10 +153,19 @@ fn every_response_and_notification_of_a_live_agent_matches_the_schema() {
     let fresh = Rollout::new(&tid(4), "2026-11-21T20:00:00.000Z", "/w/a", "third");
     let placed = fx.place_active(&fresh);
     sub.expect("thread/materialized", &tid(4));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&placed)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{}\n").unwrap();
+    drop(f);
+    sub.expect("thread/updated", &tid(4));
     let archived_to = fx.home.join("archived_sessions").join(fresh.file_name());
     std::fs::rename(&placed, &archived_to).unwrap();
     sub.expect("thread/archived", &tid(4));
-    std::fs::remove_file(&archived_to).unwrap();
+    std::fs::rename(&archived_to, &placed).unwrap();
+    sub.expect("thread/unarchived", &tid(4));
+    std::fs::remove_file(&placed).unwrap();
     sub.expect("thread/removed", &tid(4));
     sub.expect_method("index/rescanned");
     let mut seen = BTreeSet::new();

@@ -274,8 +274,10 @@ pub struct Failure {
 
 impl From<QueryError> for Failure {
     fn from(e: QueryError) -> Self {
+        // The same typed reason the agent would send.
+        let reason = crate::protocol::RpcError::from(&e).reason();
         Failure {
-            reason: e.reason().into(),
+            reason: reason.map_or("indexError", |r| r.as_str()).into(),
             negative: e.is_negative_answer(),
             message: e.to_string(),
         }
