@@ -4,8 +4,9 @@
 //! Data flows one way: filesystem → [`crawl`] → [`index`] → [`query`] → [`cli`].
 //! [`rollout`] is the only module that knows the JSONL format, [`index`] the only one that
 //! speaks SQL to rolloutd's index, [`codex_state`] the only one that touches Codex's own
-//! state database, and [`identity`] owns what "the same file" means. [`service`] is how the
-//! agent lives under systemd and launchd.
+//! state database, and [`identity`] owns what "the same file" means. [`protocol`] is the
+//! socket protocol as types (the only place method names are strings), shared by [`server`],
+//! [`client`] and [`cli`]. [`service`] is how the agent lives under systemd and launchd.
 
 pub mod agent;
 pub mod cli;
