@@ -228,6 +228,16 @@ pub enum NoAgent {
     Refused(Failure),
 }
 
+impl NoAgent {
+    /// `Silent` for a connect that timed out (its note is on stderr already).
+    pub fn filter_noted(self) -> NoAgent {
+        match self {
+            NoAgent::Absent(e) if e.kind() == std::io::ErrorKind::TimedOut => NoAgent::Silent,
+            other => other,
+        }
+    }
+}
+
 /// Connects with the query deadlines and asks `index/status`.
 pub fn agent_status(socket: &Path) -> Result<(Client, AgentStatus), NoAgent> {
     let mut client = connect(socket, ANSWER_TIMEOUT).map_err(NoAgent::Absent)?;

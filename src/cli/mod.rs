@@ -448,7 +448,8 @@ fn status(socket: &Path, config: &Config) -> Result<Answer, Failure> {
         }
         Err(NoAgent::Refused(f)) => Err(f),
         Err(why) => {
-            if let NoAgent::Absent(e) = why {
+            // A connect that timed out was noted already.
+            if let NoAgent::Absent(e) = why.filter_noted() {
                 note(&format!("no agent answers on {} ({e})", socket.display()));
             }
             let (_, index) = Backend::open_direct(config)?;

@@ -1,4 +1,4 @@
-//! Every request: its method name, params and result, declared once in [`requests!`].
+//! Every request: its method name, params and result, declared once in the `requests!` table.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! The Unix-socket JSON-RPC server, as small named parts (after tokio-rs/mini-redis): a
-//! [`Listener`] accepts under a semaphore bound; each connection's [`Handler`] reads a
+//! [`Listener`] accepts under a semaphore bound; each connection's `Handler` reads a
 //! frame from its [`Connection`], parses it into a typed command and applies it through
 //! its [`Session`]; one [`CancellationToken`] stops them all.
 
@@ -187,7 +187,7 @@ impl Session {
 
     /// One request line: parse it into a command, apply it, queue the response (none for a
     /// request without an id). A command not done after one poll gets a task of its own,
-    /// so the connection keeps reading; past [`IN_FLIGHT`] of those, this waits.
+    /// so the connection keeps reading; past `IN_FLIGHT` (64) of those, this waits.
     pub async fn dispatch(&self, line: &[u8]) {
         let request = match frame::parse(line) {
             Ok(r) => r,
