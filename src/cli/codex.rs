@@ -38,6 +38,8 @@ pub enum CodexCommand {
         /// The backup file
         backup: PathBuf,
     },
+    /// Run `codex app-server` behind rolloutd: bad rollout paths refused, spellings fixed
+    AppServer(crate::codex_app::AppServerArgs),
 }
 
 impl From<CodexStateError> for Failure {
@@ -76,6 +78,7 @@ pub fn run(command: CodexCommand, q: &Queries<'_>) -> Result<Answer, Failure> {
             let positive = report.quick_check == "ok";
             Ok(Answer::new(&report, render_restore(&report), positive))
         }
+        CodexCommand::AppServer(_) => Err(super::failure("usage", "app-server is run by main")),
     }
 }
 

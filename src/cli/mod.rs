@@ -150,6 +150,20 @@ impl Answer {
 /// Parses the process arguments, runs the command, prints, and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Codex {
+        command: codex::CodexCommand::AppServer(args),
+    } = cli.command
+    {
+        // A relay, not a query: its exit status is Codex's.
+        let overrides = Overrides {
+            config_file: cli.global.config,
+            homes: cli.global.codex_home,
+            index: cli.global.index,
+            ..Overrides::default()
+        };
+        let socket = crate::server::socket::effective_path(cli.global.socket.as_deref());
+        return crate::codex_app::main(args, overrides, socket);
+    }
     // `run` sets up logging once its config (log.level) is known.
     if !matches!(cli.command, Command::Run { .. }) {
         crate::logging::init("warn");
