@@ -128,9 +128,7 @@ struct ThreadInfo {
 /// `thread/start`/`resume`/`fork` response or of a `thread/started` notification. That is
 /// the path Codex holds for a loaded thread, the one its running-thread check compares to.
 pub fn announced_thread(line: &[u8]) -> Option<(String, String)> {
-    if memchr::memmem::find(line, b"\"path\"").is_none() {
-        return None;
-    }
+    memchr::memmem::find(line, b"\"path\"")?;
     let msg: ServerMsg = serde_json::from_slice(line).ok()?;
     let thread = msg.result.or(msg.params)?.thread?;
     Some((thread.id, thread.path?))

@@ -186,7 +186,11 @@ pub fn pump_client<R: Read, W: Write, C: Write>(
                 let sent = match checker.check(&req, &pending[start..end - 1]) {
                     Outcome::Forward => send(upstream, &pending[start..end]),
                     Outcome::Send(bytes) => send(upstream, &bytes),
-                    Outcome::Reply(bytes) => reply(client, &bytes) || true,
+                    // A client that is gone is the other pump's to notice.
+                    Outcome::Reply(bytes) => {
+                        reply(client, &bytes);
+                        true
+                    }
                 };
                 if !sent {
                     return;
