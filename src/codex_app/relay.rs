@@ -2,8 +2,10 @@
 //! worth of complete lines goes out in one write; the shim only ever inserts whole lines
 //! (its own error responses), so output is cut at line ends and never mid-line.
 //!
-//! Server → client is never held back: a line is written before the shim looks at it (to
-//! learn the rollout path Codex holds for a thread it announced). Client → server is
+//! Server → client is never held back: lines are written as soon as they are read. Only a
+//! line that has a `"path"` key is parsed first (to learn the rollout path Codex holds for a
+//! thread it announced), so a client that resumes right after `thread/start` is already
+//! checked against it. Client → server is
 //! sequential: a checked request is decided (bounded by the materialize timeout) before the
 //! lines after it are relayed, so order is kept.
 
@@ -119,6 +121,7 @@ impl Checker {
                     return Outcome::Reply(line::error_response(&req.id, &message, data));
                 }
                 Decision::Wait => {
+                    tracing::info!(method = %req.method, thread_id = %req.thread_id, path = %req.path, timeout_ms = self.materialize_timeout.as_millis() as u64, "waiting for the thread's rollout to materialize");
                     let started = Instant::now();
                     ask.wait(&req.thread_id, &path, self.materialize_timeout);
                     waited = Some(started.elapsed());
@@ -248,30 +251,28 @@ pub fn pump_server<R: Read, W, C: Write>(
                 Some(last) => {
                     let rest = carry.split_off(last + 1);
                     let lines = std::mem::replace(&mut carry, rest);
+                    learn(&lines, active);
                     if !reply(client, &lines) {
                         client_open = false;
                         close(upstream);
-                        continue;
                     }
-                    learn(&lines, active);
                     continue;
                 }
                 None => continue,
             }
         };
+        learn(complete, active);
         if !reply(client, complete) {
             client_open = false;
             close(upstream);
-            continue;
         }
-        learn(complete, active);
     }
     if client_open && !carry.is_empty() {
         reply(client, &carry);
     }
 }
 
-/// Records the rollout paths announced in `lines` (after they were relayed).
+/// Records the rollout paths announced in `lines`.
 fn learn(lines: &[u8], active: &Active) {
     if memchr::memmem::find(lines, b"\"path\"").is_none() {
         return;
