@@ -491,6 +491,14 @@ fn another_spelling_of_the_file_is_rewritten_to_the_one_codex_announced() {
     // opens the compressed sibling itself.
     shim.send_json(resume("p", &w.id, &plain));
     assert_eq!(shim.json_line()["params"]["path"], json!(plain));
+
+    // Codex decompressed it on resume: the `.jsonl.zst` a client still holds is gone, and
+    // is rewritten to the `.jsonl` Codex now runs (its "stale path" error otherwise).
+    let decompressed = h.fx.write_active(&w);
+    std::fs::remove_file(&zst).unwrap();
+    assert_eq!(decompressed, plain);
+    shim.send_json(resume("g", &w.id, &zst));
+    assert_eq!(shim.json_line()["params"]["path"], json!(plain));
     shim.close_stdin();
     assert!(shim.wait().success());
 }

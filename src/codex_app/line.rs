@@ -95,12 +95,13 @@ pub fn rewrite_path(line: &[u8], path: &str) -> Option<Vec<u8>> {
 /// an invalid request there too), so clients handle the shim's refusals as Codex's.
 pub const INVALID_REQUEST: i64 = -32600;
 
-/// An error response in Codex's own shape (`{"id", "error"}`, no `jsonrpc` member), with
+/// An error response in Codex's own shape (`{"error", "id"}`, no `jsonrpc` member), with
 /// its `\n`.
 pub fn error_response(id: &Value, message: &str, data: Value) -> Vec<u8> {
+    // Codex writes `error` before `id`; so does the shim.
     let msg = serde_json::json!({
-        "id": id,
         "error": {"code": INVALID_REQUEST, "message": message, "data": data},
+        "id": id,
     });
     let mut out = serde_json::to_vec(&msg).unwrap_or_default();
     out.push(b'\n');

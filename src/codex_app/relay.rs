@@ -132,24 +132,31 @@ impl Checker {
     }
 }
 
-/// `thread/checkResume`, except that a `.jsonl` that is `missing` while its `.jsonl.zst` is
-/// this thread's rollout counts as that file: Codex opens the compressed sibling itself.
+/// `thread/checkResume`, except that a `missing` `.jsonl` whose `.jsonl.zst` is this
+/// thread's rollout counts as that file (Codex opens the compressed sibling itself), and a
+/// `missing` `.jsonl.zst` whose plain `.jsonl` is (Codex decompressed it on resume) too.
 fn check_with_sibling(
     ask: &mut dyn Rolloutd,
     thread_id: &str,
     path: &Path,
 ) -> Result<crate::query::CheckResume, String> {
+    use crate::codex_state::spelling;
     let check = ask.check_resume(thread_id, path)?;
-    if check.reason.as_deref() == Some("missing") && path.extension().is_some_and(|e| e == "jsonl")
-    {
-        let zst = crate::codex_state::spelling::with_zst(path);
-        if let Ok(sibling) = ask.check_resume(thread_id, &zst) {
-            if sibling.ok {
-                return Ok(sibling);
-            }
-        }
+    if check.reason.as_deref() != Some("missing") {
+        return Ok(check);
     }
-    Ok(check)
+    let plain = spelling::plain(path);
+    let sibling = if plain != path {
+        plain
+    } else if path.extension().is_some_and(|e| e == "jsonl") {
+        spelling::with_zst(path)
+    } else {
+        return Ok(check);
+    };
+    match ask.check_resume(thread_id, &sibling) {
+        Ok(other) if other.ok => Ok(other),
+        _ => Ok(check),
+    }
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
