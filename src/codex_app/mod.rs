@@ -6,13 +6,17 @@
 //! - [`decide`]: forward, rewrite to the spelling Codex holds, refuse, or wait (pure);
 //! - [`ask`]: the one adapter to rolloutd's answers (agent or index) and to Codex's state DB;
 //! - [`relay`]: the two pumps;
-//! - [`signals`]: signals passed on to Codex, and its exit status made the shim's.
+//! - [`signals`]: signals passed on to Codex, and its exit status made the shim's;
+//! - [`shared`] and [`ws`]: `--listen unix://PATH`, many clients relayed to one app-server
+//!   over the WebSocket framing of Codex's own sockets.
 
 pub mod ask;
 pub mod decide;
 pub mod line;
 pub mod relay;
+pub mod shared;
 mod signals;
+pub mod ws;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -33,6 +37,14 @@ pub struct AppServerArgs {
     /// How long a resume of a thread whose rollout is not written yet waits for it
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub materialize_timeout: Duration,
+    /// Shared mode: accept clients on `unix://PATH` (line-delimited JSON-RPC, as on stdio),
+    /// each relayed to one long-running app-server
+    #[arg(long, value_name = "URL")]
+    pub listen: Option<String>,
+    /// Shared mode: relay to this running app-server socket (`unix://PATH`, e.g. the daemon's
+    /// app-server-control.sock) instead of starting `codex app-server --listen`
+    #[arg(long, value_name = "URL", requires = "listen")]
+    pub upstream: Option<String>,
     /// Arguments passed to `codex app-server`
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -44,14 +56,18 @@ const CANNOT_RUN: u8 = 127;
 /// Runs the shim until Codex exits; its exit status (or signal) becomes the shim's.
 pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitCode {
     crate::logging::init("info");
-    // Before any thread exists, so every thread inherits the mask (the child's is reset by
-    // std when it is spawned).
+    if let Some(listen) = args.listen.clone() {
+        return shared::serve(args, overrides, socket, &listen);
+    }
+    // Before any thread exists, so every thread inherits the mask (the child's is cleared).
     let signals = signals::block();
     let bin = args
         .codex_bin
         .clone()
         .unwrap_or_else(|| PathBuf::from("codex"));
-    let mut child = match Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    signals::unblock_in_child(&mut cmd);
+    let mut child = match cmd
         .arg("app-server")
         .args(&args.args)
         .stdin(Stdio::piped())

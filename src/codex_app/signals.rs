@@ -1,8 +1,8 @@
 //! Signals to the shim go to Codex; Codex's exit (code or signal) becomes the shim's.
 //!
 //! The relayed signals are blocked in every thread and taken by one thread with `sigwait`,
-//! so no handler runs in signal context. std resets the mask of a spawned child, so Codex
-//! gets them normally.
+//! so no handler runs in signal context. A child inherits the mask across exec, so
+//! [`unblock_in_child`] clears it before Codex starts (else Codex never sees a SIGTERM).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
@@ -18,6 +18,7 @@ const RELAYED: &[libc::c_int] = &[
 ];
 
 /// Blocked set of [`RELAYED`]; call before any thread is started.
+#[derive(Clone, Copy)]
 pub struct Blocked(libc::sigset_t);
 
 pub fn block() -> Blocked {
@@ -31,6 +32,23 @@ pub fn block() -> Blocked {
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         Blocked(set)
+    }
+}
+
+/// Makes `cmd`'s process start with no signal blocked.
+pub fn unblock_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs between fork and exec; sigemptyset and pthread_sigmask are
+    // async-signal-safe and touch only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -52,6 +70,18 @@ pub fn forward(blocked: Blocked, child: u32) {
             libc::kill(-pid, sig);
         }
     });
+}
+
+/// Waits for one relayed signal (shared mode with an external upstream: nothing to pass
+/// it to); the signal.
+pub fn wait(blocked: Blocked) -> libc::c_int {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: the set is initialised; sigwait writes one c_int.
+        if unsafe { libc::sigwait(&blocked.0, &mut sig) } == 0 {
+            return sig;
+        }
+    }
 }
 
 /// The shim's exit for Codex's `status`: its code, or death by the same signal.
