@@ -1036,3 +1036,162 @@ fn case5_a_full_turn_streams_through_the_shim_byte_for_byte_and_in_order() {
     t.sort();
     assert_eq!(a, t, "the same server messages with and without the shim");
 }
+
+/// A line-delimited JSON-RPC client of the shim's shared socket.
+struct SockRpc {
+    stream: std::os::unix::net::UnixStream,
+    lines: BufReader<std::os::unix::net::UnixStream>,
+    next_id: u64,
+}
+
+impl SockRpc {
+    fn connect(path: &Path) -> SockRpc {
+        let stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut rpc = SockRpc {
+            lines: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            next_id: 1,
+        };
+        let init = rpc.call("initialize", json!({"clientInfo": {"name": "rolloutd-interop", "version": "0"}, "capabilities": {"experimentalApi": true}}));
+        assert!(init.get("result").is_some(), "{init}");
+        writeln!(rpc.stream, "{}", json!({"method": "initialized"})).unwrap();
+        rpc
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        writeln!(
+            self.stream,
+            "{}",
+            json!({"id": id, "method": method, "params": params})
+        )
+        .unwrap();
+        self.until(|m| m["id"] == id && m.get("method").is_none())
+    }
+
+    fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        // Bounded: each read waits at most the read timeout, and the stream ends.
+        loop {
+            let mut line = String::new();
+            let n = self
+                .lines
+                .read_line(&mut line)
+                .expect("a line from the shim");
+            assert!(n > 0, "the shim closed the connection");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_mode_relays_many_clients_to_one_app_server_with_the_same_checks() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let (other, _) = w.exec("another thread");
+    let listen = w.root.join("run/app-server.sock");
+    let mut c = shimmed(
+        &w,
+        &w.codex,
+        &["--listen", &format!("unix://{}", listen.display())],
+        &[],
+    );
+    let mut shim = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&listen).is_err() {
+        assert!(shim.try_wait().unwrap().is_none(), "the shim exited");
+        assert!(Instant::now() < deadline, "the shim never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // One client runs a turn; a second one, on the same app-server, resumes that thread by
+    // the realpath spelling of its rollout (no second writer: one Codex process).
+    let mut first = SockRpc::connect(&listen);
+    let started = first.call("thread/start", json!({}));
+    let id = started["result"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.call(
+        "turn/start",
+        json!({"threadId": id, "input": [{"type": "text", "text": "shared"}]}),
+    );
+    first.until(|m| m["method"] == "turn/completed");
+    let rec = w
+        .call("thread/wait", json!({"threadId": id, "timeoutMs": 5000}))
+        .unwrap();
+    let mut second = SockRpc::connect(&listen);
+    let r = second.call(
+        "thread/resume",
+        json!({"threadId": id, "path": rec["canonicalPath"]}),
+    );
+    assert_eq!(r["result"]["thread"]["id"], id.as_str(), "{r}");
+    // The same checks as on stdio.
+    let r = second.call("thread/resume", json!({"threadId": id, "path": w.home}));
+    assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
+    let r = second.call(
+        "thread/resume",
+        json!({"threadId": id, "path": w.row(&other).rollout_path}),
+    );
+    assert_eq!(r["error"]["data"]["reason"], "otherThread", "{r}");
+    drop(first);
+    drop(second);
+
+    // SIGTERM to the shim reaches Codex; both exit and the socket is removed.
+    // SAFETY: kill has no memory effects; the pid is our live child.
+    unsafe { libc::kill(shim.id() as libc::pid_t, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = shim.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline + Duration::from_secs(60) {
+            shim.kill().ok();
+            panic!("the shim did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("shared mode: shim exited with {status} after SIGTERM");
+    assert!(!listen.exists(), "the socket was not removed");
+}
+
+#[test]
+fn a_signal_to_the_stdio_shim_reaches_codex_and_its_exit_becomes_the_shims() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let mut shim = Rpc::spawn(shimmed(&w, &w.codex, &[], &[]));
+    shim.call("thread/start", json!({}));
+    // SAFETY: kill has no memory effects; the pid is our live child.
+    unsafe { libc::kill(shim.child.id() as libc::pid_t, libc::SIGTERM) };
+    // The client's input stays open: only the signal can end Codex.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = shim.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Codex did not stop on the relayed SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("codex app-server behind the shim, SIGTERM: the shim exited with {status}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.code().is_some() || status.signal() == Some(libc::SIGTERM),
+        "{status}"
+    );
+}

@@ -99,11 +99,19 @@ pub fn serve(args: AppServerArgs, overrides: Overrides, socket: PathBuf, listen:
     };
     tracing::info!(listen = %listen.display(), upstream = %upstream.display(), "relaying app-server clients");
     let timeout = args.materialize_timeout;
+    // One app-server holds one active path per thread, whichever client announced it.
+    let active = Active::default();
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let (overrides, socket, upstream) =
-                (overrides.clone(), socket.clone(), upstream.clone());
-            std::thread::spawn(move || connection(client, &upstream, &overrides, &socket, timeout));
+            let (overrides, socket, upstream, active) = (
+                overrides.clone(),
+                socket.clone(),
+                upstream.clone(),
+                active.clone(),
+            );
+            std::thread::spawn(move || {
+                connection(client, &upstream, &overrides, &socket, timeout, active)
+            });
         }
     });
     let code = match &mut child {
@@ -159,6 +167,7 @@ fn connection(
     overrides: &Overrides,
     socket: &Path,
     materialize_timeout: Duration,
+    active: Active,
 ) {
     let (reader, writer) = match ws::connect(upstream) {
         Ok(halves) => halves,
@@ -172,7 +181,7 @@ fn connection(
     };
     let mut checker = Checker {
         ask: open_rolloutd(overrides, socket),
-        active: Active::default(),
+        active,
         materialize_timeout,
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
     };
