@@ -33,7 +33,11 @@ pub fn open(socket: &Path, config: &Config) -> Result<Box<dyn Rolloutd>, String>
     let (index_path, journal) = crate::agent::index_location(&config.index);
     if let Some(client) = matching_agent(socket, config, &index_path) {
         tracing::debug!(socket = %socket.display(), "checking paths with the agent");
-        return Ok(Box::new(Agent { client, homes }));
+        return Ok(Box::new(Agent {
+            client,
+            homes,
+            socket: socket.to_owned(),
+        }));
     }
     let index = Index::open(&index_path, journal).map_err(|e| e.to_string())?;
     tracing::debug!(index = %index_path.display(), "no agent serves these homes; checking paths against the index");
@@ -53,6 +57,24 @@ fn matching_agent(socket: &Path, config: &Config, index_path: &Path) -> Option<C
 struct Agent {
     client: Client,
     homes: Homes,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// One call; a broken connection (the agent restarted) is reopened once.
+    fn call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        match self.client.call(method, params.clone()) {
+            Err(ClientError::Io(_)) => {
+                self.client = Client::connect(&self.socket)?;
+                self.client.call(method, params)
+            }
+            other => other,
+        }
+    }
 }
 
 impl Rolloutd for Agent {
@@ -62,7 +84,6 @@ impl Rolloutd for Agent {
 
     fn check_resume(&mut self, thread_id: &str, path: &Path) -> Result<CheckResume, String> {
         let v = self
-            .client
             .call(
                 "thread/checkResume",
                 json!({"threadId": thread_id, "path": path}),
@@ -73,7 +94,7 @@ impl Rolloutd for Agent {
 
     fn wait(&mut self, thread_id: &str, _path: &Path, timeout: Duration) {
         let params = json!({"threadId": thread_id, "timeoutMs": timeout.as_millis() as u64});
-        match self.client.call("thread/wait", params) {
+        match self.call("thread/wait", params) {
             Ok(_) | Err(ClientError::Rpc(_)) => {}
             Err(e) => tracing::warn!(error = %e, "thread/wait on the agent failed"),
         }
