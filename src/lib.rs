@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod codex_app;
 pub mod codex_state;
 pub mod config;
 pub mod crawl;

@@ -600,3 +600,598 @@ fn rolloutds_head_parse_agrees_with_codexs_rows_for_every_kind_of_rollout() {
         assert_eq!(rec["archived"], row.archived, "{id}");
     }
 }
+
+// ---- `rolloutd codex app-server` in front of the real Codex (issue cases 1–5) ----
+//
+// Each case first shows what Codex 0.169 does on its own, then the same request through the
+// shim. The shim runs with the world's agent (it serves the same home and index).
+
+/// Like [`codex_bin`], but under `CI=true` a missing binary fails instead of skipping.
+fn codex_bin_for_shim() -> Option<PathBuf> {
+    let bin = codex_bin();
+    if bin.is_none() && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true: ROLLOUTD_CODEX_BIN must name a Codex binary (scripts/codex-interop.sh)");
+    }
+    bin
+}
+
+/// An app-server client keeping every byte it received, in order.
+struct Rpc {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    msgs: std::sync::mpsc::Receiver<Value>,
+    raw: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    next_id: u64,
+}
+
+impl Rpc {
+    /// Spawns `c` (Codex's app-server, or the shim) and initializes it.
+    fn spawn(mut c: Command) -> Rpc {
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let raw = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, msgs) = std::sync::mpsc::channel();
+        let reader = {
+            let raw = raw.clone();
+            std::thread::spawn(move || loop {
+                let mut line = Vec::new();
+                match stdout.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                raw.lock().unwrap().extend_from_slice(&line);
+                if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            })
+        };
+        let mut rpc = Rpc {
+            child,
+            stdin,
+            msgs,
+            raw,
+            reader: Some(reader),
+            next_id: 1,
+        };
+        let init = rpc.call("initialize", json!({"clientInfo": {"name": "rolloutd-interop", "version": "0"}, "capabilities": {"experimentalApi": true}}));
+        assert!(init.get("result").is_some(), "initialize: {init}");
+        rpc.send(&json!({"method": "initialized"}));
+        rpc
+    }
+
+    fn send(&mut self, v: &Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{v}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Sends a request; its id.
+    fn request(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"id": id, "method": method, "params": params}));
+        id
+    }
+
+    /// The whole response (result or error) to a request.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.request(method, params);
+        self.until(|m| m["id"] == id && m.get("method").is_none())
+    }
+
+    fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.msgs.recv_timeout(left) {
+                Ok(m) if pred(&m) => return m,
+                Ok(_) => {}
+                Err(e) => panic!("app-server: {e}"),
+            }
+        }
+    }
+
+    /// Closes the client's input; the exit status and every byte received.
+    fn finish(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the app-server did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let raw = std::mem::take(&mut *self.raw.lock().unwrap());
+        (status, raw)
+    }
+}
+
+impl Drop for Rpc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `codex app-server ARGS` as the user runs it.
+fn direct(w: &World, args: &[&str]) -> Command {
+    let mut c = Command::new(&w.codex);
+    c.arg("app-server")
+        .args(args)
+        .current_dir(&w.work)
+        .env_remove("CODEX_HOME")
+        .env_remove("CODEX_SQLITE_HOME")
+        .env("HOME", &w.user_home)
+        .stderr(Stdio::null());
+    c
+}
+
+/// `rolloutd codex app-server --codex-bin BIN SHIM_ARGS -- ARGS` on the world's home, index
+/// and agent; Codex under it sees the same environment as [`direct`].
+fn shimmed(w: &World, bin: &Path, shim_args: &[&str], args: &[&str]) -> Command {
+    let mut c = rolloutd_cmd(&w.root, &w.home);
+    c.args(["codex", "app-server", "--codex-bin"])
+        .arg(bin)
+        .args(shim_args)
+        .arg("--")
+        .args(args)
+        .current_dir(&w.work)
+        .env("HOME", &w.user_home)
+        .stderr(Stdio::inherit());
+    c
+}
+
+fn error_message(msg: &Value) -> &str {
+    msg["error"]["message"].as_str().unwrap_or("")
+}
+
+fn set_old(path: &Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+/// Waits until `path` exists (Codex's compression worker runs at app-server start).
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{path:?} never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn zst_of(p: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.zst", p.display()))
+}
+
+#[test]
+fn case1_a_compressed_rollout_resumes_through_the_shim_where_codex_says_stale_path() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let (a, _) = w.exec("old thread for codex alone");
+    let (b, _) = w.exec("old thread for the shim");
+    let (a_plain, b_plain) = (w.row(&a).rollout_path, w.row(&b).rollout_path);
+    set_old(&a_plain);
+    set_old(&b_plain);
+
+    // Codex alone, with compression on: the old rollouts become `.jsonl.zst`, the rows keep
+    // `.jsonl`. Resuming by the `.zst` a client listed works once (Codex decompresses it);
+    // the same request on the now running thread is refused as a stale path.
+    let mut app = Rpc::spawn(direct(&w, &["--enable", "local_thread_store_compression"]));
+    wait_for_file(&zst_of(&a_plain));
+    wait_for_file(&zst_of(&b_plain));
+    let a_zst = zst_of(&a_plain);
+    let first = app.call("thread/resume", json!({"threadId": a, "path": a_zst}));
+    assert_eq!(first["result"]["thread"]["id"], a.as_str(), "{first}");
+    let again = app.call("thread/resume", json!({"threadId": a, "path": a_zst}));
+    println!(
+        "codex alone, .jsonl.zst on the running thread: {}",
+        error_message(&again)
+    );
+    assert!(error_message(&again).contains("stale path"), "{again}");
+    drop(app);
+
+    // Through the shim: the `.zst` is rewritten to the `.jsonl` Codex holds (the row, then
+    // the active path), both times, and by either spelling of the home.
+    let mut shim = Rpc::spawn(shimmed(&w, &w.codex, &[], &[]));
+    let b_zst = zst_of(&b_plain);
+    let real_zst = zst_of(
+        &dunce::canonicalize(b_plain.parent().unwrap())
+            .unwrap()
+            .join(b_plain.file_name().unwrap()),
+    );
+    for path in [&b_zst, &b_zst, &real_zst, &b_plain] {
+        let r = shim.call("thread/resume", json!({"threadId": b, "path": path}));
+        assert_eq!(r["result"]["thread"]["id"], b.as_str(), "{path:?}: {r}");
+    }
+    let (status, _) = shim.finish();
+    assert!(status.success(), "{status}");
+    // One writer, one file: the plain rollout, which the row names.
+    let real_b = dunce::canonicalize(&w.row(&b).rollout_path).unwrap();
+    assert!(real_b.exists() && !zst_of(&real_b).exists(), "{real_b:?}");
+    let rec = w
+        .call("thread/wait", json!({"threadId": b, "timeoutMs": 5000}))
+        .unwrap();
+    assert_eq!(jpath(&rec["canonicalPath"]), real_b);
+}
+
+#[test]
+fn case2_directories_are_refused_by_the_shim_with_a_typed_reason() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let (a, _) = w.exec("a thread");
+    let day = w.row(&a).rollout_path.parent().unwrap().to_owned();
+    let like = day.join("rollout-2026-01-01T00-00-00-01a1ff7d-0000-7000-8000-000000000000.jsonl");
+    std::fs::create_dir_all(&like).unwrap();
+    let paths = [w.home.clone(), day, like];
+
+    let mut app = Rpc::spawn(direct(&w, &[]));
+    for p in &paths {
+        let r = app.call("thread/resume", json!({"threadId": a, "path": p}));
+        println!("codex alone, {}: {}", p.display(), error_message(&r));
+        assert!(error_message(&r).contains("is a directory"), "{r}");
+    }
+    drop(app);
+
+    let mut shim = Rpc::spawn(shimmed(&w, &w.codex, &[], &[]));
+    for p in &paths {
+        for method in ["thread/resume", "thread/fork"] {
+            let r = shim.call(method, json!({"threadId": a, "path": p}));
+            assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
+            assert_eq!(r["error"]["data"]["source"], "rolloutd", "{r}");
+        }
+    }
+    // Codex is still there and fine.
+    let ok = shim.call("thread/resume", json!({"threadId": a}));
+    assert_eq!(ok["result"]["thread"]["id"], a.as_str(), "{ok}");
+    assert!(shim.finish().0.success());
+}
+
+#[test]
+fn case3_another_threads_rollout_is_refused_instead_of_silently_resuming_it() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let (e, _) = w.exec("thread E");
+    let (b, _) = w.exec("thread B");
+    let b_path = w.row(&b).rollout_path;
+
+    let mut app = Rpc::spawn(direct(&w, &[]));
+    let r = app.call("thread/resume", json!({"threadId": e, "path": b_path}));
+    println!(
+        "codex alone, threadId E with B's rollout: resumed {}",
+        r["result"]["thread"]["id"]
+    );
+    assert_eq!(
+        r["result"]["thread"]["id"],
+        b.as_str(),
+        "Codex 0.169 silently resumes B: {r}"
+    );
+    drop(app);
+
+    let mut shim = Rpc::spawn(shimmed(&w, &w.codex, &[], &[]));
+    let r = shim.call("thread/resume", json!({"threadId": e, "path": b_path}));
+    assert_eq!(r["error"]["data"]["reason"], "otherThread", "{r}");
+    assert!(error_message(&r).contains(&b), "{r}");
+    let r = shim.call(
+        "thread/resume",
+        json!({"threadId": e, "path": w.row(&e).rollout_path}),
+    );
+    assert_eq!(r["result"]["thread"]["id"], e.as_str(), "{r}");
+    assert!(shim.finish().0.success());
+}
+
+#[test]
+fn case4_a_sibling_resume_racing_the_first_turn_waits_for_the_rollout() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    // Codex alone: the sibling's resume before the first turn finds no file.
+    let mut owner = Rpc::spawn(direct(&w, &[]));
+    let started = owner.call("thread/start", json!({}));
+    let (id, path) = (
+        started["result"]["thread"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        started["result"]["thread"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let mut sibling = Rpc::spawn(direct(&w, &[]));
+    let r = sibling.call("thread/resume", json!({"threadId": id, "path": path}));
+    println!(
+        "codex alone, sibling before the first turn: {}",
+        error_message(&r)
+    );
+    assert!(error_message(&r).contains("does not exist"), "{r}");
+    drop(sibling);
+    drop(owner);
+
+    // Through the shim: the sibling's request waits while the owner's first turn writes the
+    // rollout, and is then forwarded; Codex answers about the thread, not a missing file.
+    let mut owner = Rpc::spawn(direct(&w, &[]));
+    let started = owner.call("thread/start", json!({}));
+    let (id, path) = (
+        started["result"]["thread"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        started["result"]["thread"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let mut sibling = Rpc::spawn(shimmed(
+        &w,
+        &w.codex,
+        &["--materialize-timeout", "60s"],
+        &[],
+    ));
+    let waiting = sibling.request("thread/resume", json!({"threadId": id, "path": path}));
+    owner.call(
+        "turn/start",
+        json!({"threadId": id, "input": [{"type": "text", "text": "first turn"}]}),
+    );
+    let r = sibling.until(|m| m["id"] == waiting);
+    println!("through the shim, sibling racing the first turn: {r}");
+    assert!(
+        r.get("result").is_some() || error_message(&r).contains("active writer"),
+        "neither resumed nor Codex's one-writer answer: {r}"
+    );
+    assert!(!error_message(&r).contains("does not exist"), "{r}");
+    // Once the owner is gone, the sibling resumes the thread by the same path.
+    owner.until(|m| m["method"] == "turn/completed");
+    assert!(owner.finish().0.success());
+    let r = sibling.call("thread/resume", json!({"threadId": id, "path": path}));
+    assert_eq!(r["result"]["thread"]["id"], id.as_str(), "{r}");
+    assert!(sibling.finish().0.success());
+}
+
+#[test]
+fn case5_a_full_turn_streams_through_the_shim_byte_for_byte_and_in_order() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    // Codex under the shim, with both of its streams copied to files by `tee`.
+    let tee = w.root.join("codex-tee");
+    std::fs::write(
+        &tee,
+        format!(
+            "#!/bin/sh\ntee \"{dir}/to-codex\" | \"{codex}\" \"$@\" | tee \"{dir}/from-codex\"\n",
+            dir = w.root.display(),
+            codex = w.codex.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tee, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run = |mut app: Rpc| {
+        let started = app.call("thread/start", json!({}));
+        let id = started["result"]["thread"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        app.call(
+            "turn/start",
+            json!({"threadId": id, "input": [{"type": "text", "text": "stream me"}]}),
+        );
+        app.until(|m| m["method"] == "turn/completed");
+        let (status, raw) = app.finish();
+        assert!(status.success(), "{status}");
+        raw
+    };
+    let alone = run(Rpc::spawn(direct(&w, &[])));
+    let through = run(Rpc::spawn(shimmed(&w, &tee, &[], &[])));
+    let from_codex = std::fs::read(w.root.join("from-codex")).unwrap();
+    assert!(
+        through == from_codex,
+        "the client did not get Codex's bytes unchanged and in order"
+    );
+    // The same messages as without the shim (compared as multisets: notifications of
+    // independent tasks may interleave differently from one run to the next).
+    let kinds = |raw: &[u8]| -> Vec<String> {
+        raw.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_slice(l).unwrap();
+                v["method"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("response {}", v["id"]))
+            })
+            .collect()
+    };
+    println!(
+        "{} server lines without the shim, {} through it",
+        kinds(&alone).len(),
+        kinds(&through).len()
+    );
+    let (mut a, mut t) = (kinds(&alone), kinds(&through));
+    a.sort();
+    t.sort();
+    assert_eq!(a, t, "the same server messages with and without the shim");
+}
+
+/// A line-delimited JSON-RPC client of the shim's shared socket.
+struct SockRpc {
+    stream: std::os::unix::net::UnixStream,
+    lines: BufReader<std::os::unix::net::UnixStream>,
+    next_id: u64,
+}
+
+impl SockRpc {
+    fn connect(path: &Path) -> SockRpc {
+        let stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut rpc = SockRpc {
+            lines: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+            next_id: 1,
+        };
+        let init = rpc.call("initialize", json!({"clientInfo": {"name": "rolloutd-interop", "version": "0"}, "capabilities": {"experimentalApi": true}}));
+        assert!(init.get("result").is_some(), "{init}");
+        writeln!(rpc.stream, "{}", json!({"method": "initialized"})).unwrap();
+        rpc
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        writeln!(
+            self.stream,
+            "{}",
+            json!({"id": id, "method": method, "params": params})
+        )
+        .unwrap();
+        self.until(|m| m["id"] == id && m.get("method").is_none())
+    }
+
+    fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        // Bounded: each read waits at most the read timeout, and the stream ends.
+        loop {
+            let mut line = String::new();
+            let n = self
+                .lines
+                .read_line(&mut line)
+                .expect("a line from the shim");
+            assert!(n > 0, "the shim closed the connection");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_mode_relays_many_clients_to_one_app_server_with_the_same_checks() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let (other, _) = w.exec("another thread");
+    let listen = w.root.join("run/app-server.sock");
+    let mut c = shimmed(
+        &w,
+        &w.codex,
+        &["--listen", &format!("unix://{}", listen.display())],
+        &[],
+    );
+    let mut shim = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(&listen).is_err() {
+        assert!(shim.try_wait().unwrap().is_none(), "the shim exited");
+        assert!(Instant::now() < deadline, "the shim never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // One client runs a turn; a second one, on the same app-server, resumes that thread by
+    // the realpath spelling of its rollout (no second writer: one Codex process).
+    let mut first = SockRpc::connect(&listen);
+    let started = first.call("thread/start", json!({}));
+    let id = started["result"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.call(
+        "turn/start",
+        json!({"threadId": id, "input": [{"type": "text", "text": "shared"}]}),
+    );
+    first.until(|m| m["method"] == "turn/completed");
+    let rec = w
+        .call("thread/wait", json!({"threadId": id, "timeoutMs": 5000}))
+        .unwrap();
+    let mut second = SockRpc::connect(&listen);
+    let r = second.call(
+        "thread/resume",
+        json!({"threadId": id, "path": rec["canonicalPath"]}),
+    );
+    assert_eq!(r["result"]["thread"]["id"], id.as_str(), "{r}");
+    // The same checks as on stdio.
+    let r = second.call("thread/resume", json!({"threadId": id, "path": w.home}));
+    assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
+    let r = second.call(
+        "thread/resume",
+        json!({"threadId": id, "path": w.row(&other).rollout_path}),
+    );
+    assert_eq!(r["error"]["data"]["reason"], "otherThread", "{r}");
+    drop(first);
+    drop(second);
+
+    // SIGTERM to the shim reaches Codex; both exit and the socket is removed.
+    // SAFETY: kill has no memory effects; the pid is our live child.
+    unsafe { libc::kill(shim.id() as libc::pid_t, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = shim.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline + Duration::from_secs(60) {
+            shim.kill().ok();
+            panic!("the shim did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("shared mode: shim exited with {status} after SIGTERM");
+    assert!(!listen.exists(), "the socket was not removed");
+}
+
+#[test]
+fn a_signal_to_the_stdio_shim_reaches_codex_and_its_exit_becomes_the_shims() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let mut shim = Rpc::spawn(shimmed(&w, &w.codex, &[], &[]));
+    shim.call("thread/start", json!({}));
+    // SAFETY: kill has no memory effects; the pid is our live child.
+    unsafe { libc::kill(shim.child.id() as libc::pid_t, libc::SIGTERM) };
+    // The client's input stays open: only the signal can end Codex.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = shim.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Codex did not stop on the relayed SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("codex app-server behind the shim, SIGTERM: the shim exited with {status}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        status.code().is_some() || status.signal() == Some(libc::SIGTERM),
+        "{status}"
+    );
+}

@@ -42,6 +42,8 @@ pub enum CodexCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Run `codex app-server` behind rolloutd: bad rollout paths refused, spellings fixed
+    AppServer(crate::codex_app::AppServerArgs),
 }
 
 impl From<CodexStateError> for Failure {
@@ -82,6 +84,7 @@ pub fn run(command: CodexCommand, q: &Queries<'_>) -> Result<Answer, Failure> {
             let positive = report.quick_check == "ok";
             Ok(Answer::new(&report, render_restore(&report), positive))
         }
+        CodexCommand::AppServer(_) => Err(super::failure("usage", "app-server is run by main")),
     }
 }
 

@@ -171,6 +171,20 @@ pub fn main() -> ExitCode {
         note(&format!("cannot read the working directory: {e}"));
         return ExitCode::from(2);
     }
+    if let Command::Codex {
+        command: codex::CodexCommand::AppServer(args),
+    } = cli.command
+    {
+        // A relay, not a query: its exit status is Codex's.
+        let overrides = Overrides {
+            config_file: cli.global.config,
+            homes: cli.global.codex_home,
+            index: cli.global.index,
+            ..Overrides::default()
+        };
+        let socket = crate::server::socket::effective_path(cli.global.socket.as_deref());
+        return crate::codex_app::main(args, overrides, socket);
+    }
     let json = cli.global.json;
     let (text, code) = match run(cli) {
         Ok(answer) => {

@@ -1,0 +1,385 @@
+//! The two pumps. Lines are relayed as the bytes they arrived as, in order, and a read's
+//! worth of complete lines goes out in one write; the shim only ever inserts whole lines
+//! (its own error responses), so output is cut at line ends and never mid-line.
+//!
+//! Server → client is never held back: lines are written as soon as they are read. Only a
+//! line that has a `"path"` key is parsed first (to learn the rollout path Codex holds for a
+//! thread it announced), so a client that resumes right after `thread/start` is already
+//! checked against it. Client → server is
+//! sequential: a checked request is decided (bounded by the materialize timeout) before the
+//! lines after it are relayed, so order is kept.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ask::{self, Rolloutd};
+use super::decide::{self, Decision};
+use super::line::{self, Client, PathRequest};
+
+/// Bytes asked of the OS per read.
+const CHUNK: usize = 64 * 1024;
+
+/// Rollout paths of the threads Codex announced on this connection, by lowercase thread id.
+pub type Active = Arc<Mutex<HashMap<String, String>>>;
+
+/// The writer toward Codex; `None` once closed (so the other pump can close it too).
+pub type Upstream<W> = Arc<Mutex<Option<W>>>;
+
+/// Closes the upstream writer: Codex sees end of input.
+pub fn close<W>(upstream: &Upstream<W>) {
+    if let Ok(mut w) = upstream.lock() {
+        w.take();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes to the upstream; false once it is closed or failed.
+fn send<W: Write>(upstream: &Upstream<W>, bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let mut guard = lock(upstream);
+    let Some(w) = guard.as_mut() else {
+        return false;
+    };
+    if w.write_all(bytes).and_then(|_| w.flush()).is_err() {
+        guard.take();
+        return false;
+    }
+    true
+}
+
+fn reply<W: Write>(client: &Mutex<W>, bytes: &[u8]) -> bool {
+    let mut w = lock(client);
+    w.write_all(bytes).and_then(|_| w.flush()).is_ok()
+}
+
+/// Decides checked requests. Without rolloutd (`ask` is `None`) everything is forwarded.
+pub struct Checker {
+    pub ask: Option<Box<dyn Rolloutd>>,
+    pub active: Active,
+    pub materialize_timeout: Duration,
+    /// Relative paths are taken against this (Codex's cwd: the shim starts it in its own).
+    pub cwd: PathBuf,
+}
+
+/// What the client pump does with a checked request.
+pub enum Outcome {
+    Forward,
+    Send(Vec<u8>),
+    Reply(Vec<u8>),
+}
+
+impl Checker {
+    pub fn check(&mut self, req: &PathRequest, line: &[u8]) -> Outcome {
+        let Some(ask) = self.ask.as_mut() else {
+            return Outcome::Forward;
+        };
+        let path = absolute(&self.cwd, Path::new(&req.path));
+        let mut waited = None;
+        // At most two passes: the second follows a wait for materialization.
+        for _ in 0..2 {
+            let check = match check_with_sibling(ask.as_mut(), &req.thread_id, &path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(method = %req.method, thread_id = %req.thread_id, error = %e, "rolloutd could not check the path; forwarding unchanged");
+                    return Outcome::Forward;
+                }
+            };
+            let active = lock(&self.active)
+                .get(&req.thread_id.to_ascii_lowercase())
+                .cloned();
+            let homes = ask.homes();
+            // Codex's state DB is read only when the active path does not settle it.
+            let db = match (&check.record, check.ok) {
+                (Some(r), true)
+                    if decide::codex_spelling(homes, &r.canonical_path, &[active.as_deref()])
+                        .is_none() =>
+                {
+                    ask::codex_rollout_path(homes, &req.thread_id)
+                }
+                _ => None,
+            };
+            let held = [active.as_deref(), db.as_deref()];
+            match decide::decide(req, &check, &held, homes, waited) {
+                Decision::Forward => return Outcome::Forward,
+                Decision::Rewrite(to) => {
+                    tracing::info!(method = %req.method, thread_id = %req.thread_id, from = %req.path, to = %to, "rewrote the rollout path to the spelling Codex holds");
+                    return match line::rewrite_path(line, &to) {
+                        Some(bytes) => Outcome::Send(bytes),
+                        None => Outcome::Forward,
+                    };
+                }
+                Decision::Refuse { message, data } => {
+                    tracing::info!(method = %req.method, thread_id = %req.thread_id, path = %req.path, reason = %data["reason"], "refused before reaching Codex");
+                    return Outcome::Reply(line::error_response(&req.id, &message, data));
+                }
+                Decision::Wait => {
+                    tracing::info!(method = %req.method, thread_id = %req.thread_id, path = %req.path, timeout_ms = self.materialize_timeout.as_millis() as u64, "waiting for the thread's rollout to materialize");
+                    let started = Instant::now();
+                    ask.wait(&req.thread_id, &path, self.materialize_timeout);
+                    waited = Some(started.elapsed());
+                }
+            }
+        }
+        Outcome::Forward
+    }
+}
+
+/// `thread/checkResume`, except that a `missing` `.jsonl` whose `.jsonl.zst` is this
+/// thread's rollout counts as that file (Codex opens the compressed sibling itself), and a
+/// `missing` `.jsonl.zst` whose plain `.jsonl` is (Codex decompressed it on resume) too.
+fn check_with_sibling(
+    ask: &mut dyn Rolloutd,
+    thread_id: &str,
+    path: &Path,
+) -> Result<crate::query::CheckResume, String> {
+    use crate::codex_state::spelling;
+    let check = ask.check_resume(thread_id, path)?;
+    if check.reason.as_deref() != Some("missing") {
+        return Ok(check);
+    }
+    let plain = spelling::plain(path);
+    let sibling = if plain != path {
+        plain
+    } else if path.extension().is_some_and(|e| e == "jsonl") {
+        spelling::with_zst(path)
+    } else {
+        return Ok(check);
+    };
+    match ask.check_resume(thread_id, &sibling) {
+        Ok(other) if other.ok => Ok(other),
+        _ => Ok(check),
+    }
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        cwd.join(p)
+    }
+}
+
+/// Client → server until the client's input ends (then Codex's input is closed) or Codex's
+/// input fails. A trailing partial line is forwarded as it is.
+pub fn pump_client<R: Read, W: Write, C: Write>(
+    mut input: R,
+    upstream: &Upstream<W>,
+    client: &Mutex<C>,
+    checker: &mut Checker,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0; // first byte of the next line
+        let mut flushed = 0; // bytes of `pending` already relayed
+        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
+            let end = start + nl + 1;
+            if let Client::Check(req) = line::classify(&pending[start..end - 1]) {
+                if !send(upstream, &pending[flushed..start]) {
+                    return;
+                }
+                let sent = match checker.check(&req, &pending[start..end - 1]) {
+                    Outcome::Forward => send(upstream, &pending[start..end]),
+                    Outcome::Send(bytes) => send(upstream, &bytes),
+                    // A client that is gone is the other pump's to notice.
+                    Outcome::Reply(bytes) => {
+                        reply(client, &bytes);
+                        true
+                    }
+                };
+                if !sent {
+                    return;
+                }
+                flushed = end;
+            }
+            start = end;
+        }
+        if !send(upstream, &pending[flushed..start]) {
+            return;
+        }
+        pending.drain(..start);
+    }
+    send(upstream, &pending);
+    close(upstream);
+}
+
+/// Server → client until Codex's output ends. When the client stops reading (its end is
+/// closed), Codex's input is closed and its output drained, so Codex is never left blocked
+/// on a full pipe.
+pub fn pump_server<R: Read, W, C: Write>(
+    mut input: R,
+    client: &Mutex<C>,
+    upstream: &Upstream<W>,
+    active: &Active,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut client_open = true;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if !client_open {
+            continue;
+        }
+        // Whole lines go out now; a partial one waits for its end.
+        let complete: &[u8] = if carry.is_empty() {
+            match memchr::memrchr(b'\n', &buf[..n]) {
+                Some(last) => {
+                    carry.extend_from_slice(&buf[last + 1..n]);
+                    &buf[..=last]
+                }
+                None => {
+                    carry.extend_from_slice(&buf[..n]);
+                    continue;
+                }
+            }
+        } else {
+            carry.extend_from_slice(&buf[..n]);
+            match memchr::memrchr(b'\n', &carry) {
+                Some(last) => {
+                    let rest = carry.split_off(last + 1);
+                    let lines = std::mem::replace(&mut carry, rest);
+                    learn(&lines, active);
+                    if !reply(client, &lines) {
+                        client_open = false;
+                        close(upstream);
+                    }
+                    continue;
+                }
+                None => continue,
+            }
+        };
+        learn(complete, active);
+        if !reply(client, complete) {
+            client_open = false;
+            close(upstream);
+        }
+    }
+    if client_open && !carry.is_empty() {
+        reply(client, &carry);
+    }
+}
+
+/// Records the rollout paths announced in `lines`.
+fn learn(lines: &[u8], active: &Active) {
+    if memchr::memmem::find(lines, b"\"path\"").is_none() {
+        return;
+    }
+    for l in lines.split(|b| *b == b'\n') {
+        if let Some((id, path)) = line::announced_thread(l) {
+            lock(active).insert(id.to_ascii_lowercase(), path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader handing out fixed chunks, to cut lines at awkward places.
+    struct Chunks(Vec<Vec<u8>>);
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let c = self.0.remove(0);
+            buf[..c.len()].copy_from_slice(&c);
+            Ok(c.len())
+        }
+    }
+
+    fn checker() -> Checker {
+        Checker {
+            ask: None,
+            active: Active::default(),
+            materialize_timeout: Duration::ZERO,
+            cwd: PathBuf::from("/"),
+        }
+    }
+
+    /// Writes through to a shared buffer, so the bytes survive the pump dropping its writer.
+    struct Spy(Arc<Mutex<Vec<u8>>>);
+    impl Write for Spy {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn client_bytes_pass_unchanged_across_chunk_boundaries() {
+        let input = b"{\"id\":1,\"method\":\"a\"}\n\n  {\"id\":2,\"method\":\"thread/resume\",\"params\":{\"threadId\":\"T\",\"path\":\"/p\"}}\r\nnot json\ntail";
+        for cut in 1..input.len() {
+            let chunks = Chunks(vec![input[..cut].to_vec(), input[cut..].to_vec()]);
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let up: Upstream<Spy> = Arc::new(Mutex::new(Some(Spy(seen.clone()))));
+            let client = Mutex::new(Vec::new());
+            pump_client(chunks, &up, &client, &mut checker());
+            assert_eq!(lock(&seen).as_slice(), &input[..], "cut at {cut}");
+            assert!(
+                lock(&up).is_none(),
+                "Codex's input was not closed at the end"
+            );
+            assert!(lock(&client).is_empty());
+        }
+    }
+
+    #[test]
+    fn server_bytes_pass_unchanged_and_announced_paths_are_learned() {
+        let input = b"{\"id\":1,\"result\":{\"thread\":{\"id\":\"AB\",\"path\":\"/h/r.jsonl\"}}}\n{\"method\":\"x\"}\npartial";
+        for cut in 1..input.len() {
+            let chunks = Chunks(vec![input[..cut].to_vec(), input[cut..].to_vec()]);
+            let client = Mutex::new(Vec::new());
+            let up: Upstream<Vec<u8>> = Arc::new(Mutex::new(Some(Vec::new())));
+            let active = Active::default();
+            pump_server(chunks, &client, &up, &active);
+            assert_eq!(lock(&client).as_slice(), &input[..], "cut at {cut}");
+            assert_eq!(
+                lock(&active).get("ab").map(String::as_str),
+                Some("/h/r.jsonl")
+            );
+        }
+    }
+
+    /// A client whose end is closed.
+    struct Closed;
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_client_closes_codexs_input_and_output_is_drained() {
+        let chunks = Chunks(vec![b"{}\n".to_vec(), b"{}\n".to_vec(), b"{}\n".to_vec()]);
+        let up: Upstream<Vec<u8>> = Arc::new(Mutex::new(Some(Vec::new())));
+        pump_server(chunks, &Mutex::new(Closed), &up, &Active::default());
+        assert!(lock(&up).is_none(), "Codex's input was not closed");
+    }
+}
