@@ -144,6 +144,7 @@ fn reconcile_home<A: IndexAccess>(
     // hands batches to this one through a small queue, so SQLite's single writer and the
     // head reads overlap.
     let mut vanished = Vec::new();
+    let mut bad: Vec<&Candidate> = Vec::new();
     std::thread::scope(|scope| -> Result<(), IndexError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Outcomes<'_>)>(2);
         let to_read = &to_read;
@@ -159,6 +160,12 @@ fn reconcile_home<A: IndexAccess>(
             }
         });
         for (n, outcomes) in rx {
+            bad.extend(
+                outcomes
+                    .iter()
+                    .filter(|(_, o)| o.as_ref().is_err_and(|b| b.kind != ProblemKind::Vanished))
+                    .map(|(c, _)| *c),
+            );
             let (files, problems, gone) = split_outcomes(outcomes);
             summary.read += files.len() as u64;
             summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
@@ -173,7 +180,83 @@ fn reconcile_home<A: IndexAccess>(
     summary.removed += gone.len() as u64;
     gone.extend(old_problems.into_iter().filter(|p| !seen.contains(p)));
     gone.extend(vanished);
-    index.with(|i| i.remove_paths(&gone)).map(drop)
+    // Files that were bad when read may have been half-written then (a `.zst` being made
+    // while its `.jsonl` still stood): read them again and write them with the removals, so
+    // a thread whose old file went is never left without the new one it had by then.
+    let again: Vec<_> = bad
+        .into_iter()
+        .map(|c| (c, rollout::inspect(&c.path, limits)))
+        .collect();
+    let (files, problems, vanished) = split_outcomes(again);
+    gone.extend(vanished);
+    // Only what is still gone: a file made again since the walk may be indexed already.
+    gone.retain(|p| std::fs::symlink_metadata(p).is_err());
+    let mut files = files;
+    files.extend(moved_during_walk(home, roots, index, limits, &gone)?);
+    index
+        .with(|i| {
+            i.apply(
+                "reconciling",
+                &crate::index::Batch {
+                    files,
+                    problems,
+                    removed: gone,
+                },
+            )
+        })
+        .map(drop)
+}
+
+/// The walk is no snapshot: a file archived, unarchived or moved with its day directory
+/// while it ran is seen at neither place. For each thread whose every row is about to be
+/// removed, look for its file once more, by the id in its name or by its identity (a rename
+/// keeps the inode), so it is seen to move rather than to go.
+fn moved_during_walk<A: IndexAccess>(
+    home: &Home,
+    roots: &[PathBuf],
+    index: &A,
+    limits: &HeadLimits,
+    gone: &[PathBuf],
+) -> Result<Vec<IndexedFile>, IndexError> {
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (threads, ids) = index.with(|i| -> Result<_, IndexError> {
+        let gone_set: HashSet<&PathBuf> = gone.iter().collect();
+        let mut threads = HashSet::new();
+        let mut ids = HashSet::new();
+        for p in gone {
+            let Some(row) = i.file_at(p)? else { continue };
+            let rows = i.files_for_thread(&row.head.thread_id)?;
+            if rows.iter().all(|r| gone_set.contains(&r.path)) {
+                ids.insert(row.stamp.id);
+                threads.insert(row.head.thread_id);
+            }
+        }
+        Ok((threads, ids))
+    })?;
+    if threads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (candidates, _) = discover(home, roots, &|_| true);
+    let outcomes: Vec<_> = candidates
+        .iter()
+        .filter(|c| {
+            let named = c
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(name::parse)
+                .is_some_and(|r| threads.contains(&r.thread_id.to_string()));
+            named || Stamp::of(&c.path).is_ok_and(|s| ids.contains(&s.id))
+        })
+        .map(|c| (c, rollout::inspect(&c.path, limits)))
+        .collect();
+    let (files, _, _) = split_outcomes(outcomes);
+    Ok(files
+        .into_iter()
+        .filter(|f| threads.contains(&f.head.thread_id))
+        .collect())
 }
 
 pub(crate) type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;

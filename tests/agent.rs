@@ -4,11 +4,14 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::agent::{eventually, request, Agent, Raw};
+use common::agent::{eventually, request, Agent, Raw, EVENT_DEADLINE};
+use common::sys::{as_nobody, root_or_skip, NOBODY};
 use common::{jpath, tid, Fixture, Rollout};
 use rolloutd::client::ClientError;
 use serde_json::{json, Value};
@@ -27,6 +30,81 @@ fn rpc_error(r: Result<Value, ClientError>) -> rolloutd::server::frame::RpcError
     match r {
         Err(ClientError::Rpc(e)) => e,
         other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// `index/status`'s count of full reconciles after the first.
+fn rescans(agent: &Agent) -> u64 {
+    agent.status()["rescans"].as_u64().expect("rescans")
+}
+
+/// A one-connection proxy in front of the agent's socket that reports when the agent
+/// confirmed a subscription (`"subscribed":true` went back to the client).
+struct Tap {
+    front: PathBuf,
+    subscribed: mpsc::Receiver<()>,
+    /// Both ends, once connected, to shut down at the end.
+    ends: Arc<std::sync::Mutex<Vec<UnixStream>>>,
+    proxy: std::thread::JoinHandle<()>,
+}
+
+impl Tap {
+    fn start(front: &Path, agent: &Path) -> Tap {
+        let listener = UnixListener::bind(front).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (tx, subscribed) = mpsc::channel();
+        let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (agent, held) = (agent.to_owned(), Arc::clone(&ends));
+        let accept = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let started = Instant::now();
+            let down = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(_) if started.elapsed() < EVENT_DEADLINE => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            };
+            down.set_nonblocking(false).unwrap();
+            let up = UnixStream::connect(&agent).unwrap();
+            held.lock()
+                .unwrap()
+                .extend([down.try_clone().unwrap(), up.try_clone().unwrap()]);
+            let (mut down_r, mut up_w) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            let forward = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down_r, &mut up_w);
+                let _ = up_w.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut up_r, mut down_w) = (std::io::BufReader::new(up), down);
+            let mut line = Vec::new();
+            // Ends when either side closes (the test shuts both down at the end).
+            while up_r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                if line.windows(17).any(|w| w == b"\"subscribed\":true") {
+                    let _ = tx.send(());
+                }
+                if down_w.write_all(&line).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+            let _ = forward.join();
+        });
+        Tap {
+            front: front.to_owned(),
+            subscribed,
+            ends,
+            proxy: accept,
+        }
+    }
+
+    /// Shuts both connections down and joins the proxy.
+    fn close(self) {
+        for s in self.ends.lock().unwrap().iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.proxy.join().unwrap();
     }
 }
 
@@ -131,26 +209,25 @@ fn wait_returns_when_the_rollout_appears_and_times_out_cleanly() {
     let agent = Agent::start(&fx);
     let r = rollout(3);
 
-    let waiter = {
-        let mut client = agent.client();
-        let id = r.id.clone();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let rec = client.call("thread/wait", json!({"threadId": id, "timeoutMs": 10_000}));
-            (rec, started.elapsed())
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
+    // The wait, then a status request, pipelined on one connection: requests are read in
+    // order, so the status answer coming back first shows the agent holds the wait.
+    let mut raw = Raw::connect(&agent.socket);
+    let mut batch = request(
+        1,
+        "thread/wait",
+        json!({"threadId": r.id, "timeoutMs": 10_000}),
+    );
+    batch.push_str(&request(2, "index/status", json!({})));
+    raw.send(batch.as_bytes()).unwrap();
+    let first: Value = serde_json::from_str(&raw.line().unwrap()).unwrap();
+    assert_eq!(first["id"], 2, "returned before the file existed: {first}");
     let written = Instant::now();
     let path = fx.place_active(&r);
-    let (rec, waited) = waiter.join().unwrap();
-    let rec = rec.expect("thread/wait");
-    assert_eq!(rec["threadId"], r.id.as_str());
+    let reply: Value = serde_json::from_str(&raw.line().unwrap()).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    let rec = &reply["result"];
+    assert_eq!(rec["threadId"], r.id.as_str(), "thread/wait: {reply}");
     assert_eq!(jpath(&rec["path"]), path);
-    assert!(
-        waited >= Duration::from_millis(300),
-        "returned before the file existed"
-    );
     println!(
         "thread/wait returned {:?} after the file appeared",
         written.elapsed()
@@ -260,9 +337,12 @@ fn sigterm_under_load_tears_no_response_and_removes_the_socket() {
     }
     let mut agent = Agent::start(&fx);
     let socket = agent.socket.clone();
+    // Clients that have had a batch answered: the load is on once all 8 have.
+    let loaded = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..8u64)
         .map(|c| {
             let socket = socket.clone();
+            let loaded = Arc::clone(&loaded);
             std::thread::spawn(move || {
                 let mut raw = Raw::connect(&socket);
                 let mut next = 0u64;
@@ -296,12 +376,17 @@ fn sigterm_under_load_tears_no_response_and_removes_the_socket() {
                             complete += 1;
                         }
                     }
+                    if next == 16 {
+                        loaded.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 complete
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    eventually("every client under load", || {
+        (loaded.load(Ordering::Relaxed) == 8).then_some(())
+    });
     let (status, took) = agent.stop();
     let answered: u64 = clients.into_iter().map(|h| h.join().unwrap()).sum();
     println!("SIGTERM under load: exit {status} after {took:?}, {answered} answers before it");
@@ -344,8 +429,7 @@ fn a_stale_socket_from_a_crashed_instance_is_replaced() {
 
 #[test]
 fn another_uid_is_refused_by_the_peer_check() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root to run a client as another uid");
+    if !root_or_skip("to run a client as another uid") {
         return;
     }
     let fx = Fixture::new();
@@ -361,17 +445,13 @@ fn another_uid_is_refused_by_the_peer_check() {
         .arg(&agent.socket)
         .arg("status");
     c.env_clear().env("HOME", "/");
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    as_nobody(&mut c);
     let out = common::Run::spawn(c, &["status", "(as uid 65534)"]);
     assert_eq!(out.code, 2, "{out:?}");
-    assert!(out.stderr.contains("peer uid 65534"), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("peer uid {NOBODY}")),
+        "{out:?}"
+    );
     // And the owner still gets in.
     assert_eq!(agent.status()["ready"], true);
 }
@@ -433,14 +513,23 @@ fn query_commands_ignore_an_agent_serving_other_homes() {
 #[test]
 fn the_watch_command_prints_notifications_as_json_lines() {
     let fx = Fixture::new();
-    let _agent = Agent::start(&fx);
+    let agent = Agent::start(&fx);
+    // The command talks to the agent through a tap that says when the agent confirmed the
+    // subscription: only changes after that reach the command.
+    let tap = Tap::start(&fx.root.join("tap.sock"), &agent.socket);
     let mut c = fx.cmd();
-    c.arg("watch").stdout(std::process::Stdio::piped());
+    c.arg("--socket")
+        .arg(&tap.front)
+        .arg("watch")
+        .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let r = rollout(7);
-    // The subscription is in place once the command has connected; give it a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    if let Err(e) = tap.subscribed.recv_timeout(EVENT_DEADLINE) {
+        child.kill().ok();
+        child.wait().ok();
+        panic!("the watch command did not subscribe: {e}");
+    }
     fx.place_active(&r);
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
@@ -453,6 +542,7 @@ fn the_watch_command_prints_notifications_as_json_lines() {
     }
     child.kill().ok();
     child.wait().ok();
+    tap.close();
     let line = reader.join().unwrap().expect("a notification line");
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["method"], "thread/materialized", "{v}");
@@ -523,12 +613,20 @@ fn watches_follow_a_home_deleted_and_recreated_and_a_retargeted_symlink() {
     let agent = Agent::start(&fx);
     let mut sub = agent.subscribe(None);
 
-    // The home goes away and comes back.
+    // The home goes away and comes back. Each time the watcher's root check sees the
+    // home change identity and re-establishes its watches with a full reconcile, which
+    // `rescans` counts.
     let real = fx.real_home();
+    let before = rescans(&agent);
     std::fs::remove_dir_all(&real).unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    eventually("the agent notices the home is gone", || {
+        (rescans(&agent) > before).then_some(())
+    });
+    let before = rescans(&agent);
     std::fs::create_dir_all(real.join("sessions")).unwrap();
-    std::thread::sleep(Duration::from_millis(700)); // the root fingerprint is checked every 500 ms
+    eventually("the agent notices the home is back", || {
+        (rescans(&agent) > before).then_some(())
+    });
     let r = rollout(9);
     fx.place_active(&r);
     sub.expect("thread/materialized", &r.id);
@@ -539,8 +637,11 @@ fn watches_follow_a_home_deleted_and_recreated_and_a_retargeted_symlink() {
     let link = fx.root.join("home/u");
     let tmp = fx.root.join("home/u.new");
     std::os::unix::fs::symlink("../mnt/users/v", &tmp).unwrap();
+    let before = rescans(&agent);
     std::fs::rename(&tmp, &link).unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    eventually("the agent follows the retargeted symlink", || {
+        (rescans(&agent) > before).then_some(())
+    });
     let r2 = rollout(10);
     let placed = fx.place_active(&r2);
     assert!(placed.starts_with(&fx.home));
@@ -624,9 +725,11 @@ fn start_with_env(fx: &Fixture, env: &[(&str, &str)]) -> Agent {
 fn an_idle_connection_is_closed_but_a_subscribed_one_is_kept() {
     let fx = Fixture::new();
     let agent = start_with_env(&fx, &[("ROLLOUTD_IDLE_TIMEOUT", "300ms")]);
-    let mut idle = Raw::connect(&agent.socket);
+    // The subscriber's last request comes before the idle connection opens, so once the
+    // idle one is closed (the read below waits for that), the subscriber has been idle
+    // past the timeout too.
     let mut sub = agent.subscribe(None);
-    std::thread::sleep(Duration::from_millis(900));
+    let mut idle = Raw::connect(&agent.socket);
     assert_eq!(
         idle.line().unwrap(),
         "",

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::agent::Agent;
+use common::sys::{prerequisite_missing, root_or_skip, Sysctl};
 use common::{tid, Fixture, Rollout};
 use rolloutd::identity::Stamp;
 use rolloutd::index::{Index, Journal};
@@ -40,7 +41,8 @@ fn burst(fx: &Fixture) {
 
 /// Every (path, stamp, thread) the index holds for the home.
 fn snapshot(index: &Path, home: &Path) -> Vec<(PathBuf, Stamp, String)> {
-    let index = Index::open(index, Journal::Wal).unwrap();
+    // Read-only: polled while the agent writes.
+    let index = Index::open_reader(index).unwrap();
     let mut rows: Vec<_> = index
         .stamps_under(home)
         .unwrap()
@@ -76,16 +78,23 @@ fn settle_and_compare(fx: &Fixture, agent: &Agent) {
         "indexed {BURST} files {:?} after the burst",
         started.elapsed()
     );
-    // Let the last events (if any) land.
-    std::thread::sleep(Duration::from_millis(300));
     let fresh = fx.root.join("fresh.sqlite");
     {
         let homes = rolloutd::identity::Homes::new(std::slice::from_ref(&fx.home), &[]);
         let index = Index::open(&fresh, Journal::Wal).unwrap();
         rolloutd::crawl::reconcile(&homes, &index, &Default::default(), &()).unwrap();
     }
-    let live = snapshot(&fx.index, &fx.real_home());
     let crawled = snapshot(&fresh, &fx.real_home());
+    // Every file has a row, but the last events (a file's final size) may still be on their
+    // way: wait, bounded, for the rows to match, then assert.
+    let settled = Instant::now();
+    let live = loop {
+        let live = snapshot(&fx.index, &fx.real_home());
+        if live == crawled || settled.elapsed() > Duration::from_secs(30) {
+            break live;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(live.len(), BURST as usize);
     assert!(live == crawled, "the live index differs from a fresh crawl");
 }
@@ -101,15 +110,6 @@ fn a_burst_of_20000_files_ends_equal_to_a_fresh_crawl() {
     settle_and_compare(&fx, &agent);
 }
 
-/// Restores the kernel setting however the test ends.
-struct Restore(String);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        let _ = std::fs::write(MAX_QUEUED, &self.0);
-    }
-}
-
 /// Resumes a stopped agent however the test ends.
 struct Continue(u32);
 
@@ -122,26 +122,22 @@ impl Drop for Continue {
 #[test]
 fn an_event_queue_overflow_triggers_a_full_reconcile_and_loses_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: lowering fs.inotify.max_queued_events needs root");
+    if !root_or_skip("lowering fs.inotify.max_queued_events") {
         return;
     }
-    let Ok(original) = std::fs::read_to_string(MAX_QUEUED) else {
-        println!("skipped: {MAX_QUEUED} is not readable here");
-        return;
-    };
     let fx = Fixture::new();
-    let agent = {
-        let restore = Restore(original.trim().to_owned());
-        if std::fs::write(MAX_QUEUED, "64").is_err() {
-            println!("skipped: {MAX_QUEUED} is read-only here (a container without sysctl rights)");
-            return;
-        }
+    let (agent, original) = {
+        let queue = match Sysctl::set(MAX_QUEUED, "64") {
+            Ok(q) => q,
+            // Read-only in a container without sysctl rights.
+            Err(why) => return prerequisite_missing(&format!("cannot lower the queue: {why}")),
+        };
         // The queue size is fixed when the agent creates its inotify instance, so the
         // setting is restored as soon as it is ready.
         let agent = Agent::start(&fx);
-        drop(restore);
-        agent
+        let original = queue.original().to_owned();
+        drop(queue);
+        (agent, original)
     };
     assert_eq!(
         std::fs::read_to_string(MAX_QUEUED).unwrap().trim(),

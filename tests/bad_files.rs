@@ -4,23 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::sys::{as_nobody, hand_state_to_nobody, is_root, mkfifo};
 use common::{jpath, padding, tid, Fixture, Lib, Rollout};
 use rolloutd::rollout::{BadFile, HeadLimits, ProblemKind};
 use serde_json::Value;
 
 const DAY: &str = "sessions/2026/11/21";
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
-    assert_eq!(rc, 0, "mkfifo {}", path.display());
-}
 
 /// A rollout name for thread `n` in the fixture day directory.
 fn bad_name(n: u32) -> PathBuf {
@@ -77,7 +70,7 @@ fn bad_home() -> BadHome {
 
     // A FIFO named like a rollout: opening it for reading would block forever.
     let fifo = fx.home.join(bad_name(0x11));
-    mkfifo(&fifo);
+    mkfifo(&fifo, 0o644);
     expected.push((fifo, "notRegularFile"));
 
     // Empty: Codex materializes a file with its first line, so zero bytes is broken.
@@ -395,27 +388,8 @@ fn a_file_that_vanishes_between_discovery_and_read_is_dropped_not_reported() {
 }
 
 /// Makes `path` and everything under it owned by `uid`.
-fn chown_tree(path: &Path, uid: u32) {
-    for entry in walkdir_simple(path) {
-        let c = CString::new(entry.as_os_str().as_bytes()).unwrap();
-        let rc = unsafe { libc::lchown(c.as_ptr(), uid, uid) };
-        assert_eq!(rc, 0, "chown {}", entry.display());
-    }
-}
-
-fn walkdir_simple(path: &Path) -> Vec<PathBuf> {
-    let mut out = vec![path.to_owned()];
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).unwrap() {
-            out.extend(walkdir_simple(&e.unwrap().path()));
-        }
-    }
-    out
-}
-
 #[test]
 fn permission_denied_is_reported_and_the_rest_still_resolves() {
-    const NOBODY: u32 = 65534;
     let fx = Fixture::new();
     let good = Rollout::new(&tid(0x50), "2026-11-21T10:00:00.000Z", "/w", "readable");
     let good_path = fx.write_active(&good);
@@ -423,26 +397,20 @@ fn permission_denied_is_reported_and_the_rest_still_resolves() {
     let secret_path = fx.write_active(&secret);
     std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(0o000)).unwrap();
 
-    let as_root = unsafe { libc::geteuid() } == 0;
+    let as_root = is_root();
     let run = |args: &[&std::ffi::OsStr]| {
         let mut c = fx.cmd();
         c.arg("--json").args(args);
         if as_root {
             // Root reads mode-000 files; run the binary as `nobody` so only that file is denied.
-            use std::os::unix::process::CommandExt;
-            c.uid(NOBODY).gid(NOBODY);
+            as_nobody(&mut c);
         }
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
         let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
         common::Run::spawn(c, &shown)
     };
     if as_root {
-        // The temp dir is 0700; let `nobody` traverse the home, and own the index and the
-        // HOME/XDG directories it is given.
-        std::fs::set_permissions(&fx.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(fx.index.parent().unwrap()).unwrap();
-        chown_tree(fx.index.parent().unwrap(), NOBODY);
-        chown_tree(&fx.root.join("user"), NOBODY);
+        hand_state_to_nobody(&fx);
     }
 
     let out = run(&["index".as_ref()]);

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::agent::{eventually, Agent};
+use common::sys::{as_nobody, hand_state_to_nobody, is_root, mkfifo, prerequisite_missing};
 use common::{jpath, tid, Fixture, Lib, Rollout};
 use rolloutd::codex_state::{self, ChangeStatus, Move, MoveOutcome, RepairOptions};
 use rolloutd::rollout::HeadLimits;
@@ -277,8 +277,7 @@ fn world() -> World {
     let fifo = real
         .join("sessions/2026/11/21")
         .join(rollout(6, 21).file_name());
-    let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo, 0o644);
     insert(&db, &tid(6), &fifo, 0, None);
     // 7 is archived on disk but not in its row; 8 the other way round.
     let r7 = rollout(7, 19);
@@ -726,40 +725,23 @@ fn a_delete_journal_database_is_audited_repaired_and_restored_in_place() {
     assert!(companions().is_empty(), "{:?}", companions());
 }
 
-const NOBODY: u32 = 65534;
-
 /// Runs `rolloutd --json <args>` as `nobody` when we are root (root ignores directory
 /// permissions), else as ourselves.
 fn run_unprivileged(fx: &Fixture, args: &[&str]) -> common::Run {
     let mut c = fx.cmd();
     c.arg("--json").args(args);
-    if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::process::CommandExt;
-        c.uid(NOBODY).gid(NOBODY);
+    if is_root() {
+        as_nobody(&mut c);
     }
     common::Run::spawn(c, args)
-}
-
-fn chown_tree(path: &Path, uid: u32) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, uid) }, 0);
-    if path.is_dir() && !path.is_symlink() {
-        for e in std::fs::read_dir(path).unwrap() {
-            chown_tree(&e.unwrap().path(), uid);
-        }
-    }
 }
 
 #[test]
 fn a_wal_database_in_a_read_only_directory_is_still_read() {
     let (fx, db) = small_world("wal");
-    let as_root = unsafe { libc::geteuid() } == 0;
+    let as_root = is_root();
     if as_root {
-        // nobody may traverse the temp dir and owns its index and HOME, not the Codex home.
-        std::fs::set_permissions(&fx.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(fx.index.parent().unwrap()).unwrap();
-        chown_tree(fx.index.parent().unwrap(), NOBODY);
-        chown_tree(&fx.root.join("user"), NOBODY);
+        hand_state_to_nobody(&fx);
     }
     std::fs::set_permissions(&fx.home, std::fs::Permissions::from_mode(0o555)).unwrap();
     let before = listing(&fx.home);
@@ -814,6 +796,9 @@ fn a_wal_database_in_a_read_only_directory_is_still_read() {
         );
         assert!(!codex_state::db::companion(&db, "-shm").exists());
         std::fs::remove_file(&wal).unwrap();
+    } else {
+        // Only root can put a -wal back into the read-only directory.
+        prerequisite_missing("needs root: a -wal without its -shm in a read-only directory");
     }
     assert_eq!(
         listing(&fx.home)
@@ -932,50 +917,6 @@ fn auto_repair_points_a_row_at_a_file_another_tool_archived_or_unarchived() {
     assert_eq!(row(&db, &r.id).unwrap().0, "/x/y.jsonl");
 }
 
-/// A running agent for `fx` (with its config), killed on drop.
-struct Agent {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(fx: &Fixture) -> Agent {
-        let socket = fx.root.join("user/run/agent.sock");
-        let mut c = fx.cmd();
-        c.arg("--socket").arg(&socket).arg("run");
-        c.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let child = c.spawn().unwrap();
-        let agent = Agent { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut client) = rolloutd::client::Client::connect(&agent.socket) {
-                if client
-                    .call("index/status", serde_json::json!({}))
-                    .is_ok_and(|s| s["ready"] == true)
-                {
-                    return agent;
-                }
-            }
-            assert!(Instant::now() < deadline, "agent did not get ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn call(&self, method: &str, params: Value) -> Result<Value, rolloutd::client::ClientError> {
-        rolloutd::client::Client::connect(&self.socket)
-            .unwrap()
-            .call(method, params)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn socket_audit_and_repair_and_auto_repair_of_a_move_by_another_tool() {
     let (mut fx, db) = small_world("wal");
@@ -1007,15 +948,10 @@ fn socket_audit_and_repair_and_auto_repair_of_a_move_by_another_tool() {
     let to_dir = fx.real_home().join("sessions/2026/11/21");
     std::fs::create_dir_all(&to_dir).unwrap();
     std::fs::rename(&from, to_dir.join(r1.file_name())).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let (path, at) = eventually("the row follows the move", || {
         let (path, archived, at) = row(&db, &tid(1)).unwrap();
-        if archived == 0 {
-            assert_eq!(PathBuf::from(path), to_dir.join(r1.file_name()));
-            assert_eq!(at, None);
-            break;
-        }
-        assert!(Instant::now() < deadline, "the row never followed the move");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (archived == 0).then_some((path, at))
+    });
+    assert_eq!(PathBuf::from(path), to_dir.join(r1.file_name()));
+    assert_eq!(at, None);
 }

@@ -6,8 +6,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::agent::Agent;
 use common::Fixture;
 use serde_json::json;
 
@@ -140,39 +140,14 @@ fn unknown_keys_and_bad_values_name_the_key_and_the_file() {
     assert!(out.stderr.contains("ROLLOUTD_WATCH_MODE"), "{}", out.stderr);
 }
 
-/// `rolloutd run` with the fixture, until `index/status` answers; returns its watcher.
+/// `rolloutd run` with the fixture until it is ready; returns the watcher `status` reports.
 /// The agent is killed and reaped on the way out, however the test ends.
 fn run_agent_watcher(fx: &Fixture, extra: &[&str]) -> serde_json::Value {
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut c = fx.cmd();
-    c.arg("run")
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut agent = Reap(c.spawn().unwrap());
-    poll_status(fx, &mut agent.0)
-}
-
-fn poll_status(fx: &Fixture, child: &mut std::process::Child) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "agent exited");
-        let out = fx.run(&["status"]);
-        if out.code == 0 && out.json["ready"] == json!(true) {
-            return out.json["watcher"].clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "agent never ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _agent = Agent::start_with(fx, extra);
+    let out = fx.run(&["status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["ready"], json!(true), "{out:?}");
+    out.json["watcher"].clone()
 }
 
 #[test]

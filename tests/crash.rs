@@ -102,6 +102,7 @@ fn sigkill_during_first_crawl_and_churn_loses_nothing() {
         } else {
             50 + rng.below(1000)
         };
+        // Not synchronisation: the kill lands at a random moment, which is the test.
         std::thread::sleep(Duration::from_millis(delay));
         agent.signal(libc::SIGKILL);
         agent

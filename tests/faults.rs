@@ -3,7 +3,8 @@
 //! back. The agent keeps answering correctly throughout, reports what it is doing in
 //! `index/status`, and recovers on its own.
 //!
-//! Needs root for the tmpfs mounts and the sysctl; each test says why it skips otherwise.
+//! Needs root for the tmpfs mounts and the sysctl; without, each test says why it skips
+//! (and fails under `CI=true`).
 //! The tests run one at a time: the watch limit is a system-wide setting.
 
 mod common;
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use common::agent::{eventually, Agent};
 use common::rel::{self, Latencies};
+use common::sys::{prerequisite_missing, Sysctl};
 use common::{tid, Fixture, Rollout};
 use rolloutd::index::Index;
 use serde_json::json;
@@ -78,26 +80,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `/proc/sys/...` set for the test and restored on drop.
-struct Sysctl {
-    path: &'static str,
-    old: String,
-}
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Result<Sysctl, String> {
-        let old = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        std::fs::write(path, value).map_err(|e| format!("{path}: {e}"))?;
-        Ok(Sysctl { path, old })
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.path, self.old.trim());
-    }
-}
-
 fn new_rollout(n: u32, title_len: usize) -> Rollout {
     Rollout::new(
         &tid(n),
@@ -125,10 +107,7 @@ fn index_disk_full_degrades_keeps_answering_and_recovers() {
     let state = fx.index.parent().unwrap().to_owned();
     let _tmpfs = match Tmpfs::mount(&state, "2m") {
         Ok(m) => m,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+        Err(why) => return prerequisite_missing(&why),
     };
     let old: Vec<_> = (0..20)
         .map(|n| fx.write_active(&new_rollout(n, 10)))
@@ -230,8 +209,7 @@ fn watch_limit_reached_falls_back_to_polling_and_says_so() {
     let limit = match Sysctl::set("/proc/sys/fs/inotify/max_user_watches", "1") {
         Ok(g) => g,
         Err(why) => {
-            eprintln!("skipped: cannot lower the inotify watch limit: {why}");
-            return;
+            return prerequisite_missing(&format!("cannot lower the inotify watch limit: {why}"))
         }
     };
     let mut agent = Agent::spawn(&fx, &[]);
@@ -315,10 +293,7 @@ fn home_unmounted_then_mounted_again_is_followed() {
     let fx = Fixture::new();
     let mount = match Tmpfs::mount(&fx.home, "16m") {
         Ok(m) => m,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+        Err(why) => return prerequisite_missing(&why),
     };
     std::fs::create_dir_all(fx.home.join("sessions")).unwrap();
     std::fs::create_dir_all(fx.home.join("archived_sessions")).unwrap();

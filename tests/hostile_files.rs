@@ -9,12 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,20 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::agent::{eventually, request, Agent};
 use common::rel::{Latencies, Rng};
+use common::sys::{as_nobody, chown_tree, mkfifo, root_or_skip, NOBODY};
 use common::{tid, Fixture, Rollout};
 use serde_json::{json, Value};
 
 const DAY: &str = "sessions/2026/07/08";
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
-        0,
-        "mkfifo {}",
-        path.display()
-    );
-}
 
 fn name(n: u32) -> String {
     format!("rollout-2026-07-08T10-00-00-{}.jsonl", tid(n))
@@ -82,6 +70,7 @@ impl Resolver {
                 lat.0.push(t.elapsed());
                 assert_eq!(r["threadId"], tid(i % good));
                 i += 1;
+                // Pacing, not synchronisation: a steady client beside the file storms.
                 std::thread::sleep(Duration::from_millis(1));
             }
             lat
@@ -133,7 +122,7 @@ fn hostile_files_are_classified_while_resolves_keep_answering() {
     let started = Instant::now();
 
     let fifo = day.join(name(100));
-    mkfifo(&fifo);
+    mkfifo(&fifo, 0o644);
     expected.push((fifo, &["notRegularFile"]));
 
     let looped = day.join(name(101));
@@ -200,7 +189,7 @@ fn hostile_files_are_classified_while_resolves_keep_answering() {
             std::fs::write(&file, &good).unwrap();
             std::fs::rename(&file, &swapped).unwrap();
             let fifo = staging.join("fifo");
-            mkfifo(&fifo);
+            mkfifo(&fifo, 0o644);
             std::fs::rename(&fifo, &swapped).unwrap();
             n += 2;
         }
@@ -288,9 +277,7 @@ fn call_as(socket: &Path, uid: u32, method: &str, params: Value) -> Option<Value
 
 #[test]
 fn unreadable_file_and_directory_are_classified_by_an_unprivileged_agent() {
-    const NOBODY: u32 = 65534;
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the agent as uid {NOBODY}");
+    if !root_or_skip(&format!("to run the agent as uid {NOBODY}")) {
         return;
     }
     let fx = Fixture::new();
@@ -303,28 +290,12 @@ fn unreadable_file_and_directory_are_classified_by_an_unprivileged_agent() {
         ));
     }
     std::fs::create_dir_all(fx.index.parent().unwrap()).unwrap();
-    for e in walkdir::WalkDir::new(&fx.root)
-        .into_iter()
-        .filter_map(Result::ok)
-    {
-        let c = CString::new(e.path().as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::lchown(c.as_ptr(), NOBODY, NOBODY) }, 0);
-    }
+    chown_tree(&fx.root, NOBODY);
     let mut c = fx.cmd();
     c.arg("run");
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setgid(NOBODY) != 0 || libc::setuid(NOBODY) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
-    eventually("the unprivileged agent is ready", || {
-        call_as(&fx.socket(), NOBODY, "index/status", json!({}))
-            .filter(|v| v["result"]["ready"] == true)
-    });
+    as_nobody(&mut c);
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
     let day = fx.home.join(DAY);
     std::fs::create_dir_all(&day).unwrap();
     // Root-owned, 0600: unreadable by the agent.

@@ -12,9 +12,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::agent::Agent;
+use common::sys::{chown_tree, is_root, mkfifo, prerequisite_missing, NOBODY};
 use common::{tid, Fixture, Rollout, Run};
 use serde_json::json;
 
@@ -72,10 +72,9 @@ fn unsafe_runtime_directories_and_socket_paths_are_refused_by_name() {
         d
     };
     // Another user's directory (when root can make one).
-    if unsafe { libc::getuid() } == 0 {
+    if is_root() {
         let d = make("other", 0o700);
-        let c = CString::new(d.as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+        chown_tree(&d, NOBODY);
         refused(
             &fx,
             &d.join("s.sock"),
@@ -83,7 +82,7 @@ fn unsafe_runtime_directories_and_socket_paths_are_refused_by_name() {
             "directory owned by another user",
         );
     } else {
-        eprintln!("skipped: a directory owned by another user needs root to make");
+        prerequisite_missing("needs root: a directory owned by another user");
     }
     let d = make("world", 0o777);
     refused(&fx, &d.join("s.sock"), &d, "world-writable directory");
@@ -158,8 +157,7 @@ fn path_queries_never_open_files_outside_the_homes() {
     std::fs::write(&secret, b"root:x:0:0\n").unwrap();
     let fifo =
         outside.join("rollout-2026-02-03T04-05-06-01a20009-4aab-7f60-bd31-000000000009.jsonl");
-    let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo, 0o600);
     // A rollout-named symlink inside sessions/ pointing at each.
     let day = fx.home.join("sessions/2026/02/03");
     std::os::unix::fs::symlink(
@@ -227,7 +225,8 @@ fn path_queries_never_open_files_outside_the_homes() {
         .filter(|p| p["reason"] == "outsideHome" || p["kind"] == "outsideHome")
         .count();
     assert_eq!(outside_home, 2, "{problems:#}");
-    std::thread::sleep(Duration::from_millis(100));
+    // No wait needed: IN_OPEN and IN_ACCESS are queued inside open(2) and read(2), so any
+    // made for the answers above are queued by now.
     assert_eq!(
         opens.pending(),
         0,
@@ -289,19 +288,7 @@ fn requests_write_nothing_but_the_index_and_the_socket() {
         "/".into(),
     ];
     let mut calls = 0;
-    for method in [
-        "thread/resolve",
-        "thread/checkResume",
-        "thread/list",
-        "thread/wait",
-        "path/resolve",
-        "path/same",
-        "index/status",
-        "index/rescan",
-        "index/problems",
-        "codex/audit",
-        "codex/repair",
-    ] {
+    for method in common::METHODS {
         for p in &paths {
             let params = json!({
                 "threadId": tid(1), "path": p, "a": p, "b": home, "timeoutMs": 1,

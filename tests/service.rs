@@ -4,107 +4,26 @@
 
 mod common;
 
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
+use common::agent::{Agent, READY_DEADLINE};
+use common::sys::{prerequisite_missing, which};
 use common::{tid, Fixture, Rollout};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rolloutd");
-/// Longest the agent may take to come up or go down in these tests.
+/// Longest the agent may take to go down in these tests.
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A spawned agent, killed and reaped however the test ends.
-struct Agent {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Agent {
-    fn spawn(mut c: Command, stderr: PathBuf) -> Agent {
-        let log = std::fs::File::create(&stderr).unwrap();
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        Agent {
-            child: c.spawn().expect("spawning rolloutd run"),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit.
-    fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < AGENT_DEADLINE,
-                "agent did not stop after SIGTERM; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("agent exited early ({status}); stderr:\n{}", self.stderr());
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One JSON-RPC call over `socket`, bounded in time.
-fn call(socket: &Path, method: &str, params: Value) -> Result<Value, String> {
-    use std::io::{BufRead, Write};
-    let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    std::io::BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
-    v.get("result").cloned().ok_or_else(|| v.to_string())
-}
-
-/// Waits until the agent on `socket` answers `index/status` with ready = true.
-fn wait_ready(agent: &mut Agent, socket: &Path) -> Value {
-    let started = Instant::now();
-    loop {
-        agent.assert_running();
-        if let Ok(status) = call(socket, "index/status", json!({})) {
-            if status["ready"] == json!(true) {
-                return status;
-            }
-        }
-        assert!(
-            started.elapsed() < AGENT_DEADLINE,
-            "agent not ready on {}; stderr:\n{}",
-            socket.display(),
-            agent.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// SIGTERM, then the exit status (waited for at most [`AGENT_DEADLINE`]).
+fn terminate(agent: &mut Agent) -> ExitStatus {
+    agent.signal(libc::SIGTERM);
+    agent
+        .wait_exit(AGENT_DEADLINE)
+        .unwrap_or_else(|| panic!("agent did not stop after SIGTERM; log:\n{}", agent.log()))
 }
 
 /// A fixture home holding `n` small rollouts.
@@ -132,42 +51,19 @@ fn in_home(home: &Path, args: &[&str]) -> common::Run {
 #[test]
 fn readiness_after_first_reconcile_then_watchdog_and_stopping() {
     let fx = fixture_with(5);
-    let notify_path = fx.root.join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let socket = fx.root.join("user/run/rolloutd/rolloutd.sock");
     let mut c = fx.cmd();
-    c.env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000")
+    c.env("WATCHDOG_USEC", "400000")
         .env("JOURNAL_STREAM", "8:12345")
         .arg("run");
-    let mut agent = Agent::spawn(c, fx.root.join("agent.log"));
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
 
-    let mut seen: Vec<(Instant, String)> = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut recv_until = |seen: &mut Vec<(Instant, String)>, agent: &mut Agent, want: &str| {
-        let started = Instant::now();
-        while !seen.iter().any(|(_, m)| m.lines().any(|l| l == want)) {
-            agent.assert_running();
-            assert!(
-                started.elapsed() < AGENT_DEADLINE,
-                "no {want} within {AGENT_DEADLINE:?}; got {:?}; stderr:\n{}",
-                seen.iter().map(|(_, m)| m).collect::<Vec<_>>(),
-                agent.stderr()
-            );
-            if let Ok(n) = notify.recv(&mut buf) {
-                seen.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into()));
-            }
-        }
-    };
-    recv_until(&mut seen, &mut agent, "READY=1");
+    agent.expect_note("READY=1", READY_DEADLINE);
+    let seen = &agent.notes;
     let ready_at = seen
         .iter()
-        .position(|(_, m)| m.lines().any(|l| l == "READY=1"))
+        .position(|m| m.lines().any(|l| l == "READY=1"))
         .unwrap();
-    let ready_msg = seen[ready_at].1.clone();
+    let ready_msg = seen[ready_at].clone();
     // The index did not exist before this run, so counts of the fixture in the READY
     // datagram mean the first reconcile had finished when READY=1 was sent.
     assert!(
@@ -177,40 +73,35 @@ fn readiness_after_first_reconcile_then_watchdog_and_stopping() {
     assert!(
         seen[..ready_at]
             .iter()
-            .any(|(_, m)| m.contains("STATUS=indexing")),
+            .any(|m| m.contains("STATUS=indexing")),
         "a STATUS line precedes READY: {seen:?}"
     );
     // The agent agrees it is ready and indexed, as soon as READY=1 arrived.
-    let status = call(&socket, "index/status", json!({})).unwrap();
+    let status = agent.status();
     assert_eq!(status["ready"], json!(true));
     assert_eq!(status["counts"]["threads"], json!(5));
 
-    // WATCHDOG_USEC=400ms: pings every ~200ms.
-    let before = seen.len();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(1500) {
-        if let Ok(n) = notify.recv(&mut buf) {
-            seen.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into()));
-        }
-    }
-    let pings = seen[before..]
+    // WATCHDOG_USEC=400ms: pings every ~200ms, counted over a window (the pings are what
+    // is measured, so this wait is part of the test).
+    let before = agent.notes.len();
+    agent.collect_notes(Duration::from_millis(1500));
+    let pings = agent.notes[before..]
         .iter()
-        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .filter(|m| m.contains("WATCHDOG=1"))
         .count();
     assert!((3..=12).contains(&pings), "{pings} watchdog pings in 1.5 s");
 
-    let status = agent.terminate();
-    assert!(status.success(), "{status}; stderr:\n{}", agent.stderr());
-    while let Ok(n) = notify.recv(&mut buf) {
-        seen.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into()));
-    }
+    let status = terminate(&mut agent);
+    assert!(status.success(), "{status}; stderr:\n{}", agent.log());
+    agent.drain_notes();
     assert!(
-        seen.iter().any(|(_, m)| m.contains("STOPPING=1")),
-        "{seen:?}"
+        agent.notes.iter().any(|m| m.contains("STOPPING=1")),
+        "{:?}",
+        agent.notes
     );
 
     // JOURNAL_STREAM: no timestamps, no colour (journald adds its own).
-    let log = agent.stderr();
+    let log = agent.log();
     let first = log.lines().next().unwrap_or_default();
     assert!(first.trim_start().starts_with("INFO"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log}");
@@ -260,12 +151,14 @@ fn socket_activation_serves_the_passed_socket_and_keeps_it() {
             Ok(())
         });
     }
-    let mut agent = Agent::spawn(c, fx.root.join("agent.log"));
-
-    let status = wait_ready(&mut agent, &activated);
+    let mut agent = Agent::spawn_command(c, activated.clone(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    let status = agent.status();
     assert_eq!(status["counts"]["threads"], json!(3));
     assert_eq!(status["pid"], json!(agent.pid()));
-    let record = call(&activated, "thread/resolve", json!({"threadId": tid(1)})).unwrap();
+    let record = agent
+        .call("thread/resolve", json!({"threadId": tid(1)}))
+        .unwrap();
     assert_eq!(record["threadId"], json!(tid(1)));
     // The CLI reaches it too.
     let out = fx.run_os(&[
@@ -279,14 +172,14 @@ fn socket_activation_serves_the_passed_socket_and_keeps_it() {
         "the agent made its own socket"
     );
 
-    let exit = agent.terminate();
-    assert!(exit.success(), "{exit}; stderr:\n{}", agent.stderr());
+    let exit = terminate(&mut agent);
+    assert!(exit.success(), "{exit}; stderr:\n{}", agent.log());
     assert!(
         std::fs::symlink_metadata(&activated).is_ok(),
         "the passed socket was unlinked at exit"
     );
     assert!(!own.parent().unwrap().exists());
-    assert!(agent.stderr().contains("service manager passed"));
+    assert!(agent.log().contains("service manager passed"));
 }
 
 #[test]
@@ -453,8 +346,9 @@ fn install_status_uninstall_against_stand_in_systemctl() {
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let Some(analyze) = which("systemd-analyze") else {
-        eprintln!("SKIPPED: systemd-analyze is not installed (.ci/run installs Debian's systemd)");
-        return;
+        return prerequisite_missing(
+            "systemd-analyze is not installed (.ci/run installs Debian's systemd)",
+        );
     };
     let dir = tempfile::tempdir().unwrap();
     let home = dunce::canonicalize(dir.path()).unwrap();
@@ -510,8 +404,9 @@ fn units_pass_systemd_analyze_verify() {
     if text.contains("Failed to initialize manager")
         || text.contains("Failed to lookup RuntimeDirectory")
     {
-        eprintln!("SKIPPED: systemd-analyze cannot start a user manager here: {text}");
-        return;
+        return prerequisite_missing(&format!(
+            "systemd-analyze cannot start a user manager here: {text}"
+        ));
     }
     // verify exits 0 on some warnings (a bad key is "ignoring"), so any mention of our
     // units fails the test too.
@@ -547,12 +442,6 @@ fn units_pass_systemd_analyze_verify() {
     }
     let socket = std::fs::read_to_string(repo.join("rolloutd.socket")).unwrap();
     assert!(socket.contains("ListenStream=%t/rolloutd/rolloutd.sock"));
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 #[test]

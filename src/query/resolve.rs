@@ -57,22 +57,25 @@ impl Queries<'_> {
 
     /// The preferred file of `thread_id`, each row checked against its file; rows that went
     /// stale are repaired, and a miss falls back to a walk of the homes.
+    ///
+    /// Rows whose file is gone are dropped last, after the walk: a file another tool moved
+    /// (an archive) is then indexed at its new place while the old row still stands, and
+    /// the index sees one move, never a removal and a new thread.
     fn verified_thread(&self, thread_id: &str) -> Result<IndexedFile, QueryError> {
         let rows = self.index.files_for_thread(thread_id)?;
         let had_rows = !rows.is_empty();
-        if let Some(file) = self.first_verified(rows, thread_id)? {
-            return Ok(file);
+        let mut gone = Vec::new();
+        let mut found = self.first_verified(rows, thread_id, &mut gone)?;
+        if found.is_none() {
+            found = self
+                .walk_for(thread_id)?
+                .into_iter()
+                .find(|f| f.head.thread_id == thread_id);
         }
-        if let Some(file) = self
-            .walk_for(thread_id)?
-            .into_iter()
-            .find(|f| f.head.thread_id == thread_id)
-        {
-            return Ok(file);
-        }
-        if had_rows {
+        if found.is_none() && had_rows {
             // The thread's file was renamed to a name without its id (or swapped with
-            // another thread's): only a full reconcile can find it by content.
+            // another thread's): only a full reconcile can find it by content. It also
+            // drops the rows of files that are gone, after indexing where they went.
             // A degraded index cannot take the reconcile's writes; the walk above already
             // looked on disk, so the answer stands.
             if let Err(e) = crawl::reconcile(self.homes, self.index, &self.limits, &()) {
@@ -81,9 +84,19 @@ impl Queries<'_> {
                 }
             }
             let rows = self.index.files_for_thread(thread_id)?;
-            if let Some(file) = self.first_verified(rows, thread_id)? {
-                return Ok(file);
+            found = self.first_verified(rows, thread_id, &mut gone)?;
+        }
+        if !gone.is_empty() {
+            self.index
+                .require_writer("dropping rows of files that are gone")?;
+            if let Err(e) = self.index.remove_paths(&gone) {
+                if !crate::index::is_resource_failure(&e) {
+                    return Err(e.into());
+                }
             }
+        }
+        if let Some(file) = found {
+            return Ok(file);
         }
         Err(QueryError::NotFound {
             thread_id: thread_id.to_owned(),
@@ -94,10 +107,11 @@ impl Queries<'_> {
         &self,
         mut rows: Vec<IndexedFile>,
         thread_id: &str,
+        gone: &mut Vec<PathBuf>,
     ) -> Result<Option<IndexedFile>, QueryError> {
         rows.sort_by(super::preference);
         for row in rows {
-            if let Some(file) = self.verify(row)? {
+            if let Some(file) = self.verify(row, gone)? {
                 if file.head.thread_id == thread_id {
                     return Ok(Some(file));
                 }
@@ -107,10 +121,19 @@ impl Queries<'_> {
     }
 
     /// Checks a row against its file: unchanged stamp → the row; changed → re-read and
-    /// rewritten; gone or bad → removed or recorded, `None`.
-    fn verify(&self, row: IndexedFile) -> Result<Option<IndexedFile>, QueryError> {
+    /// rewritten; bad → recorded, `None`; gone → its path added to `gone` for the caller
+    /// to drop, `None`.
+    fn verify(
+        &self,
+        row: IndexedFile,
+        gone: &mut Vec<PathBuf>,
+    ) -> Result<Option<IndexedFile>, QueryError> {
         match Stamp::of(&row.path) {
             Ok(now) if now.unchanged(&row.stamp) => return Ok(Some(row)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                gone.push(row.path);
+                return Ok(None);
+            }
             _ => {}
         }
         let candidate = Candidate {

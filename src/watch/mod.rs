@@ -259,6 +259,7 @@ impl Watch {
         let mut settle = Settle::new(self.opts.settle);
         let mut next_root_check = Instant::now() + ROOT_CHECK;
         let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
+        let mut rewatch = false;
         while !self.shared.shutdown.is_triggered() {
             let rescan_at = self
                 .rescan_pending
@@ -280,6 +281,7 @@ impl Watch {
                     if event.need_rescan() {
                         self.request_rescan("the kernel event queue overflowed");
                     } else if changes_content(&event.kind) {
+                        rewatch |= moved_directory(&event);
                         settle.push(Instant::now(), event.paths);
                     }
                 }
@@ -302,6 +304,12 @@ impl Watch {
                 self.shared
                     .last_lag_ms
                     .store(first.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if rewatch {
+                    // inotify's watches follow a moved directory's inode but report its
+                    // old path: watch afresh (and reconcile what moved meanwhile).
+                    tracing::info!("a directory was moved inside a home; re-establishing watches");
+                    return;
+                }
             }
             let due = self.recheck.take_due(now);
             if !due.is_empty() {
@@ -452,6 +460,15 @@ impl Watch {
             }
         }
     }
+}
+
+/// True for the arriving half of a rename whose path is a directory now.
+fn moved_directory(event: &notify::Event) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        event.kind,
+        notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    ) && event.paths.last().is_some_and(|p| p.is_dir())
 }
 
 /// Opening or reading a file or a directory (a `find`, a backup, our own head reads)

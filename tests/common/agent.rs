@@ -1,8 +1,9 @@
 //! A real agent for integration tests: `rolloutd run` spawned from the built binary on a
-//! fixture's home, its log captured in the fixture, and killed and reaped on drop.
+//! fixture's home, ready when it says `READY=1` over sd_notify, its log captured in the
+//! fixture, and killed and reaped on drop. This is the one way the tests start an agent.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -43,11 +44,20 @@ impl Fixture {
     }
 }
 
-/// A running `rolloutd run`.
+/// A running `rolloutd run`, killed and reaped on drop.
+///
+/// It is spawned with `NOTIFY_SOCKET` naming a datagram socket of the test's, as systemd
+/// would, and is ready when it sends `READY=1` there (after its first reconcile); no test
+/// polls the agent's socket to find out.
 pub struct Agent {
     child: Option<Child>,
     pub socket: PathBuf,
     pub log: PathBuf,
+    notify: UnixDatagram,
+    /// Every sd_notify datagram received so far, in order.
+    pub notes: Vec<String>,
+    // Removed after the agent is reaped (fields drop after `Drop::drop`).
+    _notify_dir: tempfile::TempDir,
 }
 
 impl Agent {
@@ -74,19 +84,40 @@ impl Agent {
         Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"))
     }
 
-    /// Spawns a prepared `run` command, logging to `log`.
+    /// Spawns a prepared `run` command serving `socket`, its stderr appended to `log`, its
+    /// `NOTIFY_SOCKET` set to a socket of ours.
     pub fn spawn_command(mut c: std::process::Command, socket: PathBuf, log: PathBuf) -> Agent {
+        let notify_dir = tempfile::Builder::new()
+            .prefix("rolloutd-notify-")
+            .tempdir()
+            .unwrap();
+        let notify_path = notify_dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        // An agent run as another uid must be able to send too: the directory can be
+        // traversed (not listed), the socket written, by anyone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(notify_dir.path(), std::fs::Permissions::from_mode(0o711))
+            .unwrap();
+        std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o622)).unwrap();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        c.stdout(Stdio::null()).stderr(log_file);
+        c.env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(log_file);
         let child = c.spawn().expect("spawning rolloutd run");
         Agent {
             child: Some(child),
             socket,
             log,
+            notify,
+            notes: Vec::new(),
+            _notify_dir: notify_dir,
         }
     }
 
@@ -99,26 +130,71 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until `index/status` says ready; panics with the log if the agent exits or the
-    /// deadline passes.
+    /// Waits for `READY=1` (the first reconcile is done); panics with the log if the agent
+    /// exits or [`READY_DEADLINE`] passes.
     pub fn wait_ready(&mut self) {
+        self.expect_note("READY=1", READY_DEADLINE);
+    }
+
+    /// Waits until a notify datagram holds the line `line` (or one already did), at most
+    /// `limit`; panics with the datagrams and the log if the agent exits first or the
+    /// time runs out.
+    pub fn expect_note(&mut self, line: &str, limit: Duration) {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.try_exit() {
-                panic!("agent exited ({status}) before ready; log:\n{}", self.log());
+            if self.notes.iter().any(|m| m.lines().any(|l| l == line)) {
+                return;
             }
-            if let Ok(s) = self.call("index/status", json!({})) {
-                if s["ready"] == true {
-                    return;
-                }
-            }
-            if started.elapsed() > READY_DEADLINE {
+            if started.elapsed() > limit {
                 panic!(
-                    "agent not ready within {READY_DEADLINE:?}; log:\n{}",
+                    "no {line} from the agent within {limit:?}; notes {:?}; log:\n{}",
+                    self.notes,
                     self.log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let exited = self.try_exit();
+            // A datagram sent just before the exit is still queued: read it first.
+            if !self.recv_note() {
+                if let Some(status) = exited {
+                    panic!(
+                        "agent exited ({status}) before {line}; notes {:?}; log:\n{}",
+                        self.notes,
+                        self.log()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Receives one notify datagram into [`Agent::notes`], waiting at most 100 ms; false
+    /// when none came.
+    pub fn recv_note(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        match self.notify.recv(&mut buf) {
+            Ok(n) => {
+                self.notes
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Receives notify datagrams for all of `window` (to count periodic ones).
+    pub fn collect_notes(&mut self, window: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < window {
+            self.recv_note();
+        }
+    }
+
+    /// Receives the notify datagrams already queued (after the agent exited, say).
+    pub fn drain_notes(&mut self) {
+        // Bounded: a queue holds at most a few hundred datagrams.
+        for _ in 0..10_000 {
+            if !self.recv_note() {
+                break;
+            }
         }
     }
 
@@ -132,8 +208,7 @@ impl Agent {
 
     /// One call on a fresh connection.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let client = Client::connect(&self.socket)?;
-        let mut client = client;
+        let mut client = Client::connect(&self.socket)?;
         client.set_read_timeout(Some(EVENT_DEADLINE))?;
         client.call(method, params)
     }
@@ -160,6 +235,7 @@ impl Agent {
 
     /// Sends `signal` to the agent.
     pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child, not yet reaped (it is reaped on drop).
         let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
     }
@@ -304,14 +380,19 @@ pub fn request(id: u64, method: &str, params: Value) -> String {
 }
 
 /// Polls `f` until it returns `Some`, at most [`EVENT_DEADLINE`].
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, EVENT_DEADLINE, f)
+}
+
+/// Polls `f` (every 20 ms) until it returns `Some`; panics naming `what` after `limit`.
+pub fn eventually_within<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        if started.elapsed() > EVENT_DEADLINE {
-            panic!("{what}: not within {EVENT_DEADLINE:?}");
+        if started.elapsed() > limit {
+            panic!("{what}: not within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

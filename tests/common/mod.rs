@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod rel;
+pub mod sys;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,25 @@ use serde_json::{json, Value};
 /// Length of the `base_instructions.text` placeholder in the 0.169 samples; it makes the
 /// `session_meta` line about 21 KB, as Codex writes it.
 pub const BASE_INSTRUCTIONS_LEN: usize = 20_751;
+
+/// Every request method the agent answers (`docs/protocol.md`), `subscribe` and
+/// `unsubscribe` aside.
+pub const METHODS: &[&str] = &[
+    "thread/resolve",
+    "thread/checkResume",
+    "thread/list",
+    "thread/wait",
+    "path/resolve",
+    "path/same",
+    "index/status",
+    "index/rescan",
+    "index/problems",
+    "codex/audit",
+    "codex/repair",
+];
+
+/// The methods that change what a connection receives rather than ask a question.
+pub const SUBSCRIPTION_METHODS: &[&str] = &["subscribe", "unsubscribe"];
 
 /// A thread id in the UUIDv7 shape Codex 0.169 uses, distinct per `n`, with a distinct
 /// first 8 characters per `n` (so 8-char prefixes are unique).
@@ -427,6 +447,15 @@ impl Fixture {
             .env_remove("ROLLOUTD_INDEX")
             .env_remove("CODEX_SQLITE_HOME")
             .env_remove("RUST_LOG")
+            .env_remove("ROLLOUTD_SOCKET")
+            // A test run under a service manager must not hand its sockets and watchdog to
+            // the binary; tests that want them set them again.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM")
             .env("HOME", &user)
             .env("XDG_CONFIG_HOME", user.join(".config"))
             .env("XDG_STATE_HOME", user.join(".local/state"))

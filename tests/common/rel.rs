@@ -252,6 +252,7 @@ fn churn(
         let done = ops.load(Ordering::Relaxed);
         let due = started + interval * (done as u32);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            // Pacing the churn at `rate`, not synchronisation.
             std::thread::sleep(wait);
         }
         let op = if live.len() < 10 { 0 } else { rng.below(10) };
