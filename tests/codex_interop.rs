@@ -600,3 +600,54 @@ fn rolloutds_head_parse_agrees_with_codexs_rows_for_every_kind_of_rollout() {
         assert_eq!(rec["archived"], row.archived, "{id}");
     }
 }
+
+/// Issue 13, item 7, against the real Codex: rows in Codex's own (symlinked) spelling are
+/// healthy, and the row Codex rewrites to the realpath after a resume through it is only
+/// information, with advice that fits an unset `CODEX_HOME`.
+#[test]
+fn codex_audit_takes_codexs_spelling_as_healthy_and_its_realpath_rewrite_as_information() {
+    let Some(codex) = codex_bin() else { return };
+    let w = World::new(codex);
+    let (kept, _) = w.exec("stays as Codex wrote it");
+    let (resumed, _) = w.exec("resumed through the realpath");
+    assert!(w.row(&kept).rollout_path.starts_with(&w.home));
+    let real_path = dunce::canonicalize(w.row(&resumed).rollout_path).unwrap();
+    {
+        let mut app = AppServer::start(&w);
+        app.request(
+            "thread/resume",
+            json!({"threadId": resumed, "path": real_path}),
+        );
+        app.request(
+            "turn/start",
+            json!({"threadId": resumed, "input": [{"type": "text", "text": "again"}]}),
+        );
+        app.until(|m| m["method"] == "turn/completed");
+    }
+    assert_eq!(
+        w.row(&resumed).rollout_path,
+        real_path,
+        "Codex rewrote the row to the spelling it was resumed with"
+    );
+
+    let (code, audit) = w.rolloutd(&["codex", "audit"]);
+    assert_eq!(code, 0, "no error: {audit:#}");
+    let of = |id: &str| -> Vec<Value> {
+        audit["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["row"]["threadId"] == id || f["threadId"] == id)
+            .cloned()
+            .collect()
+    };
+    assert!(of(&kept).is_empty(), "Codex's own spelling: {audit:#}");
+    let found = of(&resumed);
+    assert_eq!(found.len(), 1, "{audit:#}");
+    assert_eq!(found[0]["kind"], "rowAliasSpelling");
+    assert_eq!(found[0]["severity"], "info");
+    assert!(!found[0]["fix"]["why"]
+        .as_str()
+        .unwrap()
+        .contains("CODEX_HOME"));
+}
