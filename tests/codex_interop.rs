@@ -651,3 +651,37 @@ fn codex_audit_takes_codexs_spelling_as_healthy_and_its_realpath_rewrite_as_info
         .unwrap()
         .contains("CODEX_HOME"));
 }
+
+/// Issue 13, item 13, against the real Codex: a started thread with no turn has no rollout,
+/// and `check-resume` says so in the words `wait` uses (Codex writes it at `turn/start`).
+#[test]
+fn check_resume_and_wait_tell_one_story_about_when_codex_writes_a_rollout() {
+    let Some(codex) = codex_bin() else { return };
+    let w = World::new(codex);
+    let mut app = AppServer::start(&w);
+    let started = app.request("thread/start", json!({}));
+    let id = started["thread"]["id"].as_str().unwrap().to_owned();
+    let path = started["thread"]["path"].as_str().unwrap().to_owned();
+    let story = "when its first turn starts (turn/start), before the turn completes";
+
+    let (code, answer) = w.rolloutd(&["check-resume", &id, &path]);
+    assert_eq!(code, 1, "{answer:#}");
+    assert_eq!(answer["reason"], "notMaterialized", "{answer:#}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains(story),
+        "{answer:#}"
+    );
+    let waited = w.call("thread/wait", json!({"threadId": id, "timeoutMs": 10}));
+    match waited {
+        Err(ClientError::Rpc(e)) => assert!(e.message.contains(story), "{e:?}"),
+        other => panic!("no rollout yet, so wait times out: {other:?}"),
+    }
+
+    app.request(
+        "turn/start",
+        json!({"threadId": id, "input": [{"type": "text", "text": "now it exists"}]}),
+    );
+    app.until(|m| m["method"] == "turn/completed");
+    let (code, answer) = w.rolloutd(&["check-resume", &id, &path]);
+    assert_eq!(code, 0, "{answer:#}");
+}
