@@ -46,6 +46,7 @@ pub struct WatchConfig {
 pub struct ServerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    pub first_request_timeout: Duration,
 }
 
 /// `[log]`.
@@ -149,6 +150,7 @@ struct FileWatch {
 struct FileServer {
     max_connections: Option<i64>,
     idle_timeout: Option<String>,
+    first_request_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +162,7 @@ struct FileLog {
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
@@ -343,6 +346,20 @@ impl Config {
                 },
                 parse_interval,
             )?,
+            first_request_timeout: layers.pick(
+                Key {
+                    name: "server.first_request_timeout",
+                    flag: None,
+                    env: Some("ROLLOUTD_FIRST_REQUEST_TIMEOUT"),
+                    file: file
+                        .server
+                        .first_request_timeout
+                        .as_deref()
+                        .map(parse_interval),
+                    default: DEFAULT_FIRST_REQUEST_TIMEOUT,
+                },
+                parse_interval,
+            )?,
         };
         let log = LogConfig {
             level: layers.pick(
@@ -409,6 +426,7 @@ impl Config {
                     "watch.poll_interval" => duration(&self.watch.poll_interval),
                     "server.max_connections" => json!(self.server.max_connections),
                     "server.idle_timeout" => duration(&self.server.idle_timeout),
+                    "server.first_request_timeout" => duration(&self.server.first_request_timeout),
                     "log.level" => json!(self.log.level),
                     "codex_state.auto_repair" => json!(self.codex_state.auto_repair),
                     _ => serde_json::Value::Null,

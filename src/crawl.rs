@@ -34,7 +34,7 @@ pub struct Candidate {
 }
 
 /// What a reconcile did.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcileSummary {
     /// Rollout-named entries listed.
@@ -48,6 +48,7 @@ pub struct ReconcileSummary {
     /// Bad files found in this pass.
     pub problems: u64,
     #[serde(serialize_with = "as_millis", deserialize_with = "from_millis")]
+    #[schemars(with = "u64")]
     pub elapsed: Duration,
 }
 

@@ -174,7 +174,7 @@ fn every_change_in_the_home_becomes_a_notification_and_the_answers_follow() {
     std::fs::remove_file(&zst).unwrap();
     sub.expect("thread/removed", id);
     let e = rpc_error(agent.call("thread/resolve", json!({"threadId": id})));
-    assert_eq!(e.reason(), Some("notFound"), "{e:?}");
+    assert_eq!(e.reason().map(|r| r.as_str()), Some("notFound"), "{e:?}");
     let check = agent
         .call("thread/checkResume", json!({"threadId": id, "path": zst}))
         .unwrap();
@@ -241,9 +241,12 @@ fn wait_returns_when_the_rollout_appears_and_times_out_cleanly() {
         json!({"threadId": ghost.id, "timeoutMs": 300}),
     ));
     assert_eq!(e.code, rolloutd::server::frame::TIMEOUT);
-    assert_eq!(e.reason(), Some("notMaterialized"));
+    assert_eq!(e.reason().map(|r| r.as_str()), Some("notMaterialized"));
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(e.data.as_ref().unwrap()["threadId"], ghost.id.as_str());
+    assert_eq!(
+        e.data.as_ref().unwrap().thread_id.as_deref(),
+        Some(ghost.id.as_str())
+    );
 
     // The CLI form: exit 1 (a "no"), with the reason.
     let out = fx.run(&["wait", &ghost.id, "--timeout", "200ms"]);
@@ -585,7 +588,7 @@ fn sighup_reloads_the_homes_and_a_bad_config_keeps_the_running_one() {
     let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
     agent.wait_ready();
     let e = rpc_error(agent.call("thread/resolve", json!({"threadId": r.id})));
-    assert_eq!(e.reason(), Some("notFound"));
+    assert_eq!(e.reason().map(|r| r.as_str()), Some("notFound"));
 
     write_config(&[&fx.home, &second]);
     agent.signal(libc::SIGHUP);
@@ -652,7 +655,7 @@ fn watches_follow_a_home_deleted_and_recreated_and_a_retargeted_symlink() {
     );
     // The old tree is no longer the home: its thread is gone from the answers and the list.
     let e = rpc_error(agent.call("thread/resolve", json!({"threadId": r.id})));
-    assert_eq!(e.reason(), Some("notFound"), "{e:?}");
+    assert_eq!(e.reason().map(|r| r.as_str()), Some("notFound"), "{e:?}");
     let page = agent
         .call("thread/list", json!({"archived": "all"}))
         .unwrap();

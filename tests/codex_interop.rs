@@ -392,7 +392,7 @@ fn codex_archive_unarchive_and_delete_reach_a_subscriber_and_resolve_follows() {
     w.codex(&["delete", "--force", &id]);
     sub.expect("thread/removed", &id);
     match w.call("thread/resolve", json!({"threadId": id})) {
-        Err(ClientError::Rpc(e)) => assert_eq!(e.reason(), Some("notFound")),
+        Err(ClientError::Rpc(e)) => assert_eq!(e.reason().map(|r| r.as_str()), Some("notFound")),
         other => panic!("a deleted thread still resolves: {other:?}"),
     }
 }

@@ -198,7 +198,9 @@ fn path_queries_never_open_files_outside_the_homes() {
             .call("path/resolve", json!({ "path": path }))
             .unwrap_err();
         let reason = match &e {
-            rolloutd::client::ClientError::Rpc(r) => r.reason().unwrap_or("").to_owned(),
+            rolloutd::client::ClientError::Rpc(r) => {
+                r.reason().map_or("", |r| r.as_str()).to_owned()
+            }
             other => panic!("{path}: {other}"),
         };
         assert_eq!(reason, "outsideHome", "{path}: {e}");

@@ -1,4 +1,5 @@
-//! Fuzzes one request line through parsing, params and dispatch against a real (temporary)
+//! Fuzzes one request line through the dispatch a live connection runs
+//! (`server::Session::dispatch`: parsing, typed params, `apply`) against a real (temporary)
 //! home and index: no input may panic, and every answer must be a JSON-RPC 2.0 response
 //! carrying the request's id (or null when the id could not be read).
 
@@ -53,14 +54,23 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let w = world();
     let answer = w.runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let session = rolloutd::server::Session::new(Arc::clone(&w.shared), tx);
+        session.dispatch(data).await;
         // thread/wait may legitimately wait; bound it rather than skip it.
-        tokio::time::timeout(
-            Duration::from_millis(50),
-            rolloutd::server::respond(&w.shared, data),
-        )
-        .await
+        let _ = tokio::time::timeout(Duration::from_millis(50), session.idle()).await;
+        // A subscription's notifications are not answers: the response is the line with
+        // an "id".
+        let mut answer = None;
+        while let Ok(line) = rx.try_recv() {
+            let v: Value = serde_json::from_str(&line).expect("every line is JSON");
+            if v.get("id").is_some() {
+                answer = Some(line);
+            }
+        }
+        answer
     });
-    let Ok(Some(line)) = answer else { return };
+    let Some(line) = answer else { return };
     let v: Value = serde_json::from_str(&line).expect("response is JSON");
     assert_eq!(v["jsonrpc"], "2.0");
     assert!(v.get("result").is_some() != v.get("error").is_some(), "{line}");

@@ -189,7 +189,7 @@ async fn serve(
         }
     }
     tracing::info!("stopping");
-    shared.shutdown.trigger();
+    shared.shutdown.cancel();
     notifier.stopping();
     status_updates.abort();
     // Stop accepting, then wait for every connection to finish its in-flight requests

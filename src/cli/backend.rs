@@ -1,28 +1,34 @@
 //! Where a query command gets its answer: the running agent when one serves the same homes
 //! and index over the socket, else the index directly. Both run the same query code, so
-//! the answers (and the exit statuses) are the same either way.
+//! the answers (and the exit statuses) are the same either way. An agent that accepts but
+//! does not answer in time (stopped, or every slot busy) is treated as absent, with a note.
 
-use std::path::{Path, PathBuf};
-
-use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
 
 use super::{failure, Failure};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ANSWER_TIMEOUT, CONNECT_TIMEOUT};
 use crate::config::Config;
 use crate::crawl::{self, Progress, ReconcileSummary};
 use crate::identity::Homes;
-use crate::index::{ArchivedFilter, Counts, Index};
+use crate::index::{Counts, Index};
+use crate::protocol::request::{
+    NoParams, PathResolveParams, PathSameParams, ThreadCheckResumeParams, ThreadListParams,
+    ThreadResolveParams,
+};
+use crate::protocol::{methods, AgentStatus, Method, RpcError};
 use crate::query::{
     CheckResume, ListPage, ListParams, ProblemsReport, Queries, SameAnswer, ThreadRecord,
 };
 use crate::rollout::HeadLimits;
-use crate::server::frame;
+
+/// How long `index` waits for the agent's rescan.
+const RESCAN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The answer source for one CLI run.
 pub enum Backend {
     /// A running agent that indexes the same homes into the same index.
-    Agent(Client),
+    Agent { client: Client, config: Config },
     /// No agent (or one serving other homes): the index file, read and repaired in process.
     Direct { homes: Homes, index: Index },
 }
@@ -33,7 +39,10 @@ impl Backend {
     pub fn open(socket: &Path, config: &Config) -> Result<Backend, Failure> {
         let (index_path, journal) = crate::agent::index_location(&config.index);
         if let Some(client) = matching_agent(socket, config, &index_path) {
-            return Ok(Backend::Agent(client));
+            return Ok(Backend::Agent {
+                client,
+                config: config.clone(),
+            });
         }
         let (homes, index) = open_at(config, &index_path, journal)?;
         Ok(Backend::Direct { homes, index })
@@ -51,12 +60,14 @@ impl Backend {
         progress: &dyn Progress,
     ) -> Result<(ReconcileSummary, Counts), Failure> {
         match self {
-            Backend::Agent(client) => {
-                let rescan: Value = call(client, "index/rescan", json!({}))?;
-                let summary = decode(rescan.get("summary").cloned().unwrap_or(Value::Null))?;
-                let status: Value = call(client, "index/status", json!({}))?;
-                let counts = decode(status.get("counts").cloned().unwrap_or(Value::Null))?;
-                Ok((summary, counts))
+            Backend::Agent { client, .. } => {
+                // A full reconcile of a large home takes longer than a query.
+                client
+                    .set_read_timeout(Some(RESCAN_TIMEOUT))
+                    .map_err(|e| failure("agentError", e))?;
+                let rescan = call::<methods::IndexRescan>(client, &NoParams {})?;
+                let status = call::<methods::IndexStatus>(client, &NoParams {})?;
+                Ok((rescan.summary, status.counts.into()))
             }
             Backend::Direct { index, .. } if index.is_guest() => Err(failure(
                 "agentOwnsIndex",
@@ -67,8 +78,7 @@ impl Backend {
                 ),
             )),
             Backend::Direct { homes, index } => {
-                let limits = HeadLimits::default();
-                let summary = crawl::reconcile(homes, &*index, &limits, progress)
+                let summary = crawl::reconcile(homes, &*index, &HeadLimits::default(), progress)
                     .map_err(|e| failure("indexError", e))?;
                 let counts = index.counts().map_err(|e| failure("indexError", e))?;
                 Ok((summary, counts))
@@ -77,49 +87,53 @@ impl Backend {
     }
 
     pub fn resolve_thread(&mut self, id: &str) -> Result<ThreadRecord, Failure> {
-        self.ask("thread/resolve", json!({ "threadId": id }), |q| {
-            q.resolve_thread(id)
-        })
+        let params = ThreadResolveParams {
+            thread_id: id.to_owned(),
+        };
+        self.ask::<methods::ThreadResolve>(&params, |q| q.resolve_thread(id))
     }
 
     pub fn resolve_path(&mut self, path: &Path) -> Result<ThreadRecord, Failure> {
-        self.ask("path/resolve", json!({ "path": path }), |q| {
-            q.resolve_path(path)
-        })
+        let params = PathResolveParams {
+            path: path.to_owned(),
+        };
+        self.ask::<methods::PathResolve>(&params, |q| q.resolve_path(path))
     }
 
     pub fn same(&mut self, a: &Path, b: &Path) -> Result<SameAnswer, Failure> {
-        self.ask("path/same", json!({ "a": a, "b": b }), |q| q.same(a, b))
+        let params = PathSameParams {
+            a: a.to_owned(),
+            b: b.to_owned(),
+        };
+        self.ask::<methods::PathSame>(&params, |q| q.same(a, b))
     }
 
     pub fn check_resume(&mut self, id: &str, path: &Path) -> Result<CheckResume, Failure> {
-        let params = json!({ "threadId": id, "path": path });
-        self.ask("thread/checkResume", params, |q| q.check_resume(id, path))
+        let params = ThreadCheckResumeParams {
+            thread_id: id.to_owned(),
+            path: path.to_owned(),
+        };
+        self.ask::<methods::ThreadCheckResume>(&params, |q| q.check_resume(id, path))
     }
 
     /// A page of threads. Without an agent keeping the index live, it is brought up to date
     /// first; that reconcile only stats files whose rows are current, so it is cheap.
     pub fn list(&mut self, params: &ListParams) -> Result<ListPage, Failure> {
         self.catch_up()?;
-        let archived = match params.archived {
-            ArchivedFilter::Active => json!(false),
-            ArchivedFilter::Archived => json!(true),
-            ArchivedFilter::All => json!("all"),
+        let wire = ThreadListParams {
+            archived: params.archived.into(),
+            cwd: params.cwd.clone(),
+            search: params.search.clone(),
+            limit: params.limit,
+            cursor: params.cursor.clone(),
         };
-        let wire = json!({
-            "archived": archived,
-            "cwd": params.cwd,
-            "search": params.search,
-            "limit": params.limit,
-            "cursor": params.cursor,
-        });
-        self.ask("thread/list", wire, |q| q.list(params))
+        self.ask::<methods::ThreadList>(&wire, |q| q.list(params))
     }
 
     /// Bad files and duplicates; brought up to date first, as for [`Backend::list`].
     pub fn problems(&mut self) -> Result<ProblemsReport, Failure> {
         self.catch_up()?;
-        self.ask("index/problems", json!({}), |q| q.problems())
+        self.ask::<methods::IndexProblems>(&NoParams {}, |q| q.problems())
     }
 
     /// Without an agent, brings the index up to date first; a guest leaves that to the
@@ -135,20 +149,33 @@ impl Backend {
         Ok(())
     }
 
-    /// One query: over the socket as `method`, or in process through `direct`.
-    fn ask<T: DeserializeOwned>(
+    /// One query: over the socket as `M`, or in process through `direct`. An agent that
+    /// stops answering mid-run is dropped for the index.
+    fn ask<M: Method>(
         &mut self,
-        method: &str,
-        params: Value,
-        direct: impl FnOnce(&Queries<'_>) -> Result<T, crate::query::QueryError>,
-    ) -> Result<T, Failure> {
+        params: &M::Params,
+        direct: impl FnOnce(&Queries<'_>) -> Result<M::Result, crate::query::QueryError>,
+    ) -> Result<M::Result, Failure>
+    where
+        M::Result: serde::de::DeserializeOwned,
+    {
+        if let Backend::Agent { client, config } = self {
+            match client.request::<M>(params) {
+                Err(e) if e.is_timeout() => {
+                    note_fallback(&e);
+                    let (homes, index) = Backend::open_direct(config)?;
+                    *self = Backend::Direct { homes, index };
+                }
+                other => return other.map_err(agent_failure),
+            }
+        }
         match self {
-            Backend::Agent(client) => call(client, method, params),
             Backend::Direct { homes, index } => Ok(direct(&Queries {
                 homes,
                 index,
                 limits: HeadLimits::default(),
             })?),
+            Backend::Agent { .. } => Err(failure("agentError", "the agent did not answer")),
         }
     }
 }
@@ -172,14 +199,18 @@ fn open_at(
     Ok((homes, index))
 }
 
+/// The one-line note for an agent that accepted but did not answer.
+pub fn note_fallback(e: &ClientError) {
+    super::note(&format!(
+        "the agent did not answer ({e}); answering from the index"
+    ));
+}
+
 /// Connects to the agent and checks, with `index/status`, that it indexes the same homes
 /// into the same index; an agent for other homes would give other answers.
 fn matching_agent(socket: &Path, config: &Config, index_path: &Path) -> Option<Client> {
-    let mut client = Client::connect(socket).ok()?;
-    let status = client.call("index/status", json!({})).ok()?;
-    let homes: Vec<PathBuf> = serde_json::from_value(status.get("homes")?.clone()).ok()?;
-    let index: PathBuf = serde_json::from_value(status.get("index")?.clone()).ok()?;
-    if homes == config.homes && index == index_path {
+    let (client, status) = agent_status(socket).ok()?;
+    if status.homes == config.homes && status.index == index_path {
         Some(client)
     } else {
         tracing::debug!(socket = %socket.display(), "the agent serves other homes or another index; reading the index directly");
@@ -187,29 +218,74 @@ fn matching_agent(socket: &Path, config: &Config, index_path: &Path) -> Option<C
     }
 }
 
-/// Calls the agent, turning its error into the failure the direct path would give.
-pub fn call<T: DeserializeOwned>(
-    client: &mut Client,
-    method: &str,
-    params: Value,
-) -> Result<T, Failure> {
-    match client.call(method, params) {
-        Ok(v) => decode(v),
-        Err(ClientError::Rpc(rpc)) => Err(Failure {
-            reason: rpc.reason().unwrap_or("agentError").to_owned().into(),
-            // Not found, a failed path check and a wait that timed out are answers ("no").
-            negative: rpc.code == frame::NOT_FOUND || rpc.code == frame::TIMEOUT,
-            message: rpc.message,
-        }),
-        Err(other) => Err(failure("agentError", other)),
+/// Why no agent answered `index/status`.
+pub enum NoAgent {
+    /// Nothing accepts on the socket.
+    Absent(std::io::Error),
+    /// It accepted but did not answer in time (already noted on stderr).
+    Silent,
+    /// It answered with an error (a refused peer, …).
+    Refused(Failure),
+}
+
+impl NoAgent {
+    /// `Silent` for a connect that timed out (its note is on stderr already).
+    pub fn filter_noted(self) -> NoAgent {
+        match self {
+            NoAgent::Absent(e) if e.kind() == std::io::ErrorKind::TimedOut => NoAgent::Silent,
+            other => other,
+        }
     }
 }
 
-fn decode<T: DeserializeOwned>(v: Value) -> Result<T, Failure> {
-    serde_json::from_value(v).map_err(|e| {
-        failure(
-            "agentError",
-            format!("unexpected answer from the agent: {e}"),
-        )
-    })
+/// Connects with the query deadlines and asks `index/status`.
+pub fn agent_status(socket: &Path) -> Result<(Client, AgentStatus), NoAgent> {
+    let mut client = connect(socket, ANSWER_TIMEOUT).map_err(NoAgent::Absent)?;
+    match client.request::<methods::IndexStatus>(&NoParams {}) {
+        Ok(status) => Ok((client, status)),
+        Err(e) if e.is_timeout() => {
+            note_fallback(&e);
+            Err(NoAgent::Silent)
+        }
+        Err(e) => Err(NoAgent::Refused(agent_failure(e))),
+    }
+}
+
+/// Connects within [`CONNECT_TIMEOUT`]; each answer waits at most `answer`. An agent whose
+/// accept queue is full (stopped) counts as not answering.
+pub fn connect(socket: &Path, answer: Duration) -> std::io::Result<Client> {
+    let c = Client::connect_within(socket, CONNECT_TIMEOUT, Some(answer));
+    if let Err(e) = &c {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            super::note(&format!(
+                "the agent on {} did not accept within {CONNECT_TIMEOUT:?}",
+                socket.display()
+            ));
+        }
+    }
+    c
+}
+
+/// Calls the agent, turning its error into the failure the direct path would give.
+pub fn call<M: Method>(client: &mut Client, params: &M::Params) -> Result<M::Result, Failure>
+where
+    M::Result: serde::de::DeserializeOwned,
+{
+    client.request::<M>(params).map_err(agent_failure)
+}
+
+pub fn agent_failure(e: ClientError) -> Failure {
+    match e {
+        ClientError::Rpc(rpc) => rpc_failure(rpc),
+        other => failure("agentError", other),
+    }
+}
+
+fn rpc_failure(rpc: RpcError) -> Failure {
+    Failure {
+        reason: rpc.reason().map_or("agentError", |r| r.as_str()).into(),
+        // Not found, a failed path check and a wait that timed out are answers ("no").
+        negative: rpc.is_negative_answer(),
+        message: rpc.message,
+    }
 }

@@ -46,8 +46,10 @@ pub enum CodexCommand {
 
 impl From<CodexStateError> for Failure {
     fn from(e: CodexStateError) -> Self {
+        // The same typed reason the agent would send.
+        let reason = crate::protocol::RpcError::from(&e).reason();
         Failure {
-            reason: e.reason().into(),
+            reason: reason.map_or("codexStateError", |r| r.as_str()).into(),
             message: e.to_string(),
             negative: false,
         }

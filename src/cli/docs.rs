@@ -37,10 +37,11 @@ pub fn man() -> Result<Answer, Failure> {
 
 fn emit(bytes: &[u8]) -> Result<Answer, Failure> {
     let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|_| stdout.flush())
-        .map_err(|e| failure("io", e))?;
+    match stdout.write_all(bytes).and_then(|_| stdout.flush()) {
+        // A reader that went away (`| head`) wanted no more.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(failure("io", e)),
+        _ => {}
+    }
     Ok(Answer {
         json: serde_json::Value::Null,
         human: String::new(),

@@ -2,26 +2,34 @@
 //!
 //! Every command prints a human answer, or with `--json` exactly one JSON document on
 //! stdout. Exit status: 0 a positive answer, 1 a negative one (not found, not the same,
-//! check failed), 2 an error or bad usage. Errors go to stderr as one sentence.
+//! check failed), 2 an error or bad usage. Errors go to stderr as one sentence. A closed
+//! stdout (`| head -0`) ends the output quietly; the exit status stays the answer's.
+//! Path arguments are made absolute against the CLI's own working directory.
 
 mod backend;
 mod codex;
 mod docs;
+mod protocol;
 mod render;
 mod service;
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::config::{Config, Overrides};
+use crate::crawl::ReconcileSummary;
 use crate::index::ArchivedFilter;
+use crate::index::Counts;
+use crate::protocol::request::{SubscribeParams, ThreadWaitParams};
+use crate::protocol::{methods, IndexCounts};
 use crate::query::{ListParams, QueryError};
-use backend::Backend;
+use backend::{Backend, NoAgent};
 
 /// rolloutd: find, check and repair OpenAI Codex rollout files by identity.
 #[derive(Debug, Parser)]
@@ -106,6 +114,11 @@ pub enum Command {
         #[command(subcommand)]
         command: codex::CodexCommand,
     },
+    /// Print the socket protocol as JSON Schema or TypeScript, for client authors
+    Protocol {
+        #[command(subcommand)]
+        format: protocol::ProtocolFormat,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -149,32 +162,106 @@ impl Answer {
 
 /// Parses the process arguments, runs the command, prints, and returns the exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     // `run` sets up logging once its config (log.level) is known.
     if !matches!(cli.command, Command::Run { .. }) {
         crate::logging::init("warn");
     }
+    if let Err(e) = absolutize(&mut cli) {
+        note(&format!("cannot read the working directory: {e}"));
+        return ExitCode::from(2);
+    }
     let json = cli.global.json;
-    match run(cli) {
+    let (text, code) = match run(cli) {
         Ok(answer) => {
-            if json {
-                println!("{}", answer.json);
-            } else if !answer.human.is_empty() {
-                println!("{}", answer.human.trim_end());
-            }
-            ExitCode::from(if answer.positive { 0 } else { 1 })
+            let text = if json {
+                answer.json.to_string()
+            } else {
+                answer.human.trim_end().to_owned()
+            };
+            (text, if answer.positive { 0 } else { 1 })
         }
         Err(failure) => {
-            eprintln!("rolloutd: {}", failure.message);
-            if json {
-                println!(
-                    "{}",
-                    json!({"error": {"reason": failure.reason, "message": failure.message}})
-                );
-            }
-            ExitCode::from(if failure.negative { 1 } else { 2 })
+            note(&failure.message);
+            let text = if json {
+                let doc = ErrorDoc {
+                    error: ErrorBody {
+                        reason: &failure.reason,
+                        message: &failure.message,
+                    },
+                };
+                serde_json::to_string(&doc).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (text, if failure.negative { 1 } else { 2 })
         }
+    };
+    if !text.is_empty() {
+        // A reader that went away (EPIPE) wanted no more: not an error.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}").and_then(|_| out.flush());
     }
+    ExitCode::from(code)
+}
+
+/// `--json` on failure: `{"error": {"reason", "message"}}`.
+#[derive(Serialize)]
+struct ErrorDoc<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// One line on stderr, prefixed with the program's name (never a panic on a closed stderr).
+pub fn note(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "rolloutd: {message}");
+}
+
+/// Makes every path argument absolute against this process's working directory, so the
+/// agent never resolves a path against its own.
+fn absolutize(cli: &mut Cli) -> std::io::Result<()> {
+    let abs = |p: &mut PathBuf| -> std::io::Result<()> {
+        if !p.as_os_str().is_empty() && p.is_relative() {
+            *p = std::path::absolute(&*p)?;
+        }
+        Ok(())
+    };
+    let g = &mut cli.global;
+    for p in g
+        .codex_home
+        .iter_mut()
+        .chain(&mut g.index)
+        .chain(&mut g.config)
+        .chain(&mut g.socket)
+    {
+        abs(p)?;
+    }
+    match &mut cli.command {
+        Command::Resolve { target } if !looks_like_id(target) => {
+            let mut p = PathBuf::from(&*target);
+            abs(&mut p)?;
+            *target = p.to_string_lossy().into_owned();
+        }
+        Command::Same { a, b } => {
+            abs(a)?;
+            abs(b)?;
+        }
+        Command::CheckResume { path, .. } => abs(path)?,
+        Command::List(args) => {
+            if let Some(cwd) = &mut args.cwd {
+                let mut p = PathBuf::from(&*cwd);
+                abs(&mut p)?;
+                *cwd = p.to_string_lossy().into_owned();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A command that could not give an answer.
@@ -187,8 +274,10 @@ pub struct Failure {
 
 impl From<QueryError> for Failure {
     fn from(e: QueryError) -> Self {
+        // The same typed reason the agent would send.
+        let reason = crate::protocol::RpcError::from(&e).reason();
         Failure {
-            reason: e.reason().into(),
+            reason: reason.map_or("indexError", |r| r.as_str()).into(),
             negative: e.is_negative_answer(),
             message: e.to_string(),
         }
@@ -228,29 +317,15 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         Command::Config(action) => return service::config(action, &overrides),
         Command::Completions { shell } => return docs::completions(shell),
         Command::Man => return docs::man(),
-        Command::Status => {
-            let status = agent_call(&socket, "index/status", json!({}))?;
-            let human = render::status(&status);
-            return Ok(Answer {
-                json: status,
-                human,
-                positive: true,
-            });
-        }
-        Command::Wait { thread_id, timeout } => {
-            let params = json!({"threadId": thread_id, "timeoutMs": timeout.as_millis() as u64});
-            let record = agent_call(&socket, "thread/wait", params)?;
-            let human = serde_json::to_string_pretty(&record).unwrap_or_default();
-            return Ok(Answer {
-                json: record,
-                human,
-                positive: true,
-            });
-        }
+        Command::Protocol { format } => return protocol::print(format),
+        Command::Wait { thread_id, timeout } => return wait(&socket, thread_id, timeout),
         Command::Watch { thread_ids } => return watch(&socket, thread_ids),
         _ => {}
     }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
+    if let Command::Status = cli.command {
+        return status(&socket, &config);
+    }
     if let Command::Codex { command } = cli.command {
         // Codex's state DB is read (and repaired) in process, against a fresh index.
         let (homes, index) = Backend::open_direct(&config)?;
@@ -275,7 +350,12 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
             let bar = render::ProgressBar::new(cli.global.json);
             let (summary, counts) = backend.reconcile(&bar)?;
             bar.finish();
-            let value = json!({"counts": counts, "summary": summary, "homes": config.homes, "index": config.index});
+            let value = IndexAnswer {
+                counts: counts.into(),
+                summary: &summary,
+                homes: &config.homes,
+                index: &config.index,
+            };
             Ok(Answer::new(
                 &value,
                 render::index(&counts, &summary, config.homes.len()),
@@ -335,13 +415,62 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         | Command::Config(_)
         | Command::Completions { .. }
         | Command::Man
+        | Command::Protocol { .. }
         | Command::Codex { .. } => Err(failure("usage", "agent command reached the index path")),
     }
 }
 
-/// Connects to the running agent; no agent is an error naming the socket.
-fn connect(socket: &std::path::Path) -> Result<crate::client::Client, Failure> {
-    crate::client::Client::connect(socket).map_err(|e| {
+/// `rolloutd index --json`.
+#[derive(Serialize)]
+struct IndexAnswer<'a> {
+    counts: IndexCounts,
+    summary: &'a ReconcileSummary,
+    homes: &'a [PathBuf],
+    index: &'a Path,
+}
+
+/// `status` without an agent answering: what the index holds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexOnlyStatus<'a> {
+    agent: bool,
+    counts: IndexCounts,
+    homes: &'a [PathBuf],
+    index: &'a Path,
+}
+
+/// `status`: the agent's, or (exit 1) the index's counts when no agent answers.
+fn status(socket: &Path, config: &Config) -> Result<Answer, Failure> {
+    match backend::agent_status(socket) {
+        Ok((_, s)) => {
+            let human = render::status(&s);
+            Ok(Answer::new(&s, human, true))
+        }
+        Err(NoAgent::Refused(f)) => Err(f),
+        Err(why) => {
+            // A connect that timed out was noted already.
+            if let NoAgent::Absent(e) = why.filter_noted() {
+                note(&format!("no agent answers on {} ({e})", socket.display()));
+            }
+            let (_, index) = Backend::open_direct(config)?;
+            let counts: Counts = index.counts().map_err(|e| failure("indexError", e))?;
+            let doc = IndexOnlyStatus {
+                agent: false,
+                counts: counts.into(),
+                homes: &config.homes,
+                index: index.path(),
+            };
+            let human = render::index_only_status(&counts, index.path());
+            Ok(Answer::new(&doc, human, false))
+        }
+    }
+}
+
+/// Connects to the running agent for `wait` / `watch`; no agent is an error naming the
+/// socket.
+fn connect(socket: &Path, answer: Option<Duration>) -> Result<crate::client::Client, Failure> {
+    let answer = answer.unwrap_or(crate::client::ANSWER_TIMEOUT);
+    backend::connect(socket, answer).map_err(|e| {
         failure(
             "noAgent",
             format!(
@@ -352,33 +481,49 @@ fn connect(socket: &std::path::Path) -> Result<crate::client::Client, Failure> {
     })
 }
 
-/// One call to the running agent.
-fn agent_call(
-    socket: &std::path::Path,
-    method: &str,
-    params: serde_json::Value,
-) -> Result<serde_json::Value, Failure> {
-    backend::call(&mut connect(socket)?, method, params)
+/// How much longer than its own timeout `wait` gives the agent to answer.
+const WAIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// `wait`: the record once the thread's rollout exists; the agent times out first, and the
+/// CLI `WAIT_MARGIN` after it if the agent never answers.
+fn wait(socket: &Path, thread_id: String, timeout: Duration) -> Result<Answer, Failure> {
+    let mut client = connect(socket, Some(timeout + WAIT_MARGIN))?;
+    let params = ThreadWaitParams {
+        thread_id,
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    match client.request::<methods::ThreadWait>(&params) {
+        Ok(record) => Ok(Answer::new(&record, render::record(&record), true)),
+        Err(e) if e.is_timeout() => Err(failure(
+            "agentTimeout",
+            format!(
+                "the agent did not answer within {:?}",
+                timeout + WAIT_MARGIN
+            ),
+        )),
+        Err(e) => Err(backend::agent_failure(e)),
+    }
 }
 
 /// Prints notifications as JSON lines until the agent goes away.
-fn watch(socket: &std::path::Path, thread_ids: Vec<String>) -> Result<Answer, Failure> {
-    let mut client = connect(socket)?;
-    let params = if thread_ids.is_empty() {
-        json!({})
-    } else {
-        json!({"threadIds": thread_ids})
+fn watch(socket: &Path, thread_ids: Vec<String>) -> Result<Answer, Failure> {
+    let mut client = connect(socket, None)?;
+    let params = SubscribeParams {
+        thread_ids: (!thread_ids.is_empty()).then_some(thread_ids),
     };
     client
-        .call("subscribe", params)
+        .request::<methods::Subscribe>(&params)
+        .map_err(backend::agent_failure)?;
+    // Notifications come when they come: no deadline once subscribed.
+    client
+        .set_read_timeout(None)
         .map_err(|e| failure("agentError", e))?;
+    let mut out = std::io::stdout().lock();
     loop {
         match client.read_message() {
             Ok(msg) => {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
                 if writeln!(out, "{msg}").and_then(|_| out.flush()).is_err() {
-                    return Ok(Answer::new(&json!({}), String::new(), true));
+                    return Ok(Answer::new(&(), String::new(), true));
                 }
             }
             Err(e) => return Err(failure("agentError", e)),

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::crawl::{Progress, ReconcileSummary};
 use crate::index::Counts;
+use crate::protocol::AgentStatus;
 use crate::query::{CheckResume, ListPage, ProblemsReport, SameAnswer, ThreadRecord};
 
 pub fn record(r: &ThreadRecord) -> String {
@@ -177,28 +178,41 @@ impl Progress for ProgressBar {
     }
 }
 
-pub fn status(v: &serde_json::Value) -> String {
-    let c = &v["counts"];
-    let degraded = match v["degraded"].as_bool() {
-        Some(true) => format!(
+pub fn status(v: &AgentStatus) -> String {
+    let c = &v.counts;
+    let degraded = if v.degraded {
+        format!(
             "\ndegraded   yes: {} (listings are refused until index writes succeed again)",
-            v["degradedReason"].as_str().unwrap_or("index writes fail")
-        ),
-        _ => String::new(),
+            v.degraded_reason.as_deref().unwrap_or("index writes fail")
+        )
+    } else {
+        String::new()
     };
     format!(
         "ready      {}{degraded}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
-        v["ready"],
-        c["threads"],
-        c["files"],
-        c["archived"],
-        c["problems"],
-        v["watcher"]["backend"].as_str().unwrap_or("-"),
-        v["watcher"]["mode"].as_str().unwrap_or("-"),
-        v["watcher"]["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default(),
-        v["rescans"],
-        v["uptimeSecs"],
-        v["version"].as_str().unwrap_or("-"),
-        v["pid"],
+        v.ready,
+        c.threads,
+        c.files,
+        c.archived,
+        c.problems,
+        v.watcher.backend,
+        v.watcher.mode,
+        v.watcher.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+        v.rescans,
+        v.uptime_secs,
+        v.version,
+        v.pid,
+    )
+}
+
+/// `status` when no agent answers.
+pub fn index_only_status(c: &Counts, index: &Path) -> String {
+    format!(
+        "agent      not answering\nthreads    {} ({} files, {} archived, {} problems) in {}",
+        c.threads,
+        c.files,
+        c.archived,
+        c.problems,
+        index.display()
     )
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 
 use super::{failure, Answer, Failure};
 use crate::config::{Config, Overrides};
@@ -56,10 +56,43 @@ pub fn run_agent(overrides: Overrides, socket: PathBuf) -> Result<Answer, Failur
         server: crate::server::Limits {
             max_connections: config.server.max_connections,
             idle_timeout: config.server.idle_timeout,
+            first_request_timeout: config.server.first_request_timeout,
         },
     };
     crate::agent::run(opts).map_err(|e| failure("agent", e))?;
-    Ok(Answer::new(&json!({"stopped": true}), String::new(), true))
+    Ok(Answer::new(&Stopped { stopped: true }, String::new(), true))
+}
+
+#[derive(Serialize)]
+struct Stopped {
+    stopped: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DryRun<'a, P> {
+    dry_run: bool,
+    plan: &'a P,
+}
+
+#[derive(Serialize)]
+struct Done<'a, P, R> {
+    plan: &'a P,
+    ran: &'a R,
+}
+
+/// One `config show --json` value: the value, and where it came from.
+#[derive(Serialize)]
+struct ShownValue<O> {
+    value: serde_json::Value,
+    #[serde(flatten)]
+    origin: O,
+}
+
+#[derive(Serialize)]
+struct Shown<'a, F, V> {
+    file: &'a F,
+    values: V,
 }
 
 pub fn service(args: ServiceArgs, socket: &Path) -> Result<Answer, Failure> {
@@ -76,7 +109,10 @@ pub fn service(args: ServiceArgs, socket: &Path) -> Result<Answer, Failure> {
     if args.dry_run {
         let human = format!("dry run: nothing is changed\n{}", plan.describe());
         return Ok(Answer::new(
-            &json!({"dryRun": true, "plan": plan}),
+            &DryRun {
+                dry_run: true,
+                plan: &plan,
+            },
             human,
             true,
         ));
@@ -96,7 +132,14 @@ pub fn service(args: ServiceArgs, socket: &Path) -> Result<Answer, Failure> {
     if matches!(args.action, ServiceAction::Install) && manager == Manager::Systemd {
         human.push_str("check it with `rolloutd service status`\n");
     }
-    Ok(Answer::new(&json!({"plan": plan, "ran": ran}), human, true))
+    Ok(Answer::new(
+        &Done {
+            plan: &plan,
+            ran: &ran,
+        },
+        human,
+        true,
+    ))
 }
 
 fn status(manager: Manager, ctx: &Context, socket: &Path) -> Answer {
@@ -113,13 +156,9 @@ fn status(manager: Manager, ctx: &Context, socket: &Path) -> Answer {
     match (&s.agent, &s.agent_error) {
         (Some(a), _) => human.push_str(&format!(
             "agent: {} (pid {}, {} threads)\n",
-            if a["ready"] == json!(true) {
-                "ready"
-            } else {
-                "starting"
-            },
-            a["pid"],
-            a["counts"]["threads"]
+            if a.ready { "ready" } else { "starting" },
+            a.pid,
+            a.counts.threads
         )),
         (None, Some(e)) => human.push_str(&format!("agent: {e}\n")),
         (None, None) => {}
@@ -151,16 +190,15 @@ pub fn config(action: ConfigAction, overrides: &Overrides) -> Result<Answer, Fai
                     other => other.to_string(),
                 };
                 human.push_str(&format!("{key:width$}  {shown}  ({origin})\n"));
-                let mut entry = json!({ "value": value });
-                if let (Some(e), Ok(serde_json::Value::Object(o))) =
-                    (entry.as_object_mut(), serde_json::to_value(&origin))
-                {
-                    e.extend(o);
-                }
+                let entry = serde_json::to_value(ShownValue { value, origin })
+                    .unwrap_or(serde_json::Value::Null);
                 values.insert(key.to_owned(), entry);
             }
             Ok(Answer::new(
-                &json!({"file": config.file, "values": values}),
+                &Shown {
+                    file: &config.file,
+                    values,
+                },
                 human,
                 true,
             ))

@@ -22,7 +22,9 @@ use crate::rollout::HeadLimits;
 pub use super::db::RowState;
 
 /// How much a finding matters. `error` findings make `codex audit` exit 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Severity {
     Error,
@@ -41,7 +43,7 @@ impl Severity {
 }
 
 /// The file of a thread as found in the home.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FoundFile {
     /// Canonical path.
@@ -55,7 +57,7 @@ pub struct FoundFile {
 }
 
 /// One disagreement between Codex's state DB and the files. The variant is the `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
@@ -296,7 +298,7 @@ impl Finding {
 }
 
 /// A change to one row: `before` is what the audit read, and the compare-and-swap condition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Update {
     pub thread_id: String,
@@ -305,7 +307,7 @@ pub struct Update {
 }
 
 /// What repair would do about a finding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "action", rename_all = "camelCase")]
 pub enum Fix {
     Update(Update),
@@ -324,7 +326,7 @@ impl Fix {
 }
 
 /// A finding with its severity, evidence sentence and proposed fix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FindingEntry {
     #[serde(flatten)]
@@ -346,7 +348,7 @@ impl FindingEntry {
 }
 
 /// Counts for the summary line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditSummary {
     pub rows: usize,
@@ -359,7 +361,7 @@ pub struct AuditSummary {
 }
 
 /// The audit of one state database.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditReport {
     /// The Codex home, as configured.

@@ -41,7 +41,7 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
 ];
 
 /// The database's journal mode, from its header (bytes 18–19).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum JournalMode {
     Wal,
@@ -60,7 +60,7 @@ impl JournalMode {
 }
 
 /// How the database was opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Access {
     /// `mode=ro`, with normal locking.
@@ -71,7 +71,7 @@ pub enum Access {
 }
 
 /// What was opened, and how.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DbInfo {
     pub path: PathBuf,
@@ -85,7 +85,7 @@ pub struct DbInfo {
 }
 
 /// The part of a `threads` row rolloutd compares and may change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RowState {
     pub rollout_path: String,
@@ -94,7 +94,7 @@ pub struct RowState {
 }
 
 /// One `threads` row as read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadRow {
     pub thread_id: String,
@@ -103,7 +103,7 @@ pub struct ThreadRow {
 }
 
 /// The `backfill_state` singleton.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Backfill {
     pub status: String,

@@ -45,7 +45,7 @@ pub struct RepairOptions {
 /// Default busy budget: twice Codex's own 5 s busy timeout.
 pub const DEFAULT_BUSY_BUDGET: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ChangeStatus {
     /// Dry run: would be made.
@@ -56,7 +56,7 @@ pub enum ChangeStatus {
 }
 
 /// One update and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeOutcome {
     #[serde(flatten)]
@@ -68,7 +68,7 @@ pub struct ChangeOutcome {
 }
 
 /// What `apply` did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Applied {
     /// The backup made first; `None` when there was nothing to change.
@@ -82,7 +82,7 @@ pub struct Applied {
 }
 
 /// A repair run: the audit summary, and the changes planned or made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RepairReport {
     pub codex_home: PathBuf,

@@ -31,7 +31,7 @@ use super::locate::Located;
 use super::CodexStateError;
 
 /// What a restore did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreReport {
     pub db: PathBuf,
@@ -48,7 +48,7 @@ pub struct RestoreReport {
 }
 
 /// One row a restore changes: as it is now, and as the backup has it (`None`: no such row).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RowRevert {
     pub thread_id: String,

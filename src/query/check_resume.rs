@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{PathReason, Queries, QueryError, ThreadRecord};
 
 /// The answer: `ok`, or the reason it is not, with a sentence and what is known.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckResume {
     pub ok: bool,

@@ -24,7 +24,7 @@ pub struct ListParams {
 }
 
 /// One page.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListPage {
     pub threads: Vec<ThreadRecord>,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Queries, QueryError};
 use crate::rollout::ProblemKind;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProblemEntry {
     /// The path under the home as configured (the spelling records use).
@@ -22,7 +22,7 @@ pub struct ProblemEntry {
 
 /// One thread id held by several files, preferred file first (see [`super::preference`]:
 /// the file every answer for this thread gives).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DuplicateEntry {
     pub thread_id: String,
@@ -34,7 +34,7 @@ pub struct DuplicateEntry {
     pub canonical_paths: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProblemsReport {
     pub problems: Vec<ProblemEntry>,
     pub duplicates: Vec<DuplicateEntry>,

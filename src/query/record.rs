@@ -10,7 +10,7 @@ use crate::identity::Homes;
 use crate::index::IndexedFile;
 
 /// One thread's rollout file, as verified against the filesystem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThreadRecord {
     /// The thread id in canonical lower case.

@@ -9,7 +9,7 @@ use super::{Queries, QueryError};
 use crate::identity::{self, FileId, FileKind, Stamp};
 
 /// What one side of a comparison is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PathIdentity {
     pub path: PathBuf,
@@ -24,7 +24,7 @@ pub struct PathIdentity {
 }
 
 /// The answer to `path/same`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SameAnswer {
     pub same: bool,
     pub a: PathIdentity,

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 /// Why a rollout-shaped path is bad. Variants before [`ProblemKind::NameMismatch`] mean the
 /// file could not be indexed; the rest are warnings about a file that was indexed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ProblemKind {
     /// A directory carries a rollout name.

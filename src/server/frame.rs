@@ -1,26 +1,18 @@
 //! JSON-RPC 2.0 framing: one UTF-8 JSON object per `\n`-terminated line.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Longest request line accepted; a longer one gets -32600 and the connection closes.
 pub const MAX_LINE: usize = 1 << 20;
 
-pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-/// The thread or path has no answer (`data.reason`: notFound, missing, directory, …).
-pub const NOT_FOUND: i64 = -32001;
-/// An id prefix matched several threads.
-pub const AMBIGUOUS: i64 = -32002;
-/// `thread/wait` ran out of time before the rollout appeared.
-pub const TIMEOUT: i64 = -32003;
-/// The index failed; answers may still come from the disk.
-pub const INDEX_ERROR: i64 = -32010;
-/// The agent is shutting down.
-pub const SHUTTING_DOWN: i64 = -32011;
+pub use crate::protocol::error::{
+    AMBIGUOUS, INDEX_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND,
+    PARSE_ERROR, SHUTTING_DOWN, TIMEOUT,
+};
+pub use crate::protocol::RpcError;
 
 /// A parsed request.
 #[derive(Debug, Clone)]
@@ -30,50 +22,6 @@ pub struct Request {
     pub method: String,
     pub params: Value,
 }
-
-/// A JSON-RPC error object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RpcError {
-    pub code: i64,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
-}
-
-impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-            data: None,
-        }
-    }
-
-    pub fn with_reason(code: i64, reason: &str, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-            data: Some(json!({ "reason": reason })),
-        }
-    }
-
-    pub fn invalid_params(message: impl Into<String>) -> Self {
-        RpcError::new(INVALID_PARAMS, message)
-    }
-
-    /// The machine-readable `data.reason`, if any.
-    pub fn reason(&self) -> Option<&str> {
-        self.data.as_ref()?.get("reason")?.as_str()
-    }
-}
-
-impl std::fmt::Display for RpcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RpcError {}
 
 /// A line that is not a valid request: the error to send, and the id when it was readable.
 #[derive(Debug)]
@@ -179,43 +127,47 @@ struct Response<'a> {
     jsonrpc: &'static str,
     id: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a Value>,
+    result: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a RpcError>,
 }
 
 #[derive(Serialize)]
-struct Notification<'a, P> {
+struct Message<'a, T> {
     jsonrpc: &'static str,
-    method: &'a str,
-    params: &'a P,
+    #[serde(flatten)]
+    body: &'a T,
 }
 
 /// A response line (without the newline).
-pub fn response(id: &Value, result: Result<Value, RpcError>) -> String {
-    let (result, error) = match &result {
-        Ok(r) => (Some(r), None),
+pub fn response(id: &Value, result: &Result<Box<RawValue>, RpcError>) -> String {
+    let (result, error) = match result {
+        Ok(r) => (Some(&**r), None),
         Err(e) => (None, Some(e)),
     };
     to_line(&Response {
-        jsonrpc: "2.0",
+        jsonrpc: crate::protocol::JSONRPC,
         id,
         result,
         error,
     })
 }
 
-/// A notification line (without the newline).
-pub fn notification<P: Serialize>(method: &str, params: &P) -> String {
-    to_line(&Notification {
-        jsonrpc: "2.0",
-        method,
-        params,
+/// An error response line (without the newline).
+pub fn error(id: &Value, e: RpcError) -> String {
+    response(id, &Err(e))
+}
+
+/// A notification line (without the newline): `body` serializes as `{method, params}`.
+pub fn notification<T: Serialize>(body: &T) -> String {
+    to_line(&Message {
+        jsonrpc: crate::protocol::JSONRPC,
+        body,
     })
 }
 
 fn to_line(message: &impl Serialize) -> String {
-    // Serializing `Value`s and plain fields into a string cannot fail.
+    // Serializing plain data (no maps with non-string keys) into a string cannot fail.
     serde_json::to_string(message).unwrap_or_default()
 }
 
@@ -265,6 +217,7 @@ mod tests {
         assert_eq!(parse(b"{").unwrap_err().error.code, PARSE_ERROR);
         assert_eq!(parse(b"[1]").unwrap_err().error.code, INVALID_REQUEST);
         let e = parse(br#"{"jsonrpc":"2.0","id":7}"#).unwrap_err();
+        use serde_json::json;
         assert_eq!((e.id, e.error.code), (json!(7), INVALID_REQUEST));
         let e = parse(br#"{"jsonrpc":"2.0","id":7,"method":"x","params":[1]}"#).unwrap_err();
         assert_eq!(e.error.code, INVALID_PARAMS);

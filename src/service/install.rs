@@ -411,7 +411,7 @@ pub struct Status {
     /// `Some(false)` when lingering is off: user services stop at logout.
     pub linger: Option<bool>,
     /// What `index/status` on the socket answered, if anything did.
-    pub agent: Option<serde_json::Value>,
+    pub agent: Option<crate::protocol::AgentStatus>,
     pub agent_error: Option<String>,
     pub notes: Vec<String>,
 }
@@ -491,12 +491,15 @@ fn linger_file() -> Option<bool> {
 }
 
 /// One `index/status` call with a short deadline, so `status` never hangs on a stuck agent.
-fn agent_status(socket: &Path) -> Result<serde_json::Value, String> {
+fn agent_status(socket: &Path) -> Result<crate::protocol::AgentStatus, String> {
     let shown = socket.display();
-    let mut client = crate::client::Client::connect(socket)
-        .map_err(|e| format!("no agent answers on {shown}: {e}"))?;
-    let _ = client.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut client = crate::client::Client::connect_within(
+        socket,
+        crate::client::CONNECT_TIMEOUT,
+        Some(Duration::from_secs(3)),
+    )
+    .map_err(|e| format!("no agent answers on {shown}: {e}"))?;
     client
-        .call("index/status", serde_json::json!({}))
+        .request::<crate::protocol::methods::IndexStatus>(&crate::protocol::request::NoParams {})
         .map_err(|e| format!("{shown}: {e}"))
 }

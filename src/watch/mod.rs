@@ -149,7 +149,7 @@ impl Watch {
 
     fn run(mut self, on_ready: Box<dyn FnOnce() + Send>) {
         let mut on_ready = Some(on_ready);
-        while !self.shared.shutdown.is_triggered() {
+        while !self.shared.shutdown.is_cancelled() {
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
             let (tx, rx) = mpsc::channel();
@@ -260,7 +260,7 @@ impl Watch {
         let mut next_root_check = Instant::now() + ROOT_CHECK;
         let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
         let mut rewatch = false;
-        while !self.shared.shutdown.is_triggered() {
+        while !self.shared.shutdown.is_cancelled() {
             let rescan_at = self
                 .rescan_pending
                 .then(|| self.backoff.next_allowed())

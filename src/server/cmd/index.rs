@@ -1,0 +1,70 @@
+//! `index/status`, `index/rescan` and `index/problems`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{answer, query, Answer, Context};
+use crate::protocol::error::INDEX_ERROR;
+use crate::protocol::{AgentStatus, Rescan, RpcError, WatcherStatus};
+
+pub async fn status(cx: &Context) -> Answer {
+    let shared = &cx.shared;
+    // Read before the counts: `ready: true` then promises counts that include the first
+    // reconcile.
+    let ready = shared.is_ready();
+    let s = Arc::clone(shared);
+    let (counts, index, degraded) = tokio::task::spawn_blocking(move || {
+        s.query(|q| {
+            (
+                q.index.counts(),
+                q.index.path().to_owned(),
+                q.index.degraded(),
+            )
+        })
+    })
+    .await
+    .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
+    let counts = counts.map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
+    let watch = shared
+        .watch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    answer(&AgentStatus {
+        ready,
+        degraded: degraded.is_some(),
+        degraded_reason: degraded,
+        counts: counts.into(),
+        watcher: WatcherStatus {
+            backend: watch.backend,
+            mode: watch.mode,
+            reason: watch.reason,
+        },
+        rescans: shared.rescans.load(Ordering::Relaxed),
+        requests: shared.requests.load(Ordering::Relaxed),
+        lag_ms: shared.last_lag_ms.load(Ordering::Relaxed),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        homes: shared
+            .homes()
+            .homes
+            .iter()
+            .map(|h| h.configured.clone())
+            .collect(),
+        index,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+    })
+}
+
+pub async fn rescan(cx: &Context) -> Answer {
+    let s = Arc::clone(&cx.shared);
+    let summary = tokio::task::spawn_blocking(move || s.rescan())
+        .await
+        .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?
+        .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
+    answer(&Rescan { summary })
+}
+
+pub async fn problems(cx: &Context) -> Answer {
+    answer(&query(&cx.shared, |q| q.problems()).await?)
+}
