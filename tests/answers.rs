@@ -30,11 +30,6 @@ fn rpc_error(r: Result<Value, ClientError>) -> rolloutd::server::frame::RpcError
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// An agent started from `/` (as a service manager does), so a relative path resolved
 /// against its working directory would name something under `/`.
 fn agent_in_root_dir(fx: &Fixture) -> Agent {
@@ -71,6 +66,7 @@ fn request_paths_that_are_relative_empty_or_hold_a_nul_are_refused() {
             ("thread/list", json!({ "cwd": bad })),
         ] {
             let e = rpc_error(agent.call(method, params.clone()));
+            // One reason whichever layer refuses it (the params check or the query).
             assert_eq!(
                 e.reason().map(|r| r.as_str()),
                 Some("badPath"),
@@ -135,8 +131,7 @@ impl Drop for BindMount {
 // (same device and inode), whether the path exists or not.
 #[test]
 fn a_bind_mount_of_the_home_is_recognised_with_or_without_an_alias() {
-    if !is_root() {
-        eprintln!("skipped: needs root for mount --bind");
+    if !common::sys::root_or_skip("mount --bind of the home") {
         return;
     }
     let mut fx = Fixture::new();
@@ -451,8 +446,7 @@ fn fill(dir: &Path) {
 // instead of answering "no threads", and the human status says degraded.
 #[test]
 fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a tmpfs");
+    if !common::sys::root_or_skip("a tmpfs for the index to fill") {
         return;
     }
     let fx = Fixture::new();

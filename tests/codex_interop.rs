@@ -1194,4 +1194,87 @@ fn a_signal_to_the_stdio_shim_reaches_codex_and_its_exit_becomes_the_shims() {
         status.code().is_some() || status.signal() == Some(libc::SIGTERM),
         "{status}"
     );
+/// Issue 13, item 7, against the real Codex: rows in Codex's own (symlinked) spelling are
+/// healthy, and the row Codex rewrites to the realpath after a resume through it is only
+/// information, with advice that fits an unset `CODEX_HOME`.
+#[test]
+fn codex_audit_takes_codexs_spelling_as_healthy_and_its_realpath_rewrite_as_information() {
+    let Some(codex) = codex_bin() else { return };
+    let w = World::new(codex);
+    let (kept, _) = w.exec("stays as Codex wrote it");
+    let (resumed, _) = w.exec("resumed through the realpath");
+    assert!(w.row(&kept).rollout_path.starts_with(&w.home));
+    let real_path = dunce::canonicalize(w.row(&resumed).rollout_path).unwrap();
+    {
+        let mut app = AppServer::start(&w);
+        app.request(
+            "thread/resume",
+            json!({"threadId": resumed, "path": real_path}),
+        );
+        app.request(
+            "turn/start",
+            json!({"threadId": resumed, "input": [{"type": "text", "text": "again"}]}),
+        );
+        app.until(|m| m["method"] == "turn/completed");
+    }
+    assert_eq!(
+        w.row(&resumed).rollout_path,
+        real_path,
+        "Codex rewrote the row to the spelling it was resumed with"
+    );
+
+    let (code, audit) = w.rolloutd(&["codex", "audit"]);
+    assert_eq!(code, 0, "no error: {audit:#}");
+    let of = |id: &str| -> Vec<Value> {
+        audit["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["row"]["threadId"] == id || f["threadId"] == id)
+            .cloned()
+            .collect()
+    };
+    assert!(of(&kept).is_empty(), "Codex's own spelling: {audit:#}");
+    let found = of(&resumed);
+    assert_eq!(found.len(), 1, "{audit:#}");
+    assert_eq!(found[0]["kind"], "rowAliasSpelling");
+    assert_eq!(found[0]["severity"], "info");
+    assert!(!found[0]["fix"]["why"]
+        .as_str()
+        .unwrap()
+        .contains("CODEX_HOME"));
+}
+
+/// Issue 13, item 13, against the real Codex: a started thread with no turn has no rollout,
+/// and `check-resume` says so in the words `wait` uses (Codex writes it at `turn/start`).
+#[test]
+fn check_resume_and_wait_tell_one_story_about_when_codex_writes_a_rollout() {
+    let Some(codex) = codex_bin() else { return };
+    let w = World::new(codex);
+    let mut app = AppServer::start(&w);
+    let started = app.request("thread/start", json!({}));
+    let id = started["thread"]["id"].as_str().unwrap().to_owned();
+    let path = started["thread"]["path"].as_str().unwrap().to_owned();
+    let story = "when its first turn starts (turn/start), before the turn completes";
+
+    let (code, answer) = w.rolloutd(&["check-resume", &id, &path]);
+    assert_eq!(code, 1, "{answer:#}");
+    assert_eq!(answer["reason"], "notMaterialized", "{answer:#}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains(story),
+        "{answer:#}"
+    );
+    let waited = w.call("thread/wait", json!({"threadId": id, "timeoutMs": 10}));
+    match waited {
+        Err(ClientError::Rpc(e)) => assert!(e.message.contains(story), "{e:?}"),
+        other => panic!("no rollout yet, so wait times out: {other:?}"),
+    }
+
+    app.request(
+        "turn/start",
+        json!({"threadId": id, "input": [{"type": "text", "text": "now it exists"}]}),
+    );
+    app.until(|m| m["method"] == "turn/completed");
+    let (code, answer) = w.rolloutd(&["check-resume", &id, &path]);
+    assert_eq!(code, 0, "{answer:#}");
 }

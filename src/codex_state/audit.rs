@@ -579,7 +579,29 @@ impl<A: IndexAccess> Ctx<'_, A> {
                 Err(_) => {}
             }
         }
-        Ok(None)
+        // A guest's index is the running agent's and may not have caught up with a move
+        // yet (the caller could not reconcile it): look on disk, as Codex does, by id.
+        if !self.index.with(|i| i.is_guest()) {
+            return Ok(None);
+        }
+        let answer = self.index.with(|index| {
+            Queries {
+                homes: self.homes,
+                index,
+                limits: self.limits,
+            }
+            .resolve_thread(&thread_id)
+        });
+        match answer {
+            Ok(rec)
+                if rec.thread_id == thread_id
+                    && rec.canonical_path.starts_with(&self.home.real) =>
+            {
+                Ok(Some(found(&rec)))
+            }
+            Err(QueryError::Index(e)) => Err(e.into()),
+            _ => Ok(None),
+        }
     }
 
     /// The fix pointing `row` at `found`, or why there is none.

@@ -33,8 +33,6 @@ pub enum ErrorReason {
     NotFound,
     Ambiguous,
     BadId,
-    /// A path in a request is relative (or empty); paths are absolute.
-    RelativePath,
     /// A path in a request is empty, relative or holds a NUL.
     BadPath,
     /// A parameter outside what the method accepts.
@@ -78,7 +76,6 @@ impl ErrorReason {
             ErrorReason::NotFound => "notFound",
             ErrorReason::Ambiguous => "ambiguous",
             ErrorReason::BadId => "badId",
-            ErrorReason::RelativePath => "relativePath",
             ErrorReason::BadPath => "badPath",
             ErrorReason::BadParams => "badParams",
             ErrorReason::Degraded => "degraded",

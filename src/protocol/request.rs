@@ -121,7 +121,7 @@ fn absolute(field: &str, path: &std::path::Path) -> Result<(), RpcError> {
     }
     Err(RpcError::with_reason(
         super::error::INVALID_PARAMS,
-        super::ErrorReason::RelativePath,
+        super::ErrorReason::BadPath,
         format!(
             "bad params: {field} must be an absolute path, not {:?}",
             path.display().to_string()
@@ -322,7 +322,7 @@ mod tests {
         for path in ["", "sessions/x.jsonl", "./x"] {
             let e = ClientRequest::parse("path/resolve", serde_json::json!({ "path": path }))
                 .unwrap_err();
-            assert_eq!(e.reason(), Some(ErrorReason::RelativePath), "{path:?}");
+            assert_eq!(e.reason(), Some(ErrorReason::BadPath), "{path:?}");
         }
         let e = ClientRequest::parse("path/same", serde_json::json!({"a": "/x", "b": "y"}))
             .unwrap_err();

@@ -36,11 +36,10 @@ impl Queries<'_> {
                 let mut notes = Vec::new();
                 if sibling.is_some() {
                     notes.push(format!(
-                        "{} does not exist; its sibling {} is the rollout of thread {} (Codex \
-                         opens whichever of `.jsonl` and `.jsonl.zst` exists)",
+                        "{} does not exist; the rollout is its sibling {} (Codex opens \
+                         whichever of `.jsonl` and `.jsonl.zst` exists)",
                         path.display(),
-                        record.path.display(),
-                        record.thread_id
+                        record.path.display()
                     ));
                 }
                 if let Some(written) = &record.thread_id_as_written {
