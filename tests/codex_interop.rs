@@ -1194,6 +1194,8 @@ fn a_signal_to_the_stdio_shim_reaches_codex_and_its_exit_becomes_the_shims() {
         status.code().is_some() || status.signal() == Some(libc::SIGTERM),
         "{status}"
     );
+}
+
 /// Issue 13, item 7, against the real Codex: rows in Codex's own (symlinked) spelling are
 /// healthy, and the row Codex rewrites to the realpath after a resume through it is only
 /// information, with advice that fits an unset `CODEX_HOME`.
