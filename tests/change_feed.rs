@@ -506,8 +506,13 @@ fn seeded_churn() {
         assert_eq!(
             transitions(&got),
             transitions(&t.expected),
-            "seed {seed}: thread {}: {mine:#?}",
-            t.rollout.id
+            "seed {seed}: thread {}: {mine:#?}\nagent log in {}",
+            t.rollout.id,
+            {
+                let keep = std::env::temp_dir().join("rolloutd-churn-agent.log");
+                let _ = std::fs::write(&keep, agent.log());
+                keep.display().to_string()
+            }
         );
     }
     agent.stop();
@@ -716,4 +721,46 @@ fn compressed_rollout_archived_and_back() {
             "thread/unarchived"
         ]
     );
+}
+
+/// Compressions while a client resolves the same threads: each is one `thread/compressed`.
+#[test]
+fn compressions_raced_by_resolves_are_compressed() {
+    let (fx, agent, feed) = live();
+    let rollouts: Vec<(String, PathBuf)> = (100..130).map(|n| place(&fx, n)).collect();
+    for (id, _) in &rollouts {
+        feed.wait_for("thread/materialized", id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (stop, socket) = (Arc::clone(&stop), agent.socket.clone());
+        let ids: Vec<String> = rollouts.iter().map(|(id, _)| id.clone()).collect();
+        std::thread::spawn(move || {
+            let mut c = rolloutd::client::Client::connect(&socket).unwrap();
+            let mut k = 0usize;
+            while !stop.load(Ordering::Acquire) && k < 1_000_000 {
+                let _ = c.call("thread/resolve", json!({ "threadId": ids[k % ids.len()] }));
+                k += 1;
+            }
+        })
+    };
+    for (_, path) in &rollouts {
+        let mut zst = path.clone().into_os_string();
+        zst.push(".zst");
+        fx.place(&zstd_bytes(&std::fs::read(path).unwrap()), &PathBuf::from(zst));
+        std::fs::remove_file(path).unwrap();
+    }
+    for (id, _) in &rollouts {
+        feed.wait_for("thread/compressed", id);
+    }
+    stop.store(true, Ordering::Release);
+    hammer.join().unwrap();
+    for (id, _) in &rollouts {
+        let got = feed.methods_for(id);
+        assert!(
+            !got.iter().any(|m| m == "thread/removed"),
+            "{id}: {got:?}\n{}",
+            agent.log()
+        );
+    }
 }

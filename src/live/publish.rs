@@ -42,6 +42,9 @@ impl ChangeSink for Publisher {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        for change in changes {
+            tracing::debug!(?change, "change");
+        }
         // Records are built only for someone listening (subscribers, waits).
         if self.events.receiver_count() > 0 {
             for change in changes {
