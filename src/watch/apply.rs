@@ -16,18 +16,26 @@ use crate::index::{Batch, IndexError, ProblemRow};
 use crate::live::Shared;
 use crate::rollout::{self, name, ProblemKind};
 
-/// Applies the changed `paths` (files or directories, present or gone).
-pub fn apply_paths(shared: &Shared, mut paths: Vec<PathBuf>) -> Result<(), IndexError> {
+/// Applies changed paths: `present` ones (files or directories) as they are now, and the
+/// rows at or under `gone` ones whose files are still missing.
+///
+/// Only `gone` paths remove rows: they have waited out the rename grace. A present path
+/// that vanished since it was seen is skipped, since its own removal event follows with
+/// that grace; removing it now could leave a thread's stale row (the other half of a
+/// rename not yet dropped) standing as its file for a moment.
+pub fn apply_paths(
+    shared: &Shared,
+    mut present: Vec<PathBuf>,
+    gone: Vec<PathBuf>,
+) -> Result<(), IndexError> {
     let homes = shared.homes();
     let roots = crawl::allowed_roots(&homes);
-    paths.sort();
-    paths.dedup();
+    present.sort();
+    present.dedup();
     let mut candidates = Vec::new();
     let mut batch = Batch::default();
-    let mut gone = Vec::new();
-    for path in paths {
+    for path in present {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            gone.push(path);
             continue;
         };
         let rollout_named = path
@@ -67,10 +75,9 @@ pub fn apply_paths(shared: &Shared, mut paths: Vec<PathBuf>) -> Result<(), Index
         .par_iter()
         .map(|c| (c, rollout::inspect(&c.path, &shared.limits)))
         .collect();
-    let (files, problems, vanished) = crawl::split_outcomes(outcomes);
+    let (files, problems, _vanished) = crawl::split_outcomes(outcomes);
     batch.files = files;
     batch.problems.extend(problems);
-    gone.extend(vanished);
 
     let index = shared.writer();
     // A file that changed again since its head was read is left to the event that change
@@ -89,6 +96,7 @@ pub fn apply_paths(shared: &Shared, mut paths: Vec<PathBuf>) -> Result<(), Index
     }
     batch.removed.sort();
     batch.removed.dedup();
+    tracing::debug!(files = ?batch.files.iter().map(|f| &f.path).collect::<Vec<_>>(), removed = ?batch.removed, "watcher batch");
     if !batch.is_empty() {
         index.apply("applying changes", &batch)?;
     }

@@ -319,7 +319,7 @@ impl Watch {
                 }
             }
             let due = self.vanished.take_due(now);
-            self.apply(due);
+            self.apply(Vec::new(), due);
             if self.rescan_pending && self.backoff.allowed(now) {
                 self.reconcile(true);
             }
@@ -351,12 +351,13 @@ impl Watch {
                     if meta.is_dir() {
                         self.recheck.push(now, p.clone());
                     }
+                    self.vanished.forget(&p);
                     present.push(p);
                 }
                 Err(_) => self.vanished.push(now, p),
             }
         }
-        self.apply(present);
+        self.apply(present, Vec::new());
     }
 
     /// Paths of rows at or under `dirs` whose file no longer exists.
@@ -377,11 +378,11 @@ impl Watch {
         missing
     }
 
-    fn apply(&mut self, paths: Vec<PathBuf>) {
-        if paths.is_empty() {
+    fn apply(&mut self, present: Vec<PathBuf>, gone: Vec<PathBuf>) {
+        if present.is_empty() && gone.is_empty() {
             return;
         }
-        if let Err(e) = apply::apply_paths(&self.shared, paths) {
+        if let Err(e) = apply::apply_paths(&self.shared, present, gone) {
             tracing::warn!(error = %e, "could not apply changes; rescanning");
             self.request_rescan("the index rejected a change");
         }

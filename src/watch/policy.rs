@@ -72,6 +72,12 @@ impl Delayed {
         self.queue.push((now, path));
     }
 
+    /// Drops what is queued for `path`: a vanished path seen again must not be taken for
+    /// gone by an older entry when it vanishes anew (its new removal waits a full delay).
+    pub fn forget(&mut self, path: &std::path::Path) {
+        self.queue.retain(|(_, p)| p != path);
+    }
+
     pub fn next_due(&self) -> Option<Instant> {
         self.queue.iter().map(|(t, _)| *t + self.delay).min()
     }
@@ -171,6 +177,7 @@ impl LossBurst {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -208,6 +215,10 @@ mod tests {
         assert_eq!(d.next_due(), Some(t0 + 150 * MS));
         assert_eq!(d.take_due(t0 + 200 * MS), vec![PathBuf::from("a")]);
         assert_eq!(d.next_due(), None);
+        d.push(t0, PathBuf::from("c"));
+        d.push(t0, PathBuf::from("d"));
+        d.forget(Path::new("c"));
+        assert_eq!(d.take_due(t0 + 200 * MS), vec![PathBuf::from("d")]);
     }
 
     #[test]
