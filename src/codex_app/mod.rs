@@ -92,12 +92,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ExitCode::from(CANNOT_RUN);
     };
-    let mut checker = Checker {
-        ask: open_rolloutd(&overrides, &socket),
-        active: Active::default(),
-        materialize_timeout: args.materialize_timeout,
-        cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-    };
+    let active = Active::default();
     let upstream: Upstream<std::process::ChildStdin> = Arc::new(Mutex::new(Some(stdin)));
     let client = Arc::new(Mutex::new(std::io::stdout()));
 
@@ -105,7 +100,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let client = client.clone();
         let upstream = upstream.clone();
-        let active = checker.active.clone();
+        let active = active.clone();
         std::thread::spawn(move || {
             relay::pump_server(stdout, &client, &upstream, &active);
             let _ = tx.send(());
@@ -115,7 +110,15 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
     {
         let client = client.clone();
         let upstream = upstream.clone();
+        // Opened in the client pump's thread: Codex's first lines are relayed meanwhile.
+        let materialize_timeout = args.materialize_timeout;
         std::thread::spawn(move || {
+            let mut checker = Checker {
+                ask: open_rolloutd(&overrides, &socket),
+                active,
+                materialize_timeout,
+                cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            };
             relay::pump_client(std::io::stdin(), &upstream, &client, &mut checker);
         });
     }
