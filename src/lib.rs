@@ -6,6 +6,7 @@
 //! speaks SQL to rolloutd's index, [`codex_state`] the only one that touches Codex's own
 //! state database, and [`identity`] owns what "the same file" means. [`service`] is how the
 //! agent lives under systemd and launchd.
+//! [`codex_app`] puts rolloutd in front of Codex's app-server.
 
 pub mod agent;
 pub mod cli;
