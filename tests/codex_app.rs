@@ -536,3 +536,25 @@ fn a_resume_of_a_thread_not_materialized_waits_for_its_rollout() {
     shim.close_stdin();
     assert!(shim.wait().success());
 }
+
+#[test]
+fn shared_mode_refuses_other_transports_and_reports_an_upstream_that_never_serves() {
+    let fx = Fixture::new();
+    let mut shim = Shim::start(
+        &fx,
+        &fx.root.join("unused"),
+        &["--listen", "ws://127.0.0.1:1"],
+    );
+    assert_eq!(shim.wait().code(), Some(2));
+    shim.log_line("only unix://PATH is supported");
+
+    // The app-server the shim starts exits before creating its socket: its status is the
+    // shim's, with a sentence, and the shim's own socket is never made.
+    let quits = fake(&fx, "fake-codex", "exit 9");
+    let listen = fx.root.join("shared.sock");
+    let url = format!("unix://{}", listen.display());
+    let mut shim = Shim::start(&fx, &quits, &["--listen", &url]);
+    assert_eq!(shim.wait().code(), Some(9));
+    shim.log_line("exited before serving");
+    assert!(!listen.exists());
+}
