@@ -1041,6 +1041,29 @@ fn case5_a_full_turn_streams_through_the_shim_byte_for_byte_and_in_order() {
     assert_eq!(a, t, "the same server messages with and without the shim");
 }
 
+/// A child killed and reaped when the test ends, also by a panic.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A line-delimited JSON-RPC client of the shim's shared socket.
 struct SockRpc {
     stream: std::os::unix::net::UnixStream,
@@ -1108,11 +1131,12 @@ fn shared_mode_relays_many_clients_to_one_app_server_with_the_same_checks() {
         &["--listen", &format!("unix://{}", listen.display())],
         &[],
     );
-    let mut shim = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut shim = Reaped(
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::os::unix::net::UnixStream::connect(&listen).is_err() {
         assert!(shim.try_wait().unwrap().is_none(), "the shim exited");
@@ -1160,10 +1184,10 @@ fn shared_mode_relays_many_clients_to_one_app_server_with_the_same_checks() {
         if let Some(s) = shim.try_wait().unwrap() {
             break s;
         }
-        if Instant::now() > deadline + Duration::from_secs(60) {
-            shim.kill().ok();
-            panic!("the shim did not stop on SIGTERM");
-        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "the shim did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     println!("shared mode: shim exited with {status} after SIGTERM");
@@ -1254,4 +1278,78 @@ fn seed_bugs_of_older_releases_are_fixed_by_the_shim() {
     let r = shim.call("thread/resume", json!({"threadId": a, "path": w.home}));
     assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
     assert!(shim.finish().0.success());
+}
+
+#[test]
+fn shared_mode_relays_to_an_app_server_it_did_not_start() {
+    let Some(codex) = codex_bin_for_shim() else {
+        return;
+    };
+    let w = World::new(codex);
+    let upstream = w.root.join("run/codex-upstream.sock");
+    let mut codex = Reaped(
+        direct(&w, &["--listen", &format!("unix://{}", upstream.display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let listen = w.root.join("run/shim.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait_for = |p: &Path, child: &mut Reaped| {
+        while std::os::unix::net::UnixStream::connect(p).is_err() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exited before serving {p:?}"
+            );
+            assert!(Instant::now() < deadline, "{p:?} never served");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&upstream, &mut codex);
+    let mut shim = Reaped(
+        shimmed(
+            &w,
+            &w.codex,
+            &[
+                "--listen",
+                &format!("unix://{}", listen.display()),
+                "--upstream",
+                &format!("unix://{}", upstream.display()),
+            ],
+            &[],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(&listen, &mut shim);
+
+    let mut client = SockRpc::connect(&listen);
+    let started = client.call("thread/start", json!({}));
+    let id = started["result"]["thread"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = client.call("thread/resume", json!({"threadId": id, "path": w.home}));
+    assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
+    drop(client);
+
+    // The shim stops on SIGTERM and leaves the app-server it did not start running.
+    // SAFETY: kill has no memory effects; the pid is our live child.
+    unsafe { libc::kill(shim.id() as libc::pid_t, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = shim.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the shim did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!listen.exists());
+    assert!(
+        codex.try_wait().unwrap().is_none(),
+        "the upstream app-server was stopped"
+    );
 }
