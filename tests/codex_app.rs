@@ -46,6 +46,8 @@ impl Shim {
             .arg(bin)
             .args(extra)
             .env_remove("ROLLOUTD_CODEX_BIN")
+            // The home Codex would use is the one rolloutd serves.
+            .env("CODEX_HOME", &fx.home)
             .current_dir(&fx.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -557,4 +559,32 @@ fn shared_mode_refuses_other_transports_and_reports_an_upstream_that_never_serve
     assert_eq!(shim.wait().code(), Some(9));
     shim.log_line("exited before serving");
     assert!(!listen.exists());
+}
+
+#[test]
+fn nothing_is_checked_when_codexs_home_is_not_one_rolloutd_serves() {
+    let h = home();
+    let echo = fake(&h.fx, "fake-codex", "exec cat");
+    let elsewhere = h.fx.root.join("other-codex-home");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut c = h.fx.cmd();
+    c.args(["codex", "app-server", "--codex-bin"])
+        .arg(&echo)
+        .env("CODEX_HOME", &elsewhere)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // A request that would be refused is relayed unchanged, with a warning saying why.
+    let line = resume("r", &h.t, &h.fx.home).to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, format!("{line}\n").into_bytes());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not one rolloutd serves"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

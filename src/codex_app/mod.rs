@@ -146,10 +146,28 @@ fn open_rolloutd(
         .map_err(|e| e.to_string())
         .and_then(|config| ask::open(socket, &config));
     match opened {
-        Ok(a) => Some(a),
+        Ok(a) => match codex_home() {
+            // rolloutd's answers are about its homes: for another one, every path would look
+            // `outsideHome`, so nothing is checked rather than everything refused.
+            Some(home) if a.homes().locate(&home).is_none() => {
+                tracing::warn!(codex_home = %home.display(), "Codex's home is not one rolloutd serves (see --codex-home); relaying every request unchanged");
+                None
+            }
+            _ => Some(a),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "rolloutd cannot check rollout paths; relaying every request unchanged");
             None
         }
     }
+}
+
+/// The home Codex will use, found as Codex finds it: `$CODEX_HOME` when set and not empty,
+/// else `$HOME/.codex`.
+fn codex_home() -> Option<PathBuf> {
+    let home = match std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".codex"),
+    };
+    Some(crate::identity::normalize_lexically(&home))
 }
