@@ -1336,6 +1336,47 @@ fn shared_mode_relays_to_an_app_server_it_did_not_start() {
     assert_eq!(r["error"]["data"]["reason"], "directory", "{r}");
     drop(client);
 
+    // A client written for Codex's own socket (WebSocket framing) is served the same way.
+    let (from, mut to) = rolloutd::codex_app::ws::connect(&listen).unwrap();
+    let mut from = BufReader::new(from);
+    let init = json!({"clientInfo": {"name": "ws", "version": "0"}, "capabilities": {"experimentalApi": true}});
+    writeln!(
+        to,
+        "{}",
+        json!({"id": 0, "method": "initialize", "params": init})
+    )
+    .unwrap();
+    writeln!(
+        to,
+        "{}",
+        json!({"id": 1, "method": "thread/resume", "params": {"threadId": id, "path": w.home}})
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    // Bounded: two answers, or the connection ends (then the asserts below fail).
+    while answers.len() < 2 {
+        let mut line = String::new();
+        if from.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v.get("method").is_none() {
+            answers.push(v);
+        }
+    }
+    let refusal = answers
+        .iter()
+        .find(|v| v["id"] == 1)
+        .expect("the resume's answer");
+    assert_eq!(refusal["error"]["data"]["reason"], "directory", "{refusal}");
+    assert!(
+        answers
+            .iter()
+            .any(|v| v["id"] == 0 && v.get("result").is_some()),
+        "{answers:?}"
+    );
+    drop(to);
+
     // The shim stops on SIGTERM and leaves the app-server it did not start running.
     // SAFETY: kill has no memory effects; the pid is our live child.
     unsafe { libc::kill(shim.id() as libc::pid_t, libc::SIGTERM) };

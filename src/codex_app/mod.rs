@@ -37,8 +37,8 @@ pub struct AppServerArgs {
     /// How long a resume of a thread whose rollout is not written yet waits for it
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub materialize_timeout: Duration,
-    /// Shared mode: accept clients on `unix://PATH` (line-delimited JSON-RPC, as on stdio),
-    /// each relayed to one long-running app-server
+    /// Shared mode: accept clients on `unix://PATH` (line-delimited JSON-RPC as on stdio, or
+    /// the WebSocket framing of Codex's own sockets), each relayed to one app-server
     #[arg(long, value_name = "URL")]
     pub listen: Option<String>,
     /// Shared mode: relay to this running app-server socket (`unix://PATH`, e.g. the daemon's
