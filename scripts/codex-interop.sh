@@ -7,9 +7,14 @@
 #   scripts/codex-interop.sh            # install if needed, run the interop tests per release
 #
 # Environment:
-#   ROLLOUTD_CODEX_VERSIONS the releases to run, space-separated (default "0.169.0 0.171.0":
-#                           the release the seed reports came from, and the newest on npm
-#                           when this was written)
+#   ROLLOUTD_CODEX_VERSIONS the releases to run, space-separated, each VERSION or
+#                           VERSION:FILTER (a test-name filter). Default
+#                           "0.169.0 0.171.0 0.124.0:seed_bugs": the release the seed reports
+#                           came from, the newest on npm when this was written, and an older
+#                           one that still compares a running thread's path literally and
+#                           hands a directory to the rollout reader (only the test showing
+#                           the shim fixing that runs there: its state DB predates columns
+#                           the other tests read)
 #   ROLLOUTD_CODEX_VERSION  a single release instead (kept for older callers)
 #   ROLLOUTD_CODEX_CACHE    where to install a single release (default
 #                           $XDG_CACHE_HOME/rolloutd/codex-<version>, one per release)
@@ -20,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-versions="${ROLLOUTD_CODEX_VERSIONS:-${ROLLOUTD_CODEX_VERSION:-0.169.0 0.171.0}}"
+versions="${ROLLOUTD_CODEX_VERSIONS:-${ROLLOUTD_CODEX_VERSION:-0.169.0 0.171.0 0.124.0:seed_bugs}}"
 
 skip_or_fail() {
   if [ "${CI:-}" = "true" ]; then
@@ -33,8 +38,8 @@ skip_or_fail() {
 
 run_tests() {
   "$1" --version
-  echo "== interop tests against $1"
-  ROLLOUTD_CODEX_BIN="$1" cargo test --locked --test codex_interop -- --nocapture
+  echo "== interop tests against $1${2:+ (only $2)}"
+  ROLLOUTD_CODEX_BIN="$1" cargo test --locked --test codex_interop -- --nocapture ${2:+"$2"}
 }
 
 if [ -n "${ROLLOUTD_CODEX_BIN:-}" ]; then
@@ -43,14 +48,19 @@ if [ -n "${ROLLOUTD_CODEX_BIN:-}" ]; then
 fi
 
 set -- $versions
-for version in "$@"; do
+for entry in "$@"; do
+  version="${entry%%:*}"
+  filter=""
+  [ "$entry" = "$version" ] || filter="${entry#*:}"
   if [ $# -eq 1 ] && [ -n "${ROLLOUTD_CODEX_CACHE:-}" ]; then
     cache="$ROLLOUTD_CODEX_CACHE"
   else
     cache="${XDG_CACHE_HOME:-$HOME/.cache}/rolloutd/codex-$version"
   fi
   find_bin() {
-    find "$cache/node_modules/@openai" -path '*/vendor/*/bin/codex' -type f 2>/dev/null | head -n 1
+    # vendor/<target>/bin/codex in current packages, vendor/<target>/codex/codex in older ones
+    find "$cache/node_modules/@openai" \( -path '*/vendor/*/bin/codex' -o -path '*/vendor/*/codex/codex' \) \
+      -type f 2>/dev/null | head -n 1
   }
   bin="$(find_bin)"
   if [ -z "$bin" ]; then
@@ -62,5 +72,5 @@ for version in "$@"; do
     bin="$(find_bin)"
     [ -n "$bin" ] || skip_or_fail "the @openai/codex@$version package has no prebuilt binary for this platform"
   fi
-  run_tests "$bin"
+  run_tests "$bin" "$filter"
 done

@@ -11,7 +11,7 @@
 //! [`identity`], [`logging`] → [`config`] → [`rollout`] → [`index`] → [`crawl`] → [`query`] →
 //! [`codex_state`] → [`protocol`] → [`client`] → [`live`] (state shared by the watcher, the
 //! server and readiness; the change publisher; the shutdown token) → [`watch`] → [`server`]
-//! → [`service`] → [`agent`] (wiring only) → [`cli`].
+//! → [`service`] → [`codex_app`] (the app-server shim) → [`agent`] (wiring only) → [`cli`].
 
 pub mod agent;
 pub mod cli;

@@ -46,6 +46,8 @@ impl Shim {
             .arg(bin)
             .args(extra)
             .env_remove("ROLLOUTD_CODEX_BIN")
+            // The home Codex would use is the one rolloutd serves.
+            .env("CODEX_HOME", &fx.home)
             .current_dir(&fx.root)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -535,4 +537,54 @@ fn a_resume_of_a_thread_not_materialized_waits_for_its_rollout() {
     assert_eq!(v["params"]["path"], json!(path));
     shim.close_stdin();
     assert!(shim.wait().success());
+}
+
+#[test]
+fn shared_mode_refuses_other_transports_and_reports_an_upstream_that_never_serves() {
+    let fx = Fixture::new();
+    let mut shim = Shim::start(
+        &fx,
+        &fx.root.join("unused"),
+        &["--listen", "ws://127.0.0.1:1"],
+    );
+    assert_eq!(shim.wait().code(), Some(2));
+    shim.log_line("only unix://PATH is supported");
+
+    // The app-server the shim starts exits before creating its socket: its status is the
+    // shim's, with a sentence, and the shim's own socket is never made.
+    let quits = fake(&fx, "fake-codex", "exit 9");
+    let listen = fx.root.join("shared.sock");
+    let url = format!("unix://{}", listen.display());
+    let mut shim = Shim::start(&fx, &quits, &["--listen", &url]);
+    assert_eq!(shim.wait().code(), Some(9));
+    shim.log_line("exited before serving");
+    assert!(!listen.exists());
+}
+
+#[test]
+fn nothing_is_checked_when_codexs_home_is_not_one_rolloutd_serves() {
+    let h = home();
+    let echo = fake(&h.fx, "fake-codex", "exec cat");
+    let elsewhere = h.fx.root.join("other-codex-home");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut c = h.fx.cmd();
+    c.args(["codex", "app-server", "--codex-bin"])
+        .arg(&echo)
+        .env("CODEX_HOME", &elsewhere)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    // A request that would be refused is relayed unchanged, with a warning saying why.
+    let line = resume("r", &h.t, &h.fx.home).to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, format!("{line}\n").into_bytes());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not one rolloutd serves"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -6,6 +6,7 @@
 //! cargo bench --bench rolloutd -- --threads 2000 --runs 1
 //! ROLLOUTD_BENCH_THREADS=10000 cargo bench --bench rolloutd
 //! cargo bench --bench rolloutd -- --generate-only DIR   # just write a corpus to DIR/codex
+//! cargo bench --bench rolloutd -- --shim-only           # just the app-server shim's figures
 //! ```
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
@@ -18,6 +19,7 @@ mod anchors;
 mod client;
 mod corpus;
 mod proc;
+mod shim;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ struct Options {
     threads: u32,
     runs: usize,
     generate_only: Option<PathBuf>,
+    shim_only: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -51,6 +54,7 @@ fn options() -> Result<Options, String> {
             .transpose()?
             .unwrap_or(3),
         generate_only: None,
+        shim_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,11 +69,12 @@ fn options() -> Result<Options, String> {
                 o.runs = v.parse().map_err(|_| format!("--runs {v}"))?;
             }
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
+            "--shim-only" => o.shim_only = true,
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
             other => {
                 return Err(format!(
-                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR)"
+                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --shim-only)"
             ))
             }
         }
@@ -113,6 +118,12 @@ fn main() {
         }
     };
     let result = match dunce::canonicalize(tmp.path()) {
+        Ok(root) if o.shim_only => {
+            let mut report = Report::default();
+            shim_rows(&mut report, &root);
+            report.print(&o, 0);
+            Ok(())
+        }
         Ok(root) => run(&o, &root),
         Err(e) => Err(e.to_string()),
     };
@@ -653,8 +664,47 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         }
         anchors::Watchman::Skipped(why) => report.note(format!("watchman skipped: {why}")),
     }
+    shim_rows(&mut report, &root.join("shim"));
     report.print(o, c.threads.len());
     Ok(())
+}
+
+/// The app-server shim's figures (see `shim.rs`), or a note saying why they are missing.
+fn shim_rows(report: &mut Report, root: &Path) {
+    println!("== app-server shim: relay latency and throughput against a direct pipe");
+    match shim::figures(root) {
+        Ok(f) => {
+            report.row(
+                "`codex app-server` shim: added per relayed line, p50 (p99)",
+                format!(
+                    "{} ({}); round trip {} direct, {} through the shim",
+                    fmt(f.added_p50),
+                    fmt(f.added_p99),
+                    fmt(f.direct_rtt_p50),
+                    fmt(f.shim_rtt_p50)
+                ),
+                "-".into(),
+                "-".into(),
+                "≤ 50 µs (p50)",
+                Some(f.added_p50 <= Duration::from_micros(50)),
+            );
+            let share = f.shim_lines_per_s / f.direct_lines_per_s.max(1e-9);
+            report.row(
+                "`codex app-server` shim: 100,000 notifications relayed",
+                format!(
+                    "{:.0} lines/s = {:.0} % of a direct pipe ({:.0} lines/s)",
+                    f.shim_lines_per_s,
+                    share * 100.0,
+                    f.direct_lines_per_s
+                ),
+                "-".into(),
+                "-".into(),
+                "≥ 80 % of a direct pipe",
+                Some(share >= 0.8),
+            );
+        }
+        Err(e) => report.note(format!("app-server shim figures skipped: {e}")),
+    }
 }
 
 fn wall_of(v: &[Usage]) -> Duration {

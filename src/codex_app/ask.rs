@@ -123,14 +123,13 @@ impl Rolloutd for Direct {
         q.check_resume(thread_id, path).map_err(|e| e.to_string())
     }
 
-    fn wait(&mut self, thread_id: &str, path: &Path, timeout: Duration) {
+    fn wait(&mut self, _thread_id: &str, path: &Path, timeout: Duration) {
+        // Codex writes the rollout at the very path it announced, so a stat (not a query,
+        // whose miss walks the home) tells when it appears; the caller checks it then.
+        let zst = crate::codex_state::spelling::with_zst(path);
         let deadline = Instant::now() + timeout;
         // Bounded by the deadline: each pass sleeps at least RECHECK or returns.
-        while Instant::now() < deadline {
-            match self.check_resume(thread_id, path) {
-                Ok(c) if c.reason.as_deref() == Some("notMaterialized") => {}
-                _ => return,
-            }
+        while Instant::now() < deadline && !path.exists() && !zst.exists() {
             std::thread::sleep(RECHECK.min(deadline.saturating_duration_since(Instant::now())));
         }
     }

@@ -37,8 +37,8 @@ pub struct AppServerArgs {
     /// How long a resume of a thread whose rollout is not written yet waits for it
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub materialize_timeout: Duration,
-    /// Shared mode: accept clients on `unix://PATH` (line-delimited JSON-RPC, as on stdio),
-    /// each relayed to one long-running app-server
+    /// Shared mode: accept clients on `unix://PATH` (line-delimited JSON-RPC as on stdio, or
+    /// the WebSocket framing of Codex's own sockets), each relayed to one app-server
     #[arg(long, value_name = "URL")]
     pub listen: Option<String>,
     /// Shared mode: relay to this running app-server socket (`unix://PATH`, e.g. the daemon's
@@ -92,12 +92,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ExitCode::from(CANNOT_RUN);
     };
-    let mut checker = Checker {
-        ask: open_rolloutd(&overrides, &socket),
-        active: Active::default(),
-        materialize_timeout: args.materialize_timeout,
-        cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-    };
+    let active = Active::default();
     let upstream: Upstream<std::process::ChildStdin> = Arc::new(Mutex::new(Some(stdin)));
     let client = Arc::new(Mutex::new(std::io::stdout()));
 
@@ -105,7 +100,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let client = client.clone();
         let upstream = upstream.clone();
-        let active = checker.active.clone();
+        let active = active.clone();
         std::thread::spawn(move || {
             relay::pump_server(stdout, &client, &upstream, &active);
             let _ = tx.send(());
@@ -115,7 +110,15 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
     {
         let client = client.clone();
         let upstream = upstream.clone();
+        // Opened in the client pump's thread: Codex's first lines are relayed meanwhile.
+        let materialize_timeout = args.materialize_timeout;
         std::thread::spawn(move || {
+            let mut checker = Checker {
+                ask: open_rolloutd(&overrides, &socket),
+                active,
+                materialize_timeout,
+                cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            };
             relay::pump_client(std::io::stdin(), &upstream, &client, &mut checker);
         });
     }
@@ -143,10 +146,28 @@ fn open_rolloutd(
         .map_err(|e| e.to_string())
         .and_then(|config| ask::open(socket, &config));
     match opened {
-        Ok(a) => Some(a),
+        Ok(a) => match codex_home() {
+            // rolloutd's answers are about its homes: for another one, every path would look
+            // `outsideHome`, so nothing is checked rather than everything refused.
+            Some(home) if a.homes().locate(&home).is_none() => {
+                tracing::warn!(codex_home = %home.display(), "Codex's home is not one rolloutd serves (see --codex-home); relaying every request unchanged");
+                None
+            }
+            _ => Some(a),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "rolloutd cannot check rollout paths; relaying every request unchanged");
             None
         }
     }
+}
+
+/// The home Codex will use, found as Codex finds it: `$CODEX_HOME` when set and not empty,
+/// else `$HOME/.codex`.
+fn codex_home() -> Option<PathBuf> {
+    let home = match std::env::var_os("CODEX_HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".codex"),
+    };
+    Some(crate::identity::normalize_lexically(&home))
 }

@@ -5,9 +5,10 @@
 //! Server → client is never held back: lines are written as soon as they are read. Only a
 //! line that has a `"path"` key is parsed first (to learn the rollout path Codex holds for a
 //! thread it announced), so a client that resumes right after `thread/start` is already
-//! checked against it. Client → server is
-//! sequential: a checked request is decided (bounded by the materialize timeout) before the
-//! lines after it are relayed, so order is kept.
+//! checked against it.
+//!
+//! Client → server is sequential: a checked request is decided (bounded by the materialize
+//! timeout) before the lines after it are relayed, so order is kept.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -22,7 +23,7 @@ use super::line::{self, Client, PathRequest};
 /// Bytes asked of the OS per read.
 const CHUNK: usize = 64 * 1024;
 
-/// Rollout paths of the threads Codex announced on this connection, by lowercase thread id.
+/// Rollout paths of the threads one app-server announced, by lowercase thread id.
 pub type Active = Arc<Mutex<HashMap<String, String>>>;
 
 /// The writer toward Codex; `None` once closed (so the other pump can close it too).

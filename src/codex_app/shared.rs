@@ -1,9 +1,11 @@
 //! Shared mode: one long-running app-server, many clients. The shim listens on a Unix
-//! socket; each client connection speaks line-delimited JSON-RPC (as over stdio) and is
-//! relayed, with the same checks, over its own WebSocket connection to the upstream socket:
+//! socket; each client connection speaks line-delimited JSON-RPC (as over stdio), or
+//! WebSocket as Codex's own sockets do when it opens with `GET`, and is relayed, with the
+//! same checks, over its own WebSocket connection to the upstream socket:
 //! either `codex app-server --listen unix://…` that the shim starts, or a socket that is
 //! already served (`--upstream`, such as the daemon's `app-server-control.sock`).
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -176,7 +178,10 @@ fn connection(
             return;
         }
     };
-    let Ok(client_in) = client.try_clone() else {
+    let Ok(raw) = client.try_clone() else {
+        return;
+    };
+    let Some((client_in, client_out)) = client_halves(client) else {
         return;
     };
     let mut checker = Checker {
@@ -185,18 +190,47 @@ fn connection(
         materialize_timeout,
         cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
     };
-    let out = Arc::new(Mutex::new(client));
+    let out = Arc::new(Mutex::new(client_out));
     let up: Upstream<ws::LineWriter> = Arc::new(Mutex::new(Some(writer)));
     let server = {
         let (out, up, active) = (out.clone(), up.clone(), checker.active.clone());
         std::thread::spawn(move || {
             relay::pump_server(reader, &out, &up, &active);
-            // Codex closed this connection: so does the client.
-            if let Ok(s) = out.lock() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
+            // Codex closed this connection: so does the client (a WebSocket client gets its
+            // close frame when `out` drops).
+            drop(out);
+            let _ = raw.shutdown(std::net::Shutdown::Both);
         })
     };
     relay::pump_client(client_in, &up, &out, &mut checker);
+    drop(out);
     let _ = server.join();
+}
+
+type Halves = (Box<dyn Read + Send>, Box<dyn Write + Send>);
+
+/// The client's input and output as lines. A client that opens with `GET ` is one written
+/// for Codex's own sockets: it gets the same WebSocket framing; any other speaks lines.
+fn client_halves(mut client: UnixStream) -> Option<Halves> {
+    let mut first = [0u8; 1];
+    // The first byte tells; it is read (not peeked, which std does not offer on Unix
+    // sockets), so a line client gets it back in front of the rest.
+    if client.read_exact(&mut first).is_err() {
+        return None;
+    }
+    if first[0] == b'G' {
+        // The request line is not needed, only the headers after it.
+        return match ws::accept(client) {
+            Ok((r, w)) => Some((Box::new(r), Box::new(w))),
+            Err(e) => {
+                tracing::warn!(error = %e, "a client's WebSocket upgrade failed");
+                None
+            }
+        };
+    }
+    let out = client.try_clone().ok()?;
+    Some((
+        Box::new(std::io::Cursor::new(first).chain(client)),
+        Box::new(out),
+    ))
 }

@@ -1,6 +1,7 @@
 //! The framing of Codex's app-server sockets (`codex app-server --listen unix://PATH`, and
 //! the daemon's `app-server-control.sock`): an HTTP/1.1 WebSocket upgrade, then one
-//! JSON-RPC message per text frame (RFC 6455). Only the client side, as the shim needs it.
+//! JSON-RPC message per text frame (RFC 6455): the client side toward Codex, and the server
+//! side for clients of the shim's own socket that speak it.
 //!
 //! [`LineReader`] and [`LineWriter`] turn the socket into the line streams the pumps relay:
 //! each message becomes one line, each line one text frame, its bytes unchanged.
@@ -51,20 +52,151 @@ pub fn connect(path: &std::path::Path) -> io::Result<(LineReader, LineWriter)> {
             break;
         }
     }
+    Ok(halves(reader, writer, true))
+}
+
+/// Serves the upgrade of a client that sent `GET` (the shim's own socket, for clients
+/// written for Codex's): the two halves, server side.
+pub fn accept(stream: UnixStream) -> io::Result<(LineReader, LineWriter)> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut key = None;
+    // The request line and headers, up to the empty line; bounded by the stream closing.
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        if header == "\r\n" || header == "\n" {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("sec-websocket-key") {
+                key = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let Some(key) = key else {
+        writer.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")?;
+        return Err(io::Error::new(
+            ErrorKind::InvalidData,
+            "no Sec-WebSocket-Key",
+        ));
+    };
+    write!(
+        writer,
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-accept: {}\r\n\r\n",
+        accept_key(&key)
+    )?;
+    Ok(halves(reader, writer, false))
+}
+
+fn halves(
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    client: bool,
+) -> (LineReader, LineWriter) {
     let shared = Arc::new(Mutex::new(writer));
-    Ok((
+    (
         LineReader {
             inner: reader,
             frames: shared.clone(),
+            client,
             pending: Vec::new(),
             at: 0,
             closed: false,
         },
         LineWriter {
             frames: shared,
+            client,
             partial: Vec::new(),
         },
-    ))
+    )
+}
+
+/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + the RFC 6455 GUID)).
+pub fn accept_key(key: &str) -> String {
+    let digest = sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+    base64(&digest)
+}
+
+/// SHA-1 (FIPS 180-4), only for the handshake above.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [
+        0x6745_2301,
+        0xEFCD_AB89,
+        0x98BA_DCFE,
+        0x1032_5476,
+        0xC3D2_E1F0,
+    ];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
+                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
+                _ => (b ^ c ^ d, 0xCA62_C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.len();
+        let v = u32::from(chunk[0]) << 16
+            | u32::from(*chunk.get(1).unwrap_or(&0)) << 8
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                out.push(char::from(ABC[(v >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A mask when this side is the client (clients must mask; servers must not).
+fn mask(client: bool) -> Option<[u8; 4]> {
+    client.then(next_mask)
 }
 
 /// A frame's header and payload, masked when `mask` is given (clients must mask).
@@ -147,6 +279,8 @@ fn lock(m: &Mutex<UnixStream>) -> std::sync::MutexGuard<'_, UnixStream> {
 pub struct LineReader {
     inner: BufReader<UnixStream>,
     frames: Arc<Mutex<UnixStream>>,
+    /// Client side: frames sent are masked; server side: not.
+    client: bool,
     pending: Vec<u8>,
     at: usize,
     closed: bool,
@@ -165,7 +299,7 @@ impl LineReader {
             };
             match opcode {
                 PING => {
-                    let pong = encode(PONG, &payload, Some(next_mask()));
+                    let pong = encode(PONG, &payload, mask(self.client));
                     lock(&self.frames).write_all(&pong)?;
                 }
                 PONG => {}
@@ -220,6 +354,7 @@ impl Read for LineReader {
 /// Lines to Codex: each line (without its `\n`) as one masked text frame.
 pub struct LineWriter {
     frames: Arc<Mutex<UnixStream>>,
+    client: bool,
     partial: Vec<u8>,
 }
 
@@ -228,10 +363,10 @@ impl Write for LineWriter {
         let mut rest = buf;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
             let frame = if self.partial.is_empty() {
-                encode(TEXT, &rest[..nl], Some(next_mask()))
+                encode(TEXT, &rest[..nl], mask(self.client))
             } else {
                 self.partial.extend_from_slice(&rest[..nl]);
-                let f = encode(TEXT, &self.partial, Some(next_mask()));
+                let f = encode(TEXT, &self.partial, mask(self.client));
                 self.partial.clear();
                 f
             };
@@ -252,9 +387,9 @@ impl Drop for LineWriter {
     fn drop(&mut self) {
         let mut s = lock(&self.frames);
         if !self.partial.is_empty() {
-            let _ = s.write_all(&encode(TEXT, &self.partial, Some(next_mask())));
+            let _ = s.write_all(&encode(TEXT, &self.partial, mask(self.client)));
         }
-        let _ = s.write_all(&encode(CLOSE, &[], Some(next_mask())));
+        let _ = s.write_all(&encode(CLOSE, &[], mask(self.client)));
         let _ = s.shutdown(std::net::Shutdown::Write);
     }
 }
@@ -262,6 +397,37 @@ impl Drop for LineWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        // The example of RFC 6455 section 1.3.
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b"a"), "YQ==");
+    }
+
+    #[test]
+    fn a_client_and_a_server_end_talk_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let (mut r, mut w) = accept(stream).unwrap();
+            let mut line = Vec::new();
+            BufReader::new(&mut r).read_until(b'\n', &mut line).unwrap();
+            w.write_all(&line).unwrap();
+        });
+        let (r, mut w) = connect(&path).unwrap();
+        w.write_all(b"{\"id\":1}\n").unwrap();
+        let mut back = Vec::new();
+        BufReader::new(r).read_until(b'\n', &mut back).unwrap();
+        assert_eq!(back, b"{\"id\":1}\n");
+        server.join().unwrap();
+    }
 
     #[test]
     fn frames_round_trip_at_every_length_class_masked_or_not() {
@@ -292,6 +458,7 @@ mod tests {
         let mut r = LineReader {
             inner: BufReader::new(a.try_clone().unwrap()),
             frames: Arc::new(Mutex::new(a)),
+            client: true,
             pending: Vec::new(),
             at: 0,
             closed: false,
@@ -309,6 +476,7 @@ mod tests {
         {
             let mut w = LineWriter {
                 frames: Arc::new(Mutex::new(a)),
+                client: true,
                 partial: Vec::new(),
             };
             w.write_all(b"{\"a\":").unwrap();
