@@ -163,10 +163,6 @@ impl Answer {
 /// Parses the process arguments, runs the command, prints, and returns the exit status.
 pub fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    // `run` sets up logging once its config (log.level) is known.
-    if !matches!(cli.command, Command::Run { .. }) {
-        crate::logging::init("warn");
-    }
     if let Err(e) = absolutize(&mut cli) {
         note(&format!("cannot read the working directory: {e}"));
         return ExitCode::from(2);
@@ -184,6 +180,10 @@ pub fn main() -> ExitCode {
         };
         let socket = crate::server::socket::effective_path(cli.global.socket.as_deref());
         return crate::codex_app::main(args, overrides, socket);
+    }
+    // `run` sets up logging once its config (log.level) is known (the shim, above, its own).
+    if !matches!(cli.command, Command::Run { .. }) {
+        crate::logging::init("warn");
     }
     let json = cli.global.json;
     let (text, code) = match run(cli) {
