@@ -682,3 +682,60 @@ fn an_index_from_before_the_case_rule_is_migrated() {
     assert_eq!(out.json["threadId"], tid(3));
     assert_eq!(out.json["threadIdAsWritten"], upper, "read again: {out:?}");
 }
+
+/// Item 1: a rewrite that keeps inode, size and mtime (`sed` into the same file, then
+/// `touch -r`) is still re-read: the stamp carries ctime, which user space cannot set. Both
+/// without an agent (the CLI's reconcile) and with one (the watcher and read-repair).
+#[test]
+fn a_rewrite_keeping_inode_size_and_mtime_is_read_again() {
+    for with_agent in [false, true] {
+        let fx = Fixture::new();
+        let a = tid(0x701);
+        let b = tid(0x702);
+        assert_eq!(a.len(), b.len());
+        let path = fx.write_active(&rollout(&a, 20));
+        let agent = with_agent.then(|| Agent::start(&fx));
+        if agent.is_none() {
+            fx.index();
+        }
+        assert_eq!(fx.resolve(&a).code, 0);
+        let before = std::fs::metadata(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap().replace(&a, &b);
+        // Same inode (written in place), same size, and the old mtime put back.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(text.as_bytes())?;
+                f.set_modified(before.modified()?)
+            })
+            .unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+            (
+                before.ino(),
+                before.size(),
+                before.mtime(),
+                before.mtime_nsec()
+            )
+        );
+        // The old id no longer answers with the file (its row is read again)...
+        let old = fx.resolve(&a);
+        assert_eq!(old.code, 1, "with_agent={with_agent}: {old:?}");
+        // ...and the new one does.
+        let r = common::agent::eventually("the rewrite to be seen", || {
+            let r = fx.resolve(&b);
+            (r.code == 0).then_some(r)
+        });
+        assert_eq!(
+            common::jpath(&r.json["canonicalPath"]),
+            dunce::canonicalize(&path).unwrap()
+        );
+        let check = fx.run_os(&["check-resume".as_ref(), a.as_ref(), path.as_os_str()]);
+        assert_eq!(check.json["reason"], "otherThread", "{check:?}");
+        drop(agent);
+    }
+}
