@@ -210,8 +210,9 @@ fn reconcile_home<A: IndexAccess>(
 
 /// The walk is no snapshot: a file archived, unarchived or moved with its day directory
 /// while it ran is seen at neither place. For each thread whose every row is about to be
-/// removed, look for its file once more, by the id in its name or by its identity (a rename
-/// keeps the inode), so it is seen to move rather than to go.
+/// removed, look for its file once more, by the id in its name, by its identity (a rename
+/// keeps the inode), or beside the file that went (a `.zst` written next to it, whatever its
+/// name says), so it is seen to move rather than to go.
 fn moved_during_walk<A: IndexAccess>(
     home: &Home,
     roots: &[PathBuf],
@@ -222,19 +223,21 @@ fn moved_during_walk<A: IndexAccess>(
     if gone.is_empty() {
         return Ok(Vec::new());
     }
-    let (threads, ids) = index.with(|i| -> Result<_, IndexError> {
+    let (threads, ids, dirs) = index.with(|i| -> Result<_, IndexError> {
         let gone_set: HashSet<&PathBuf> = gone.iter().collect();
         let mut threads = HashSet::new();
         let mut ids = HashSet::new();
+        let mut dirs = HashSet::new();
         for p in gone {
             let Some(row) = i.file_at(p)? else { continue };
             let rows = i.files_for_thread(&row.head.thread_id)?;
             if rows.iter().all(|r| gone_set.contains(&r.path)) {
                 ids.insert(row.stamp.id);
+                dirs.extend(p.parent().map(Path::to_path_buf));
                 threads.insert(row.head.thread_id);
             }
         }
-        Ok((threads, ids))
+        Ok((threads, ids, dirs))
     })?;
     if threads.is_empty() {
         return Ok(Vec::new());
@@ -249,7 +252,9 @@ fn moved_during_walk<A: IndexAccess>(
                 .and_then(|n| n.to_str())
                 .and_then(name::parse)
                 .is_some_and(|r| threads.contains(&r.thread_id.to_string()));
-            named || Stamp::of(&c.path).is_ok_and(|s| ids.contains(&s.id))
+            named
+                || c.path.parent().is_some_and(|d| dirs.contains(d))
+                || Stamp::of(&c.path).is_ok_and(|s| ids.contains(&s.id))
         })
         .map(|c| (c, rollout::inspect(&c.path, limits)))
         .collect();
