@@ -254,7 +254,7 @@ impl Watch {
                 home: home.configured.clone(),
                 filesystem,
                 mode: if reason.is_some() { "poll" } else { "events" }.into(),
-                poll_interval_ms: reason.is_some().then(|| interval.as_millis() as u64),
+                poll_interval_ms: reason.is_some().then_some(interval.as_millis() as u64),
                 reason,
             });
         }
@@ -613,5 +613,26 @@ fn native_backend() -> &'static str {
         "fsevents"
     } else {
         "kqueue"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_mount(r"/mnt/my\040home"), "/mnt/my home");
+        assert_eq!(unescape_mount(r"/a\134b"), r"/a\b");
+        assert_eq!(unescape_mount(r"/odd\09"), r"/odd\09");
+    }
+
+    #[test]
+    fn the_root_filesystem_has_a_name() {
+        let name = filesystem_name(Path::new("/"));
+        assert!(!name.is_empty());
+        if cfg!(target_os = "linux") {
+            assert_ne!(name, "unknown");
+        }
     }
 }
