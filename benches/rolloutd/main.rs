@@ -6,6 +6,7 @@
 //! cargo bench --bench rolloutd -- --threads 2000 --runs 1
 //! ROLLOUTD_BENCH_THREADS=10000 cargo bench --bench rolloutd
 //! cargo bench --bench rolloutd -- --generate-only DIR   # just write a corpus to DIR/codex
+//! cargo bench --bench rolloutd -- --fuse-poll --threads 5000   # a polled FUSE home (root)
 //! ```
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
@@ -17,6 +18,7 @@
 mod anchors;
 mod client;
 mod corpus;
+mod fuse;
 mod proc;
 mod stats;
 
@@ -37,6 +39,8 @@ struct Options {
     threads: u32,
     runs: usize,
     generate_only: Option<PathBuf>,
+    /// Only the polled-FUSE-home figures (`fuse.rs`).
+    fuse_poll: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -51,6 +55,7 @@ fn options() -> Result<Options, String> {
             .transpose()?
             .unwrap_or(3),
         generate_only: None,
+        fuse_poll: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,11 +70,12 @@ fn options() -> Result<Options, String> {
                 o.runs = v.parse().map_err(|_| format!("--runs {v}"))?;
             }
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
+            "--fuse-poll" => o.fuse_poll = true,
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
             other => {
                 return Err(format!(
-                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR)"
+                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --fuse-poll)"
             ))
             }
         }
@@ -113,6 +119,7 @@ fn main() {
         }
     };
     let result = match dunce::canonicalize(tmp.path()) {
+        Ok(root) if o.fuse_poll => fuse::run(o.threads, &root),
         Ok(root) => run(&o, &root),
         Err(e) => Err(e.to_string()),
     };
