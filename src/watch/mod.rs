@@ -361,8 +361,7 @@ impl Watch {
                 Vec::new()
             }
         };
-        let changed = poll::round(poller, now_ns, &mut known);
-        poller.ran(Instant::now());
+        let changed = poll::round(poller, Instant::now(), now_ns, &mut known);
         if !changed.is_empty() {
             tracing::debug!(paths = changed.len(), "polling found changes");
             settle.push(Instant::now(), changed);

@@ -57,12 +57,18 @@ struct Seen {
 }
 
 /// The polling policy: which directories are tracked, their last stamps, when the next
-/// round is due and in what order directories are looked at. Pure: callers pass the
+/// round is due and which directories it looks at, in what order. Pure: callers pass the
 /// stamps and the clocks.
+///
+/// Every directory is looked at once per interval; the hot ones (the two newest day
+/// directories, where new rollouts land, and the tree and `archived_sessions/`, where new
+/// day directories and archives appear) four times as often, which costs a few dozen
+/// stats and brings a new or archived rollout to well inside one interval.
 #[derive(Debug)]
 pub struct DirPoller {
     interval: Duration,
-    next: Instant,
+    next_full: Instant,
+    next_hot: Instant,
     dirs: BTreeMap<PathBuf, Seen>,
 }
 
@@ -70,7 +76,8 @@ impl DirPoller {
     pub fn new(interval: Duration, now: Instant) -> DirPoller {
         DirPoller {
             interval,
-            next: now + interval,
+            next_full: now + interval,
+            next_hot: now + interval / 4,
             dirs: BTreeMap::new(),
         }
     }
@@ -81,12 +88,36 @@ impl DirPoller {
 
     /// When the next round is due.
     pub fn due(&self) -> Instant {
-        self.next
+        self.next_full.min(self.next_hot)
     }
 
-    /// A round ran at `now`; the next falls due one interval later.
-    pub fn ran(&mut self, now: Instant) {
-        self.next = now + self.interval;
+    /// The directories due at `now`, in order (see [`DirPoller::order`]): all of them once
+    /// per interval, the hot ones in between; none before [`DirPoller::due`].
+    pub fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        if now >= self.next_full {
+            self.next_full = now + self.interval;
+            self.next_hot = now + self.interval / 4;
+            return self.order();
+        }
+        if now >= self.next_hot {
+            self.next_hot = now + self.interval / 4;
+            let hot = self.hot_days();
+            return self
+                .order()
+                .into_iter()
+                .filter(|d| day_of(d).is_none_or(|day| hot.contains(&day)))
+                .collect();
+        }
+        Vec::new()
+    }
+
+    /// The two newest day directories' dates.
+    fn hot_days(&self) -> Vec<&str> {
+        let mut days: Vec<&str> = self.dirs.keys().filter_map(|d| day_of(d)).collect();
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        days.dedup();
+        days.truncate(2);
+        days
     }
 
     pub fn len(&self) -> usize {
@@ -149,15 +180,13 @@ impl DirPoller {
     /// zone Codex named them in), then the rest newest first (`archived_sessions/` and the
     /// `sessions/` tree among them).
     pub fn order(&self) -> Vec<PathBuf> {
+        let hot_days = self.hot_days();
         let mut days: Vec<(&str, &PathBuf)> = self
             .dirs
             .keys()
             .filter_map(|d| day_of(d).map(|day| (day, d)))
             .collect();
         days.sort_by(|a, b| b.cmp(a));
-        let mut hot_days: Vec<&str> = days.iter().map(|(day, _)| *day).collect();
-        hot_days.dedup();
-        hot_days.truncate(2);
         let mut first: Vec<PathBuf> = days
             .iter()
             .filter(|(day, _)| hot_days.contains(day))
@@ -222,16 +251,18 @@ fn track_below(poller: &mut DirPoller, dir: &Path, nested: bool, depth: usize) {
     }
 }
 
-/// One round: stats every tracked directory and lists the changed ones. Returns the paths
-/// to apply: new entries (a new directory whole: applying it discovers what it holds) and
-/// entries gone since (`known` gives the index's paths at or under a directory).
+/// One round: stats the directories due at `now` and lists the changed ones. Returns the
+/// paths to apply: new entries (a new directory whole: applying it discovers what it holds)
+/// and entries gone since (`known` gives the index's paths at or under a directory).
+/// `now_ns` is the wall clock, to tell a stamp too recent to trust.
 pub fn round(
     poller: &mut DirPoller,
+    now: Instant,
     now_ns: i64,
     known: &mut dyn FnMut(&Path) -> Vec<PathBuf>,
 ) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in poller.order() {
+    for dir in poller.take_due(now) {
         // Forgotten earlier in this round, with a parent that vanished.
         if !poller.is_tracked(&dir) {
             continue;
@@ -389,12 +420,33 @@ mod tests {
     }
 
     #[test]
-    fn rounds_fall_due_one_interval_apart() {
+    fn every_directory_once_an_interval_the_hot_ones_four_times() {
         let t0 = Instant::now();
-        let mut p = DirPoller::new(Duration::from_secs(2), t0);
-        assert_eq!(p.due(), t0 + Duration::from_secs(2));
-        p.ran(t0 + Duration::from_secs(3));
-        assert_eq!(p.due(), t0 + Duration::from_secs(5));
+        let s = Duration::from_millis;
+        let mut p = DirPoller::new(s(2000), t0);
+        for d in [
+            "/h/archived_sessions",
+            "/h/sessions",
+            "/h/sessions/2026",
+            "/h/sessions/2026/10",
+            "/h/sessions/2026/10/30",
+            "/h/sessions/2026/10/31",
+            "/h/sessions/2026/11",
+            "/h/sessions/2026/11/01",
+        ] {
+            p.track(PathBuf::from(d), true, None);
+        }
+        assert!(p.take_due(t0).is_empty(), "nothing before it is due");
+        assert_eq!(p.due(), t0 + s(500));
+        let hot = p.take_due(t0 + s(500));
+        assert_eq!(hot.len(), 7, "{hot:?}");
+        assert!(!hot.contains(&PathBuf::from("/h/sessions/2026/10/30")));
+        assert_eq!(hot[0], Path::new("/h/sessions/2026/11/01"));
+        assert_eq!(p.due(), t0 + s(1000));
+        assert_eq!(p.take_due(t0 + s(1000)).len(), 7);
+        assert_eq!(p.take_due(t0 + s(1500)).len(), 7);
+        assert_eq!(p.take_due(t0 + s(2000)).len(), 8, "the full round");
+        assert_eq!(p.due(), t0 + s(2500));
     }
 
     #[test]
@@ -415,6 +467,12 @@ mod tests {
     const NAME: &str = "rollout-2026-11-29T10-00-00-01a2aaaa-4aab-7f60-bd31-00000000aaaa.jsonl";
     const NAME2: &str = "rollout-2026-11-29T10-00-01-01a2bbbb-4aab-7f60-bd31-00000000bbbb.jsonl";
 
+    /// One interval later than the last call: every round is a full one.
+    fn step(t: &mut Instant) -> Instant {
+        *t += Duration::from_secs(2);
+        *t
+    }
+
     /// A round on a real directory tree: new files and new directories are reported, so are
     /// indexed files that vanished; an unchanged tree reports nothing. The wall clock is
     /// passed far ahead so no stamp counts as racy.
@@ -425,28 +483,29 @@ mod tests {
         let day = sessions.join("2026/11/29");
         std::fs::create_dir_all(&day).unwrap();
         let later = i64::MAX / 2;
-        let mut p = DirPoller::new(Duration::from_secs(2), Instant::now());
+        let mut t = Instant::now();
+        let mut p = DirPoller::new(Duration::from_secs(2), t);
         track_tree(&mut p, &sessions, true);
         assert_eq!(p.len(), 4);
         let mut index: Vec<PathBuf> = Vec::new();
-        assert!(round(&mut p, later, &mut |_| index.clone()).is_empty());
+        assert!(round(&mut p, step(&mut t), later, &mut |_| index.clone()).is_empty());
 
         std::fs::write(day.join(NAME), b"x").unwrap();
         std::fs::write(day.join("notes.txt"), b"x").unwrap();
         // The write may land in the tick the tree was stamped in: forced through the stamp.
         p.track(day.clone(), true, None);
         assert_eq!(
-            round(&mut p, later, &mut |_| index.clone()),
+            round(&mut p, step(&mut t), later, &mut |_| index.clone()),
             vec![day.join(NAME)]
         );
         index.push(day.join(NAME));
-        assert!(round(&mut p, later, &mut |_| index.clone()).is_empty());
+        assert!(round(&mut p, step(&mut t), later, &mut |_| index.clone()).is_empty());
 
         // Renamed away (archived): the indexed name is gone; a second file is new.
         std::fs::rename(day.join(NAME), tmp.path().join(NAME)).unwrap();
         std::fs::write(day.join(NAME2), b"x").unwrap();
         p.track(day.clone(), true, None);
-        let mut got = round(&mut p, later, &mut |_| index.clone());
+        let mut got = round(&mut p, step(&mut t), later, &mut |_| index.clone());
         got.sort();
         assert_eq!(got, vec![day.join(NAME), day.join(NAME2)]);
 
@@ -455,12 +514,12 @@ mod tests {
         std::fs::create_dir(&next).unwrap();
         p.track(sessions.join("2026/11"), true, None);
         assert_eq!(
-            round(&mut p, later, &mut |_| Vec::new()),
+            round(&mut p, step(&mut t), later, &mut |_| Vec::new()),
             vec![next.clone()]
         );
         assert!(p.is_tracked(&next));
         std::fs::remove_dir(&next).unwrap();
-        let got = round(&mut p, later, &mut |_| Vec::new());
+        let got = round(&mut p, step(&mut t), later, &mut |_| Vec::new());
         assert_eq!(got, vec![next.clone()]);
         assert!(!p.is_tracked(&next));
     }
