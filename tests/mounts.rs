@@ -157,6 +157,8 @@ fn fuse_home_is_polled_and_sees_a_writer_behind_the_mount() {
     assert_eq!(home["mode"], "poll", "{status}");
     assert_eq!(home["pollIntervalMs"], 300, "{status}");
     // The CLI shows it too, per home.
+    let json = fx.run(&["status"]);
+    assert_eq!(json.json["watcher"]["homes"][0]["mode"], "poll", "{json:?}");
     let human = fx.cmd().arg("status").output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
@@ -374,6 +376,22 @@ fn overlay_copy_up_keeps_one_thread_and_no_duplicate() {
         "the lower copy is another file now: {same}"
     );
     drop(agent);
+    // The same change while no agent runs is found by the next reconcile: one thread per
+    // file still, no duplicate.
+    let staged = merged.join(".staging-copy");
+    std::fs::copy(&path2, &staged).unwrap();
+    std::fs::rename(&staged, &path2).unwrap();
+    let summary = fx.index();
+    assert_eq!(summary["counts"]["threads"], rs.len(), "{summary}");
+    assert_eq!(summary["counts"]["files"], rs.len(), "{summary}");
+    let problems = fx.run(&["problems"]);
+    assert_eq!(problems.json["duplicates"], json!([]), "{problems:?}");
+    let resolved = fx.resolve(&second.id);
+    assert_eq!(
+        jpath(&resolved.json["canonicalPath"]),
+        path2,
+        "{resolved:?}"
+    );
 }
 
 #[test]
