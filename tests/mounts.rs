@@ -540,3 +540,40 @@ fn btrfs_snapshot_is_a_second_file_with_the_same_thread() {
     assert!(homes.iter().all(|h| h["filesystem"] == "btrfs"), "{status}");
     drop(agent);
 }
+
+#[test]
+fn a_local_home_beside_a_fuse_home_keeps_its_events() {
+    if !prerequisites("a FUSE home beside a local one", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let local = fx.home.clone();
+    let mut mounts = Mounts::default();
+    let Some(backing) = fuse_home(&mut fx, &mut mounts) else {
+        return;
+    };
+    let fuse = fx.home.clone();
+    fx.home = local.clone();
+    fx.extra_homes = vec![fuse.clone()];
+    // An hour between polls: whatever is seen in the local home came by events.
+    let agent = Agent::start_with(&fx, &["--poll-interval", "1h"]);
+    let status = agent.status();
+    let w = &status["watcher"];
+    assert_eq!(w["mode"], "mixed", "{status}");
+    assert_eq!(w["homes"][0]["mode"], "events", "{status}");
+    assert_eq!(w["homes"][0]["pollIntervalMs"], json!(null), "{status}");
+    assert_eq!(w["homes"][1]["mode"], "poll", "{status}");
+    assert_eq!(w["homes"][1]["home"], json!(fuse), "{status}");
+    let mut sub = agent.subscribe(None);
+    let r = rollout(40);
+    place(&local, &r);
+    sub.expect("thread/materialized", &r.id);
+    // Behind the FUSE mount: found by a rescan (no poll round falls due within the test).
+    let behind = rollout(41);
+    place(&backing, &behind);
+    let summary = agent.call("index/rescan", json!({})).unwrap();
+    assert_eq!(summary["summary"]["read"], 1, "{summary}");
+    sub.expect("thread/materialized", &behind.id);
+    drop(agent);
+}
