@@ -2,6 +2,11 @@
 //! reconcile when events were lost, polling on filesystems that send no events, and
 //! re-established watches when a home is deleted, recreated or its symlink retargeted.
 //!
+//! Each home's mode is decided alone: a home on NFS, SMB, FUSE… (or every home under
+//! `watch.mode = "poll"` or after the inotify watch limit) is polled by directory stamps
+//! ([`poll`]), whose changed paths go through the same settle and apply as events; the
+//! others keep their events.
+//!
 //! Each home is watched non-recursively (to see `sessions/` and `archived_sessions/`
 //! appear), `sessions/` recursively and `archived_sessions/` flat. Never the whole home
 //! recursively: Codex's SQLite WAL files there churn constantly. The loop sleeps until the
