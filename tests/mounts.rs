@@ -186,6 +186,16 @@ fn fuse_home_is_polled_and_sees_a_writer_behind_the_mount() {
     std::fs::remove_file(&archived).unwrap();
     sub.expect("thread/removed", &new.id);
 
+    // Compressed as Codex does it: the `.zst` written beside, then the `.jsonl` removed.
+    let plain = backing.join(old.day_dir()).join(old.file_name());
+    let zst = plain.with_file_name(format!("{}.zst", old.file_name()));
+    let staged = backing.join(".staging").join("compressing");
+    std::fs::write(&staged, common::zstd_bytes(&old.jsonl())).unwrap();
+    std::fs::rename(&staged, &zst).unwrap();
+    std::fs::remove_file(&plain).unwrap();
+    let n = sub.expect("thread/compressed", &old.id);
+    assert_eq!(n["record"]["compression"], "zstd", "{n}");
+
     // A new day directory, whole.
     let later = Rollout::new(
         &tid(3),
