@@ -35,6 +35,8 @@ const VOLATILE: &[&str] = &[
     "waitedMs",
     "version",
     "fileId",
+    // The temp home's filesystem (ext4, tmpfs…) depends on the machine.
+    "filesystem",
 ];
 
 /// The threads of the document's home.

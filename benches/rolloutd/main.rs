@@ -7,6 +7,7 @@
 //! ROLLOUTD_BENCH_THREADS=10000 cargo bench --bench rolloutd
 //! cargo bench --bench rolloutd -- --generate-only DIR   # just write a corpus to DIR/codex
 //! cargo bench --bench rolloutd -- --shim-only           # just the app-server shim's figures
+//! cargo bench --bench rolloutd -- --fuse-poll --threads 5000   # a polled FUSE home (root)
 //! ```
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
@@ -18,6 +19,7 @@
 mod anchors;
 mod client;
 mod corpus;
+mod fuse;
 mod proc;
 mod shim;
 mod stats;
@@ -40,6 +42,8 @@ struct Options {
     runs: usize,
     generate_only: Option<PathBuf>,
     shim_only: bool,
+    /// Only the polled-FUSE-home figures (`fuse.rs`).
+    fuse_poll: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -55,6 +59,7 @@ fn options() -> Result<Options, String> {
             .unwrap_or(3),
         generate_only: None,
         shim_only: false,
+        fuse_poll: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,11 +75,12 @@ fn options() -> Result<Options, String> {
             }
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
             "--shim-only" => o.shim_only = true,
+            "--fuse-poll" => o.fuse_poll = true,
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
             other => {
                 return Err(format!(
-                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --shim-only)"
+                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --shim-only, --fuse-poll)"
             ))
             }
         }
@@ -124,6 +130,7 @@ fn main() {
             report.print(&o, 0);
             Ok(())
         }
+        Ok(root) if o.fuse_poll => fuse::run(o.threads, &root),
         Ok(root) => run(&o, &root),
         Err(e) => Err(e.to_string()),
     };

@@ -41,16 +41,28 @@ pub enum AgentError {
     Activation(#[from] crate::service::activation::ActivationError),
 }
 
-/// Where the index goes: as configured, unless that is on a network filesystem, where
-/// SQLite's WAL is unsafe; then a private directory on local disk.
+/// Where the index goes: as configured, unless that is on a network or FUSE filesystem,
+/// where SQLite's WAL (shared memory, byte-range locks) is unsafe; then a private directory
+/// on local disk. WAL is used only where the index lands on a local filesystem; should the
+/// fallback be remote too, the index keeps a rollback journal.
 pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
-    let dir = configured.parent().unwrap_or(Path::new("/"));
-    let probe = std::iter::successors(Some(dir), |d| d.parent()).find(|d| d.exists());
-    match probe.and_then(watch::network_filesystem) {
+    let on_network = |p: &Path| {
+        let dir = p.parent().unwrap_or(Path::new("/"));
+        std::iter::successors(Some(dir), |d| d.parent())
+            .find(|d| d.exists())
+            .and_then(watch::network_filesystem)
+    };
+    match on_network(configured) {
         Some(fs) => {
             let local = socket::default_path().with_file_name("index.sqlite");
             tracing::warn!(configured = %configured.display(), fs, local = %local.display(), "index directory is on a network filesystem; keeping the index on local disk");
-            (local, Journal::Wal)
+            match on_network(&local) {
+                Some(fs) => {
+                    tracing::warn!(local = %local.display(), fs, "the local index directory is on a network filesystem too; using a rollback journal, not WAL");
+                    (local, Journal::Delete)
+                }
+                None => (local, Journal::Wal),
+            }
         }
         None => (configured.to_owned(), Journal::Wal),
     }

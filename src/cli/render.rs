@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::crawl::{Progress, ReconcileSummary};
 use crate::index::Counts;
+use crate::protocol::result::HomeWatcher;
 use crate::protocol::AgentStatus;
 use crate::query::{CheckResume, ListPage, ProblemsReport, SameAnswer, ThreadRecord};
 
@@ -189,7 +190,7 @@ pub fn status(v: &AgentStatus) -> String {
         String::new()
     };
     format!(
-        "ready      {}{degraded}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
+        "ready      {}{degraded}\nthreads    {} ({} files, {} archived, {} problems)\nwatcher    {} ({}){}{}\nrescans    {}\nuptime     {} s\nversion    {} (pid {})",
         v.ready,
         c.threads,
         c.files,
@@ -198,11 +199,39 @@ pub fn status(v: &AgentStatus) -> String {
         v.watcher.backend,
         v.watcher.mode,
         v.watcher.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+        home_watchers(&v.watcher.homes),
         v.rescans,
         v.uptime_secs,
         v.version,
         v.pid,
     )
+}
+
+/// One line per home: its filesystem, and events or polling (how often, and why).
+fn home_watchers(homes: &[HomeWatcher]) -> String {
+    homes
+        .iter()
+        .map(|h| {
+            let how = match (&h.reason, h.poll_interval_ms) {
+                (Some(why), Some(ms)) => format!("polled every {}: {why}", ms_text(ms)),
+                (Some(why), None) => format!("polled: {why}"),
+                _ => h.mode.clone(),
+            };
+            format!(
+                "\nhome       {} on {}, {how}",
+                h.home.display(),
+                h.filesystem
+            )
+        })
+        .collect()
+}
+
+fn ms_text(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
 }
 
 /// `status` when no agent answers.

@@ -34,6 +34,8 @@ pub struct WatchInfo {
     pub mode: String,
     /// Why polling was chosen, when it was.
     pub reason: Option<String>,
+    /// Each home's filesystem and watch mode.
+    pub homes: Vec<crate::protocol::result::HomeWatcher>,
 }
 
 /// The configured homes, replaced on SIGHUP or when a home's symlink is retargeted; shared

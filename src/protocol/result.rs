@@ -85,4 +85,24 @@ pub struct WatcherStatus {
     pub mode: String,
     /// Why polling was chosen, when it was.
     pub reason: Option<String>,
+    /// Each home: its filesystem, how it is watched and why.
+    #[serde(default)]
+    pub homes: Vec<HomeWatcher>,
+}
+
+/// How one home is watched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeWatcher {
+    /// The home as configured.
+    pub home: PathBuf,
+    /// The filesystem its realpath is on, as the mount table names it (`ext4`, `btrfs`,
+    /// `overlay`, `tmpfs`, `fuse.bindfs`, `nfs4`…).
+    pub filesystem: String,
+    /// `events` or `poll`.
+    pub mode: String,
+    /// Why it is polled, when it is.
+    pub reason: Option<String>,
+    /// How often its directories are polled, when they are.
+    pub poll_interval_ms: Option<u64>,
 }

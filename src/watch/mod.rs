@@ -2,6 +2,11 @@
 //! reconcile when events were lost, polling on filesystems that send no events, and
 //! re-established watches when a home is deleted, recreated or its symlink retargeted.
 //!
+//! Each home's mode is decided alone: a home on NFS, SMB, FUSE… (or every home under
+//! `watch.mode = "poll"` or after the inotify watch limit) is polled by directory stamps
+//! ([`poll`]), whose changed paths go through the same settle and apply as events; the
+//! others keep their events.
+//!
 //! Each home is watched non-recursively (to see `sessions/` and `archived_sessions/`
 //! appear), `sessions/` recursively and `archived_sessions/` flat. Never the whole home
 //! recursively: Codex's SQLite WAL files there churn constantly. The loop sleeps until the
@@ -10,18 +15,21 @@
 
 pub mod apply;
 pub mod policy;
+pub mod poll;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::crawl;
 use crate::identity::{canonicalize, FileId, Homes, Stamp};
 use crate::live::{Shared, WatchInfo};
+use crate::protocol::result::HomeWatcher;
 use policy::{Delayed, LossBurst, RescanBackoff, Settle};
+use poll::DirPoller;
 
 pub use crate::config::WatchMode;
 
@@ -85,6 +93,58 @@ pub fn network_filesystem(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// The filesystem type `path` is on, as the mount table names it (`ext4`, `overlay`,
+/// `fuse.bindfs`, `nfs4`…), else from the `statfs` magic; `unknown` when neither says.
+pub fn filesystem_name(path: &Path) -> String {
+    mount_type(path)
+        .or_else(|| network_filesystem(path).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The type of the mount holding `path` (the longest mount point above it) from
+/// `/proc/self/mountinfo`; `None` off Linux.
+fn mount_type(path: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let path = canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut best: Option<(usize, String)> = None;
+    for line in table.lines() {
+        // `id parent major:minor root mountpoint options [optional…] - fstype source super`
+        let mut fields = line.split(' ');
+        let Some(point) = fields.nth(4) else { continue };
+        let Some(fstype) = line.split(" - ").nth(1).and_then(|r| r.split(' ').next()) else {
+            continue;
+        };
+        let point = unescape_mount(point);
+        if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), fstype.to_owned()));
+        }
+    }
+    best.map(|(_, t)| t)
+}
+
+/// Mount points escape space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(o)) => {
+                out.push((o[0] - b'0') * 64 + (o[1] - b'0') * 8 + (o[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The identity of every watched root; a change means the watches must be rebuilt.
 fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
     homes
@@ -131,6 +191,8 @@ struct Watch {
     vanished: Delayed,
     /// Directories walked: their rows are checked against the disk again a little later.
     recheck: Delayed,
+    /// Directory stamps of the polled homes, when any home is polled.
+    poller: Option<DirPoller>,
 }
 
 impl Watch {
@@ -144,6 +206,7 @@ impl Watch {
             losses: LossBurst::new(BURST_QUIET),
             vanished: Delayed::new(GONE_GRACE),
             recheck: Delayed::new(RECHECK_DELAY),
+            poller: None,
         }
     }
 
@@ -169,65 +232,98 @@ impl Watch {
         }
     }
 
-    /// Creates the watcher and adds the watches; failures are logged and leave polling or
-    /// the periodic root check to catch up.
+    /// Creates the watcher and adds the watches (event homes), or the directory poller
+    /// (polled homes); failures are logged and leave polling or the periodic root check to
+    /// catch up.
     fn start(
         &mut self,
         homes: &Homes,
         tx: mpsc::Sender<notify::Result<notify::Event>>,
     ) -> Option<Box<dyn Watcher + Send>> {
-        let network = homes
-            .homes
-            .iter()
-            .find_map(|h| network_filesystem(&h.real).map(|fs| (h.real.clone(), fs)));
-        let poll_reason = match (self.opts.mode, &self.force_poll, network) {
-            (WatchMode::Poll, _, _) => Some("watch.mode = \"poll\"".to_owned()),
-            (_, Some(reason), _) => Some(reason.clone()),
-            (WatchMode::Auto, None, Some((home, fs))) => Some(format!(
-                "{} is on {fs}, which sends no remote change events",
-                home.display()
-            )),
-            _ => None,
+        let interval = self.opts.poll_interval;
+        let mut per_home = Vec::with_capacity(homes.homes.len());
+        for home in &homes.homes {
+            let filesystem = filesystem_name(&home.real);
+            let reason = match (self.opts.mode, &self.force_poll) {
+                (WatchMode::Poll, _) => Some("watch.mode = \"poll\"".to_owned()),
+                (_, Some(reason)) => Some(reason.clone()),
+                (WatchMode::Auto, None) => network_filesystem(&home.real).map(|fs| {
+                    format!(
+                        "{} is on {filesystem} ({fs}), which sends no change events for writes made outside this mount",
+                        home.real.display()
+                    )
+                }),
+                (WatchMode::Events, None) => None,
+            };
+            per_home.push(HomeWatcher {
+                home: home.configured.clone(),
+                filesystem,
+                mode: if reason.is_some() { "poll" } else { "events" }.into(),
+                poll_interval_ms: reason.is_some().then_some(interval.as_millis() as u64),
+                reason,
+            });
+        }
+        let polled = per_home.iter().filter(|h| h.reason.is_some()).count();
+        let (backend, mode) = match polled {
+            0 => (native_backend().to_owned(), "events"),
+            n if n == per_home.len() => ("poll".to_owned(), "poll"),
+            _ => (format!("{}+poll", native_backend()), "mixed"),
         };
-        let handler = move |r: notify::Result<notify::Event>| {
-            let _ = tx.send(r);
-        };
-        let made: notify::Result<Box<dyn Watcher + Send>> = match &poll_reason {
-            Some(_) => PollWatcher::new(
-                handler,
-                notify::Config::default().with_poll_interval(self.opts.poll_interval),
-            )
-            .map(|w| Box::new(w) as Box<dyn Watcher + Send>),
-            None => RecommendedWatcher::new(handler, notify::Config::default())
-                .map(|w| Box::new(w) as Box<dyn Watcher + Send>),
-        };
-        let backend = if poll_reason.is_some() {
-            "poll"
-        } else {
-            native_backend()
-        };
+        let first_reason = per_home.iter().find_map(|h| h.reason.clone());
+        for (home, w) in homes.homes.iter().zip(&per_home) {
+            if let Some(reason) = &w.reason {
+                tracing::info!(home = %home.configured.display(), filesystem = %w.filesystem, interval_ms = interval.as_millis() as u64, reason = %reason, "polling this home's directories");
+            }
+        }
         *self
             .shared
             .watch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = WatchInfo {
-            backend: backend.into(),
-            mode: if poll_reason.is_some() {
-                "poll"
-            } else {
-                "events"
-            }
-            .into(),
-            reason: poll_reason.clone(),
+            backend,
+            mode: mode.into(),
+            reason: first_reason,
+            homes: per_home.clone(),
         };
-        let mut watcher = match made {
-            Ok(w) => w,
+        // Polled homes: their directory stamps are taken now, before the reconcile that
+        // follows, so a change made meanwhile shows as a changed stamp in the first round.
+        self.poller = (polled > 0).then(|| {
+            let mut poller = DirPoller::new(interval, Instant::now());
+            for (home, _) in homes
+                .homes
+                .iter()
+                .zip(&per_home)
+                .filter(|(_, w)| w.reason.is_some())
+            {
+                for (dir, nested) in [(home.sessions_dir(), true), (home.archived_dir(), false)] {
+                    let dir = canonicalize(&dir).unwrap_or(dir);
+                    poll::track_tree(&mut poller, &dir, nested);
+                }
+            }
+            poller
+        });
+        if polled == per_home.len() {
+            return None;
+        }
+        let handler = move |r: notify::Result<notify::Event>| {
+            let _ = tx.send(r);
+        };
+        let mut watcher: Box<dyn Watcher + Send> = match RecommendedWatcher::new(
+            handler,
+            notify::Config::default(),
+        ) {
+            Ok(w) => Box::new(w),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the file watcher; answers stay correct through disk lookups");
                 return None;
             }
         };
-        for home in &homes.homes {
+        for (home, _) in homes
+            .homes
+            .iter()
+            .zip(&per_home)
+            .filter(|(_, w)| w.reason.is_none())
+        {
             let targets = [
                 (home.real.clone(), RecursiveMode::NonRecursive),
                 (home.sessions_dir(), RecursiveMode::Recursive),
@@ -253,6 +349,30 @@ impl Watch {
         Some(watcher)
     }
 
+    /// One polling round over the polled homes' directories; what changed goes into the
+    /// settle batch as event paths would.
+    fn poll_round(&mut self, settle: &mut Settle) {
+        let Some(poller) = self.poller.as_mut() else {
+            return;
+        };
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let shared = &self.shared;
+        let mut known = |dir: &Path| match shared.writer().paths_at_or_under(dir) {
+            Ok(paths) => paths,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "could not list indexed paths");
+                Vec::new()
+            }
+        };
+        let changed = poll::round(poller, Instant::now(), now_ns, &mut known);
+        if !changed.is_empty() {
+            tracing::debug!(paths = changed.len(), "polling found changes");
+            settle.push(Instant::now(), changed);
+        }
+    }
+
     /// Applies events until the roots change or the agent stops; sleeps until the next
     /// thing falls due.
     fn pump(&mut self, rx: &Events, print: &[Option<(PathBuf, FileId)>]) {
@@ -270,6 +390,7 @@ impl Watch {
                 self.vanished.next_due(),
                 self.recheck.next_due(),
                 rescan_at,
+                self.poller.as_ref().map(DirPoller::due),
                 Some(next_root_check),
             ]
             .into_iter()
@@ -297,6 +418,13 @@ impl Watch {
                     // No watcher: fall back to the periodic root check and rescans.
                     std::thread::sleep(wake.saturating_duration_since(Instant::now()));
                 }
+            }
+            if self
+                .poller
+                .as_ref()
+                .is_some_and(|p| p.due() <= Instant::now())
+            {
+                self.poll_round(&mut settle);
             }
             let now = Instant::now();
             if let Some((first, paths)) = settle.take_due(now) {
@@ -490,5 +618,26 @@ fn native_backend() -> &'static str {
         "fsevents"
     } else {
         "kqueue"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_mount(r"/mnt/my\040home"), "/mnt/my home");
+        assert_eq!(unescape_mount(r"/a\134b"), r"/a\b");
+        assert_eq!(unescape_mount(r"/odd\09"), r"/odd\09");
+    }
+
+    #[test]
+    fn the_root_filesystem_has_a_name() {
+        let name = filesystem_name(Path::new("/"));
+        assert!(!name.is_empty());
+        if cfg!(target_os = "linux") {
+            assert_ne!(name, "unknown");
+        }
     }
 }

@@ -39,6 +39,7 @@ pub async fn status(cx: &Context) -> Answer {
             backend: watch.backend,
             mode: watch.mode,
             reason: watch.reason,
+            homes: watch.homes,
         },
         rescans: shared.rescans.load(Ordering::Relaxed),
         requests: shared.requests.load(Ordering::Relaxed),

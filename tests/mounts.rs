@@ -1,0 +1,589 @@
+//! Homes on real mounts: FUSE (bindfs), overlayfs, a bind mount, btrfs subvolumes and
+//! snapshots, and the network-filesystem decisions (index placement, WAL) on a FUSE mount.
+//! tmpfs is covered by the unmount test in `tests/faults.rs`.
+//!
+//! Every case needs root (it mounts); without root it fails under `CI=true` and is skipped,
+//! saying so, elsewhere. `.ci/run` installs bindfs, fuse3 and btrfs-progs. Every mount is
+//! undone by a drop guard (lazily if busy) before the fixture's temp dir is removed, however
+//! the test ends.
+//!
+//! Real NFS is not tested: it needs the kernel's NFS client (and, for a loopback server,
+//! nfsd or unfs3 with rpcbind), which a container or a minimal VM kernel often lacks; the
+//! decisions a network home triggers are made by `statfs` type, and FUSE is one of the
+//! types that triggers them, so the FUSE case exercises the same code path.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::agent::Agent;
+use common::sys::{prerequisite_missing, root_or_skip, which};
+use common::{jpath, tid, Fixture, Rollout};
+use serde_json::json;
+
+/// One mount at a time: loop devices and FUSE daemons are machine-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Mount points made by a test, unmounted in reverse order on drop (lazily when busy).
+#[derive(Default)]
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    /// Runs a mounting command for `point`; the error says why it failed.
+    fn mount(&mut self, mut cmd: Command, point: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(point).map_err(|e| format!("{}: {e}", point.display()))?;
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        self.0.push(point.to_owned());
+        Ok(())
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for point in self.0.iter().rev() {
+            let ok = Command::new("umount")
+                .arg(point)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(point).status();
+            }
+        }
+    }
+}
+
+/// Root and the named tools, or a reported skip.
+fn prerequisites(what: &str, tools: &[&str]) -> bool {
+    if !root_or_skip(what) {
+        return false;
+    }
+    for tool in tools {
+        if which(tool).is_none() {
+            prerequisite_missing(&format!("{what} needs `{tool}` (.ci/run installs it)"));
+            return false;
+        }
+    }
+    true
+}
+
+fn rollout(n: u32) -> Rollout {
+    Rollout::new(
+        &tid(n),
+        &format!("2026-11-2{}T10:00:{:02}.000Z", n % 3, n % 60),
+        "/home/dev/work",
+        &format!("prompt {n}"),
+    )
+}
+
+/// Writes `r` under `home` atomically (staged in the home, outside its rollout
+/// directories, then renamed in: a rename cannot cross a mount or a btrfs subvolume), as
+/// Codex's file appears; returns its path.
+fn place(home: &Path, r: &Rollout) -> PathBuf {
+    let dest = home.join(r.day_dir()).join(r.file_name());
+    let staging = home.join(".staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let tmp = staging.join(r.file_name());
+    std::fs::write(&tmp, r.jsonl()).unwrap();
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::rename(&tmp, &dest).unwrap();
+    dest
+}
+
+fn layout(home: &Path) {
+    std::fs::create_dir_all(home.join("sessions")).unwrap();
+    std::fs::create_dir_all(home.join("archived_sessions")).unwrap();
+}
+
+/// The home reached only through a bindfs mount of `backing`, where the writer writes.
+fn fuse_home(fx: &mut Fixture, mounts: &mut Mounts) -> Option<PathBuf> {
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let point = fx.root.join("fuse");
+    let mut c = Command::new("bindfs");
+    c.arg(&backing).arg(&point);
+    if let Err(why) = mounts.mount(c, &point) {
+        prerequisite_missing(&format!("cannot mount bindfs (is /dev/fuse there?): {why}"));
+        return None;
+    }
+    fx.home = point;
+    Some(backing)
+}
+
+#[test]
+fn fuse_home_is_polled_and_sees_a_writer_behind_the_mount() {
+    if !prerequisites("a FUSE home", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let mut mounts = Mounts::default();
+    let Some(backing) = fuse_home(&mut fx, &mut mounts) else {
+        return;
+    };
+    let old = rollout(1);
+    place(&backing, &old);
+
+    let agent = Agent::start_with(&fx, &["--poll-interval", "300ms"]);
+    let status = agent.status();
+    let watcher = &status["watcher"];
+    assert_eq!(watcher["mode"], "poll", "{status}");
+    assert!(
+        watcher["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fuse")),
+        "the reason names FUSE: {status}"
+    );
+    let home = &watcher["homes"][0];
+    assert!(
+        home["filesystem"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("fuse")),
+        "{status}"
+    );
+    assert_eq!(home["mode"], "poll", "{status}");
+    assert_eq!(home["pollIntervalMs"], 300, "{status}");
+    // The CLI shows it too, per home.
+    let json = fx.run(&["status"]);
+    assert_eq!(json.json["watcher"]["homes"][0]["mode"], "poll", "{json:?}");
+    let human = fx.cmd().arg("status").output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("home ") && human.contains("polled every 300 ms"),
+        "{human}"
+    );
+
+    // A writer behind the mount: FUSE sends no event for it. New, archived and deleted
+    // rollouts are announced by polling.
+    let mut sub = agent.subscribe(None);
+    let new = rollout(2);
+    let written = place(&backing, &new);
+    sub.expect("thread/materialized", &new.id);
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": new.id}))
+        .unwrap();
+    assert!(
+        jpath(&rec["canonicalPath"]).starts_with(fx.root.join("fuse")),
+        "resolved through the mount: {rec}"
+    );
+    let archived = backing.join("archived_sessions").join(new.file_name());
+    std::fs::rename(&written, &archived).unwrap();
+    let n = sub.expect("thread/archived", &new.id);
+    assert_eq!(n["record"]["archived"], true, "{n}");
+    std::fs::remove_file(&archived).unwrap();
+    sub.expect("thread/removed", &new.id);
+
+    // Compressed as Codex does it: the `.zst` written beside, then the `.jsonl` removed.
+    let plain = backing.join(old.day_dir()).join(old.file_name());
+    let zst = plain.with_file_name(format!("{}.zst", old.file_name()));
+    let staged = backing.join(".staging").join("compressing");
+    std::fs::write(&staged, common::zstd_bytes(&old.jsonl())).unwrap();
+    std::fs::rename(&staged, &zst).unwrap();
+    std::fs::remove_file(&plain).unwrap();
+    let n = sub.expect("thread/compressed", &old.id);
+    assert_eq!(n["record"]["compression"], "zstd", "{n}");
+
+    // A new day directory, whole.
+    let later = Rollout::new(
+        &tid(3),
+        "2026-12-01T08:00:00.000Z",
+        "/home/dev/work",
+        "next month",
+    );
+    place(&backing, &later);
+    sub.expect("thread/materialized", &later.id);
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": old.id}))
+        .unwrap();
+    assert_eq!(rec["threadId"], old.id.as_str());
+    drop(agent);
+}
+
+#[test]
+fn an_index_on_a_fuse_filesystem_moves_to_local_disk_and_never_uses_wal_there() {
+    if !prerequisites("an index on FUSE", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let mut mounts = Mounts::default();
+    let Some(backing) = fuse_home(&mut fx, &mut mounts) else {
+        return;
+    };
+    place(&backing, &rollout(4));
+    std::fs::create_dir_all(backing.join("state")).unwrap();
+    fx.index = fx.root.join("fuse/state/index.sqlite");
+
+    let agent = Agent::start(&fx);
+    let status = agent.status();
+    let index = jpath(&status["index"]);
+    assert_ne!(index, fx.index, "{status}");
+    assert!(!index.starts_with(fx.root.join("fuse")), "{status}");
+    assert!(index.exists(), "{}", index.display());
+    let log = agent.log();
+    assert!(
+        log.contains("index directory is on a network filesystem"),
+        "a log line says where the index went: {log}"
+    );
+    assert_eq!(status["counts"]["threads"], 1, "{status}");
+    drop(agent);
+    // Nothing of SQLite's on the FUSE filesystem: no database, no -wal, no -shm.
+    let left: Vec<_> = std::fs::read_dir(backing.join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The CLI decides the same without the agent.
+    let r = fx.run(&["index"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(std::fs::read_dir(backing.join("state"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn overlay_copy_up_keeps_one_thread_and_no_duplicate() {
+    if !prerequisites("an overlayfs home", &[]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let mut mounts = Mounts::default();
+    let (lower, upper, work, merged) = (
+        fx.root.join("lower"),
+        fx.root.join("upper"),
+        fx.root.join("work"),
+        fx.root.join("merged"),
+    );
+    layout(&lower);
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let rs: Vec<Rollout> = (10..13).map(rollout).collect();
+    for r in &rs {
+        place(&lower, r);
+    }
+    let mut c = Command::new("mount");
+    c.args(["-t", "overlay", "overlay", "-o"]).arg(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    ));
+    c.arg(&merged);
+    if let Err(why) = mounts.mount(c, &merged) {
+        return prerequisite_missing(&format!("cannot mount overlayfs: {why}"));
+    }
+    fx.home = merged.clone();
+
+    let agent = Agent::start(&fx);
+    let target = &rs[0];
+    let path = merged.join(target.day_dir()).join(target.file_name());
+    let before = std::fs::metadata(&path).unwrap();
+    let mut sub = agent.subscribe(None);
+    // The first write through the merged mount copies the file up.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"timestamp\":\"2026-11-20T10:00:01.000Z\",\"type\":\"event_msg\",\"payload\":{\"type\":\"token_count\"}}\n").unwrap();
+    }
+    assert!(
+        upper
+            .join(target.day_dir())
+            .join(target.file_name())
+            .exists(),
+        "copied up"
+    );
+    let after = std::fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    eprintln!(
+        "overlay copy-up: (dev, ino) ({}, {}) -> ({}, {})",
+        before.dev(),
+        before.ino(),
+        after.dev(),
+        after.ino()
+    );
+    let n = sub.expect("thread/updated", &target.id);
+    assert_eq!(n["record"]["sizeBytes"], after.len(), "{n}");
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": target.id}))
+        .unwrap();
+    assert_eq!(jpath(&rec["canonicalPath"]), path, "{rec}");
+    assert_eq!(rec["sizeBytes"], after.len(), "{rec}");
+    let problems = agent.call("index/problems", json!({})).unwrap();
+    assert_eq!(problems["duplicates"], json!([]), "{problems}");
+    let status = agent.status();
+    assert_eq!(status["counts"]["threads"], rs.len(), "{status}");
+    assert_eq!(status["counts"]["files"], rs.len(), "{status}");
+    assert!(
+        sub.seen
+            .iter()
+            .all(|m| m["method"] != "thread/removed" && m["method"] != "thread/materialized"),
+        "a copy-up is an update, nothing else: {:#?}",
+        sub.seen
+    );
+    // Copy-up kept the inode here (overlayfs reports the lower inode on one filesystem,
+    // and with xino); older kernels and other setups give the copy a new one. The same
+    // change made explicitly: a known path replaced by a copy of itself (a new inode, the
+    // same thread in its head) is still one thread, updated, never removed and re-added.
+    let second = &rs[1];
+    let path2 = merged.join(second.day_dir()).join(second.file_name());
+    let ino_before = std::fs::metadata(&path2).unwrap().ino();
+    let staged = merged.join(".staging-copy");
+    std::fs::copy(&path2, &staged).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&staged)
+            .unwrap();
+        f.write_all(b"{\"timestamp\":\"2026-11-20T10:00:02.000Z\",\"type\":\"event_msg\",\"payload\":{\"type\":\"token_count\"}}\n").unwrap();
+    }
+    std::fs::rename(&staged, &path2).unwrap();
+    let meta2 = std::fs::metadata(&path2).unwrap();
+    assert_ne!(meta2.ino(), ino_before, "a new inode at the known path");
+    let n = sub.expect("thread/updated", &second.id);
+    assert_eq!(n["record"]["sizeBytes"], meta2.len(), "{n}");
+    let rec = agent.call("path/resolve", json!({"path": path2})).unwrap();
+    assert_eq!(rec["threadId"], second.id.as_str(), "{rec}");
+    let problems = agent.call("index/problems", json!({})).unwrap();
+    assert_eq!(problems["duplicates"], json!([]), "{problems}");
+    let status = agent.status();
+    assert_eq!(status["counts"]["files"], rs.len(), "{status}");
+    assert!(
+        sub.seen
+            .iter()
+            .all(|m| m["method"] != "thread/removed" && m["method"] != "thread/materialized"),
+        "a new inode with the same thread is an update: {:#?}",
+        sub.seen
+    );
+    let same = agent
+        .call(
+            "path/same",
+            json!({"a": path, "b": lower.join(target.day_dir()).join(target.file_name())}),
+        )
+        .unwrap();
+    assert_eq!(
+        same["same"], false,
+        "the lower copy is another file now: {same}"
+    );
+    drop(agent);
+    // The same change while no agent runs is found by the next reconcile: one thread per
+    // file still, no duplicate.
+    let staged = merged.join(".staging-copy");
+    std::fs::copy(&path2, &staged).unwrap();
+    std::fs::rename(&staged, &path2).unwrap();
+    let summary = fx.index();
+    assert_eq!(summary["counts"]["threads"], rs.len(), "{summary}");
+    assert_eq!(summary["counts"]["files"], rs.len(), "{summary}");
+    let problems = fx.run(&["problems"]);
+    assert_eq!(problems.json["duplicates"], json!([]), "{problems:?}");
+    let resolved = fx.resolve(&second.id);
+    assert_eq!(
+        jpath(&resolved.json["canonicalPath"]),
+        path2,
+        "{resolved:?}"
+    );
+}
+
+#[test]
+fn bind_mounted_home_is_one_file_by_both_spellings_without_aliases() {
+    if !prerequisites("a bind-mounted home", &[]) {
+        return;
+    }
+    let _serial = serial();
+    let fx = Fixture::new();
+    let mut mounts = Mounts::default();
+    let r = rollout(20);
+    let path = fx.write_active(&r);
+    let bind = fx.root.join("bind");
+    let mut c = Command::new("mount");
+    c.arg("--bind").arg(&fx.home).arg(&bind);
+    if let Err(why) = mounts.mount(c, &bind) {
+        return prerequisite_missing(&format!("cannot bind-mount: {why}"));
+    }
+    let other = bind.join(path.strip_prefix(&fx.home).unwrap());
+    assert!(other.exists());
+
+    let agent = Agent::start(&fx);
+    let same = fx.run_os(&["same".as_ref(), path.as_os_str(), other.as_os_str()]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert_eq!(same.json["same"], true, "{same:?}");
+    let check = fx.run_os(&["check-resume".as_ref(), r.id.as_ref(), other.as_os_str()]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(check.json["ok"], true, "{check:?}");
+    let resolved = fx.resolve(&other);
+    assert_eq!(resolved.code, 0, "{resolved:?}");
+    assert_eq!(resolved.json["threadId"], r.id.as_str(), "{resolved:?}");
+    assert_eq!(
+        jpath(&resolved.json["canonicalPath"]),
+        path,
+        "the configured home's spelling: {resolved:?}"
+    );
+    drop(agent);
+}
+
+#[test]
+fn btrfs_snapshot_is_a_second_file_with_the_same_thread() {
+    if !prerequisites("a btrfs home", &["mkfs.btrfs", "btrfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let mut mounts = Mounts::default();
+    let image = fx.root.join("btrfs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg(&image)
+        .output()
+        .unwrap();
+    if !mkfs.status.success() {
+        return prerequisite_missing(&format!(
+            "mkfs.btrfs failed: {}",
+            String::from_utf8_lossy(&mkfs.stderr)
+        ));
+    }
+    let top = fx.root.join("btrfs");
+    let mut c = Command::new("mount");
+    c.args(["-o", "loop"]).arg(&image).arg(&top);
+    if let Err(why) = mounts.mount(c, &top) {
+        return prerequisite_missing(&format!("cannot loop-mount btrfs: {why}"));
+    }
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("btrfs").args(args).output().unwrap();
+        assert!(out.status.success(), "btrfs {args:?}: {out:?}");
+    };
+    let home = top.join("home");
+    run(&["subvolume".as_ref(), "create".as_ref(), home.as_os_str()]);
+    layout(&home);
+    let r = rollout(30);
+    let path = place(&home, &r);
+    let snap = top.join("snap");
+    run(&[
+        "subvolume".as_ref(),
+        "snapshot".as_ref(),
+        home.as_os_str(),
+        snap.as_os_str(),
+    ]);
+    // The snapshot mounted elsewhere, by subvolume, from the same loop device.
+    let device = Command::new("findmnt")
+        .args(["-no", "SOURCE"])
+        .arg(&top)
+        .output()
+        .unwrap();
+    let device = String::from_utf8_lossy(&device.stdout).trim().to_owned();
+    let elsewhere = fx.root.join("snapshot-home");
+    let mut c = Command::new("mount");
+    c.args(["-o", "subvol=snap"]).arg(&device).arg(&elsewhere);
+    if let Err(why) = mounts.mount(c, &elsewhere) {
+        return prerequisite_missing(&format!("cannot mount the btrfs snapshot: {why}"));
+    }
+    let copy = elsewhere.join(path.strip_prefix(&home).unwrap());
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        std::fs::metadata(&path).unwrap(),
+        std::fs::metadata(&copy).unwrap(),
+    );
+    assert_ne!(a.dev(), b.dev(), "each subvolume has its own st_dev");
+
+    fx.home = home.clone();
+    fx.extra_homes = vec![elsewhere.clone()];
+    let summary = fx.index();
+    assert_eq!(summary["counts"]["files"], 2, "{summary}");
+    let problems = fx.run(&["problems"]);
+    let dups = problems.json["duplicates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(dups.len(), 1, "{problems:?}");
+    assert_eq!(dups[0]["threadId"], r.id.as_str(), "{problems:?}");
+    let mut paths: Vec<PathBuf> = dups[0]["canonicalPaths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(jpath)
+        .collect();
+    paths.sort();
+    let mut want = vec![path.clone(), copy.clone()];
+    want.sort();
+    assert_eq!(paths, want, "{problems:?}");
+    let same = fx.run_os(&["same".as_ref(), path.as_os_str(), copy.as_os_str()]);
+    assert_eq!(same.json["same"], false, "two files: {same:?}");
+    // The configured home's copy, whichever is asked for by id, with or without an agent.
+    let agent = Agent::start(&fx);
+    let resolved = fx.resolve(&r.id);
+    assert_eq!(resolved.code, 0, "{resolved:?}");
+    assert_eq!(jpath(&resolved.json["canonicalPath"]), path, "{resolved:?}");
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": r.id}))
+        .unwrap();
+    assert_eq!(jpath(&rec["canonicalPath"]), path, "{rec}");
+    // Status names the filesystem of each home.
+    let status = agent.status();
+    let homes = status["watcher"]["homes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(homes.len(), 2, "{status}");
+    assert!(homes.iter().all(|h| h["filesystem"] == "btrfs"), "{status}");
+    drop(agent);
+}
+
+#[test]
+fn a_local_home_beside_a_fuse_home_keeps_its_events() {
+    if !prerequisites("a FUSE home beside a local one", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let local = fx.home.clone();
+    let mut mounts = Mounts::default();
+    let Some(backing) = fuse_home(&mut fx, &mut mounts) else {
+        return;
+    };
+    let fuse = fx.home.clone();
+    fx.home = local.clone();
+    fx.extra_homes = vec![fuse.clone()];
+    // An hour between polls: whatever is seen in the local home came by events.
+    let agent = Agent::start_with(&fx, &["--poll-interval", "1h"]);
+    let status = agent.status();
+    let w = &status["watcher"];
+    assert_eq!(w["mode"], "mixed", "{status}");
+    assert_eq!(w["homes"][0]["mode"], "events", "{status}");
+    assert_eq!(w["homes"][0]["pollIntervalMs"], json!(null), "{status}");
+    assert_eq!(w["homes"][1]["mode"], "poll", "{status}");
+    assert_eq!(w["homes"][1]["home"], json!(fuse), "{status}");
+    let mut sub = agent.subscribe(None);
+    let r = rollout(40);
+    place(&local, &r);
+    sub.expect("thread/materialized", &r.id);
+    // Behind the FUSE mount: found by a rescan (no poll round falls due within the test).
+    let behind = rollout(41);
+    place(&backing, &behind);
+    let summary = agent.call("index/rescan", json!({})).unwrap();
+    assert_eq!(summary["summary"]["read"], 1, "{summary}");
+    sub.expect("thread/materialized", &behind.id);
+    drop(agent);
+}
