@@ -59,8 +59,10 @@ for entry in "$@"; do
   fi
   find_bin() {
     # vendor/<target>/bin/codex in current packages, vendor/<target>/codex/codex in older ones
+    # (nothing yet on a fresh machine: find's failure must not end the script under pipefail)
+    [ -d "$cache/node_modules/@openai" ] || return 0
     find "$cache/node_modules/@openai" \( -path '*/vendor/*/bin/codex' -o -path '*/vendor/*/codex/codex' \) \
-      -type f 2>/dev/null | head -n 1
+      -type f 2>/dev/null | head -n 1 || true
   }
   bin="$(find_bin)"
   if [ -z "$bin" ]; then

@@ -153,6 +153,9 @@ impl World {
         }
         let mut c = rolloutd_cmd(&root, &home);
         c.arg("run");
+        if let Some(level) = std::env::var_os("ROLLOUTD_TEST_LOG") {
+            c.env("RUST_LOG", level);
+        }
         let mut agent = Agent::spawn_command(
             c,
             root.join("run/rolloutd/rolloutd.sock"),

@@ -380,6 +380,10 @@ impl Watch {
         let mut next_root_check = Instant::now() + ROOT_CHECK;
         let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
         let mut rewatch = false;
+        // A root appearing, going or moving (Codex makes `sessions/` and `archived_sessions/`
+        // on first use) is checked at once: until it is watched, what happens in it is seen
+        // only by the reconcile that follows.
+        let roots = root_paths(&self.shared.homes());
         while !self.shared.shutdown.is_cancelled() {
             let rescan_at = self
                 .rescan_pending
@@ -402,6 +406,9 @@ impl Watch {
                     if event.need_rescan() {
                         self.request_rescan("the kernel event queue overflowed");
                     } else if changes_content(&event.kind) {
+                        if event.paths.iter().any(|p| roots.contains(p)) {
+                            next_root_check = Instant::now();
+                        }
                         rewatch |= moved_directory(&event);
                         settle.push(Instant::now(), event.paths);
                     }
@@ -589,6 +596,19 @@ impl Watch {
             }
         }
     }
+}
+
+/// Every spelling of every watched root (existing or not): the homes, their `sessions/` and
+/// `archived_sessions/`.
+fn root_paths(homes: &Homes) -> Vec<PathBuf> {
+    let mut roots = Vec::new();
+    for h in &homes.homes {
+        for p in [h.real.clone(), h.sessions_dir(), h.archived_dir()] {
+            roots.extend(canonicalize(&p).ok().filter(|c| *c != p));
+            roots.push(p);
+        }
+    }
+    roots
 }
 
 /// True for the arriving half of a rename whose path is a directory now.
