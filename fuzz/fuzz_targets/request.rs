@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use rolloutd::agent::state::Shared;
+use rolloutd::live::Shared;
 use serde_json::Value;
 
 struct World {
@@ -38,7 +38,7 @@ fn world() -> &'static World {
         )
         .expect("index");
         let homes = rolloutd::identity::Homes::new(&[home], &[]);
-        let shared = Arc::new(Shared::new(homes, index));
+        let shared = Arc::new(Shared::new(homes, index, None));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
