@@ -43,8 +43,10 @@ impl Default for WatchOptions {
     }
 }
 
-/// How often the watched roots are checked for deletion or a retargeted symlink.
-const ROOT_CHECK: Duration = Duration::from_secs(1);
+/// How often the watched roots are checked for deletion or a retargeted symlink (which
+/// sends no event to any watch). An event at a root itself brings the check forward, so
+/// this bounds only the silent cases, and sets the idle agent's wake-ups (one per check).
+const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// How long a vanished path waits before it counts as deleted (see [`policy::Delayed`]).
 const GONE_GRACE: Duration = Duration::from_millis(100);
 /// How long after a directory was walked its rows are checked against the disk again.
@@ -281,6 +283,13 @@ impl Watch {
                     if event.need_rescan() {
                         self.request_rescan("the kernel event queue overflowed");
                     } else if changes_content(&event.kind) {
+                        let at_root = event
+                            .paths
+                            .iter()
+                            .any(|p| print.iter().flatten().any(|(root, _)| root == p));
+                        if at_root {
+                            next_root_check = Instant::now();
+                        }
                         rewatch |= moved_directory(&event);
                         settle.push(Instant::now(), event.paths);
                     }
