@@ -107,20 +107,6 @@ async fn refuse_other_users(mut stream: UnixStream) -> Option<UnixStream> {
     );
     let line = frame::error(&Value::Null, e);
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
-    // Closing with the peer's request unread would reset the connection, and the peer
-    // could lose the refusal: read what it sent (bounded) until it closes.
-    let _ = stream.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        let mut sink = [0u8; 4096];
-        let mut left = 1usize << 20;
-        while left > 0 {
-            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
     None
 }
 
