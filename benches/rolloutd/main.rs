@@ -310,7 +310,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     // The parse limit: the head bytes the cold index reads, read with no parsing.
     println!("parse limit (head bytes, no parsing)…");
     let limits = rolloutd::rollout::HeadLimits::default();
-    let heads: Vec<(PathBuf, u64)> = c
+    let head_files: Vec<(PathBuf, u64)> = c
         .threads
         .iter()
         .filter_map(|t| {
@@ -318,10 +318,10 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             Some((t.path.clone(), i.bytes_read))
         })
         .collect();
-    let head_bytes: u64 = heads.iter().map(|h| h.1).sum();
+    let head_bytes: u64 = head_files.iter().map(|h| h.1).sum();
     let mut reads = Vec::new();
     for _ in 0..=o.runs {
-        reads.push(anchors::read_heads(&heads)?);
+        reads.push(anchors::read_heads(&head_files)?);
     }
     reads.remove(0); // the warm-up
     let parse_limit = median(&mut reads);
@@ -678,7 +678,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         &format!(
             "parse limit: read the head bytes the cold index reads ({:.0} MB, {:.1} KB/file), no parsing, warm cache, all cores",
             head_bytes as f64 / 1e6,
-            head_bytes as f64 / 1e3 / heads.len().max(1) as f64
+            head_bytes as f64 / 1e3 / head_files.len().max(1) as f64
         ),
         fmt(parse_limit),
         format!("cold index ÷ parse limit = {}", ratio(cold_wall, parse_limit)),
