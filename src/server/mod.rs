@@ -107,6 +107,20 @@ async fn refuse_other_users(mut stream: UnixStream) -> Option<UnixStream> {
     );
     let line = frame::error(&Value::Null, e);
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+    // Closing with the peer's first request unread would reset the connection, and the
+    // peer could lose the refusal: read to the end of that request (bounded), then close.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut sink = [0u8; 4096];
+        let mut left = frame::MAX_LINE;
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if sink[..n].contains(&b'\n') => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
     None
 }
 
