@@ -117,19 +117,14 @@ impl Connection {
     }
 
     /// Writes what is queued until every sender is gone (bounded), and closes.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let Connection {
             out,
             mut queued,
             mut writer,
             ..
-        } = {
-            // The reader half is dropped here; the peer sees EOF once the writer shuts down.
-            let (out, _) = mpsc::channel(1);
-            let out = std::mem::replace(&mut self.out, out);
-            drop(out);
-            self
-        };
+        } = self;
+        // Our own sender first: the queue then ends when the last task holding one is done.
         drop(out);
         let _ = tokio::time::timeout(std::time::Duration::from_millis(300), async {
             while let Some(mut line) = queued.recv().await {
