@@ -146,7 +146,9 @@ impl Client {
             // An error with a null id is about the connection itself (refused peer, a line
             // too long): it answers every outstanding call.
             let mine = msg.id.as_ref().and_then(Value::as_u64) == Some(id);
-            let connection_error = matches!(msg.id, Some(Value::Null)) && msg.error.is_some();
+            // (serde reads `"id": null` into `None`, so a missing and a null id look alike.)
+            let connection_error =
+                msg.id.as_ref().is_none_or(Value::is_null) && msg.error.is_some();
             if !mine && !connection_error {
                 continue;
             }

@@ -112,26 +112,38 @@ fn reconcile_home<A: IndexAccess>(
     progress: &dyn Progress,
     summary: &mut ReconcileSummary,
 ) -> Result<(), IndexError> {
-    let known: HashMap<PathBuf, Stamp> = index
+    // Rows are taken out of `known` as their paths are seen, so what is left at the end is
+    // gone, without a second set of every path seen.
+    let mut known: HashMap<PathBuf, Stamp> = index
         .with(|i| i.stamps_under(&home.real))?
         .into_iter()
         .collect();
-    let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
-    let (candidates, walk_problems) = discover(home, roots, &|_| true);
+    let mut old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
+    let (mut candidates, walk_problems) = discover(home, roots, &|_| true);
     summary.seen += (candidates.len() + walk_problems.len()) as u64;
     progress.found(candidates.len() as u64);
 
-    let mut seen: HashSet<PathBuf> = walk_problems.iter().map(|p| p.path.clone()).collect();
+    // A symlink and its target inside the home are one file: the first found stands (the
+    // sort is stable). A path recorded as a problem by the walk is not read.
+    let problem_paths: HashSet<&Path> = walk_problems.iter().map(|p| p.path.as_path()).collect();
+    candidates.sort_by(|a, b| a.path.cmp(&b.path));
+    candidates.dedup_by(|later, first| later.path == first.path);
+    candidates.retain(|c| !problem_paths.contains(c.path.as_path()));
+    for p in &problem_paths {
+        known.remove(*p);
+    }
+    old_problems.retain(|p| {
+        !problem_paths.contains(p.as_path())
+            && candidates.binary_search_by(|c| c.path.cmp(p)).is_err()
+    });
     let mut to_read = Vec::new();
     for c in candidates {
-        if !seen.insert(c.path.clone()) {
-            continue; // a symlink and its target inside the home: one file
-        }
-        match (Stamp::of(&c.path), known.get(&c.path)) {
-            (Ok(now), Some(before)) if now.unchanged(before) => summary.unchanged += 1,
+        match (Stamp::of(&c.path), known.remove(&c.path)) {
+            (Ok(now), Some(before)) if now.unchanged(&before) => summary.unchanged += 1,
             _ => to_read.push(c),
         }
     }
+    // `to_read` is in path order, so each batch goes into the path-keyed table in key order.
     progress.advanced(summary.unchanged);
     // Before the head reads, an empty write would succeed even on a full disk and clear the
     // degraded state for a moment, letting a listing through as if the index were complete
@@ -177,9 +189,9 @@ fn reconcile_home<A: IndexAccess>(
         Ok(())
     })?;
 
-    let mut gone: Vec<PathBuf> = known.into_keys().filter(|p| !seen.contains(p)).collect();
+    let mut gone: Vec<PathBuf> = known.into_keys().collect();
     summary.removed += gone.len() as u64;
-    gone.extend(old_problems.into_iter().filter(|p| !seen.contains(p)));
+    gone.extend(old_problems);
     gone.extend(vanished);
     // Files that were bad when read may have been half-written then (a `.zst` being made
     // while its `.jsonl` still stood): read them again and write them with the removals, so

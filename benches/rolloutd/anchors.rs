@@ -291,3 +291,91 @@ fn watchman_measure(
         query_server,
     })
 }
+
+/// A minimal tokio echo server on a Unix socket (the agent's kind of socket and runtime:
+/// two workers), for the socket's own limit: every line read is written back. Runs on its
+/// own threads in this process until dropped.
+pub struct Echo {
+    pub socket: PathBuf,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Echo {
+    pub fn start(socket: &Path) -> Result<Echo, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let _ = std::fs::remove_file(socket);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::bind(socket).map_err(|e| e.to_string())?
+        };
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    let mut line = Vec::with_capacity(256);
+                    loop {
+                        line.clear();
+                        match read.read_until(b'\n', &mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if write.write_all(&line).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Echo {
+            socket: socket.to_owned(),
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(500));
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The parse limit: reading every head byte the cold index reads (`bytes` per file, what
+/// `rollout::inspect` counted), in 64 KiB reads on all cores as the crawl does, with no
+/// parsing and no index. The caller warms the page cache first.
+pub fn read_heads(files: &[(PathBuf, u64)]) -> Result<Duration, String> {
+    use rayon::prelude::*;
+    use std::io::Read;
+    let t = Instant::now();
+    let total: u64 = files
+        .par_iter()
+        .map_init(
+            || vec![0u8; 64 << 10],
+            |buf, (path, want)| -> Result<u64, String> {
+                let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+                let mut got = 0u64;
+                while got < *want {
+                    match f.read(buf) {
+                        Ok(0) => break,
+                        Ok(n) => got += n as u64,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(got)
+            },
+        )
+        .sum::<Result<u64, String>>()?;
+    let took = t.elapsed();
+    if total == 0 {
+        return Err("no head bytes read".into());
+    }
+    Ok(took)
+}

@@ -75,6 +75,13 @@ impl Conn {
         self.reader.get_ref().set_read_timeout(Some(t))
     }
 
+    /// The request `resolve` sends, answered by anything that answers with its id (the echo
+    /// anchor sends the line back).
+    pub fn call_echo(&mut self, thread_id: &str) -> Result<(), String> {
+        let params = format!(r#"{{"threadId":"{thread_id}"}}"#);
+        self.call("thread/resolve", &params).map(drop)
+    }
+
     /// `thread/resolve` of a full id; checks that the answer is that thread's record.
     pub fn resolve(&mut self, thread_id: &str) -> Result<(), String> {
         let params = format!(r#"{{"threadId":"{thread_id}"}}"#);

@@ -325,6 +325,26 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         None,
     );
 
+    // The parse limit: the head bytes the cold index reads, read with no parsing.
+    println!("parse limit (head bytes, no parsing)…");
+    let limits = rolloutd::rollout::HeadLimits::default();
+    let head_files: Vec<(PathBuf, u64)> = c
+        .threads
+        .iter()
+        .filter_map(|t| {
+            let i = rolloutd::rollout::inspect(&t.path, &limits).ok()?;
+            Some((t.path.clone(), i.bytes_read))
+        })
+        .collect();
+    let head_bytes: u64 = head_files.iter().map(|h| h.1).sum();
+    let mut reads = Vec::new();
+    for _ in 0..=o.runs {
+        reads.push(anchors::read_heads(&head_files)?);
+    }
+    reads.remove(0); // the warm-up
+    let parse_limit = median(&mut reads);
+    let cold_wall = wall_of(&cold);
+
     // 3. Restart: a reconcile with nothing changed, from the CLI and as the agent's start.
     println!("restart…");
     let mut again: Vec<Usage> = Vec::new();
@@ -374,10 +394,48 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     }
     let mut phase_peaks = vec![agent.peak_rss_kb()];
 
-    // thread/resolve on one persistent connection.
-    println!("thread/resolve latency…");
     let per_run = if small { 5_000 } else { 20_000 };
     let ids = sample_ids(&c, per_run);
+    let window = if small {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
+
+    // The socket's own limit: an echo server driven by the same client, same requests.
+    println!("socket echo anchor…");
+    let echo = anchors::Echo::start(&root.join("echo.sock"))?;
+    let (echo_p50, echo_p99) = {
+        let mut conn = Conn::connect(&echo.socket).map_err(|e| format!("echo: {e}"))?;
+        for id in ids.iter().take(2_000) {
+            conn.call_echo(id)?;
+        }
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            let mut times = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let t = Instant::now();
+                conn.call_echo(id)?;
+                times.push(t.elapsed());
+            }
+            p50s.push(percentile(&mut times, 50.0));
+            p99s.push(percentile(&mut times, 99.0));
+        }
+        (median(&mut p50s), median(&mut p99s))
+    };
+    let mut echo_rates = Vec::new();
+    for clients in [1usize, 8] {
+        let mut rates = Vec::new();
+        for _ in 0..o.runs {
+            let (done, took) = throughput(&echo.socket, &ids, clients, window, true)?;
+            rates.push(done as f64 / took.as_secs_f64());
+        }
+        echo_rates.push(median_f64(&mut rates));
+    }
+    drop(echo);
+
+    // thread/resolve on one persistent connection.
+    println!("thread/resolve latency…");
     let mut conn = Conn::connect(&world.socket).map_err(|e| format!("connecting: {e}"))?;
     for id in ids.iter().take(2_000) {
         conn.resolve(id)?;
@@ -418,23 +476,20 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     );
 
     // Throughput: closed loop, one request in flight per client.
-    let window = if small {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(2)
-    };
+    let mut our_rates = Vec::new();
     for clients in [1usize, 8, 64] {
         println!("throughput, {clients} client(s)…");
         let (mut rates, mut cpus) = (Vec::new(), Vec::new());
         agent.reset_peak();
         for _ in 0..o.runs {
             let cpu0 = agent.cpu();
-            let (done, took) = throughput(&world.socket, &ids, clients, window)?;
+            let (done, took) = throughput(&world.socket, &ids, clients, window, false)?;
             cpus.push((agent.cpu() - cpu0) / done.max(1) as u32);
             rates.push(done as f64 / took.as_secs_f64());
         }
         phase_peaks.push(agent.peak_rss_kb());
         let rate = median_f64(&mut rates);
+        our_rates.push(rate);
         let (target, met) = if clients == 8 {
             ("≥ 50,000 req/s", Some(rate >= 50_000.0))
         } else {
@@ -617,6 +672,35 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         .take(if small { 5 } else { 10 })
         .cloned()
         .collect();
+    report.anchor(
+        "socket echo (tokio, same socket kind and client), one connection p50 / p99",
+        format!("{} / {}", fmt(echo_p50), fmt(echo_p99)),
+        format!(
+            "resolve p50 ÷ echo p50 = {}, p99 ÷ echo p99 = {}",
+            ratio(resolve_p50, echo_p50),
+            ratio(resolve_p99, echo_p99)
+        ),
+    );
+    for (k, clients) in [1usize, 8].into_iter().enumerate() {
+        let ours = our_rates.get(k).copied().unwrap_or(0.0);
+        report.anchor(
+            &format!("socket echo, {clients} connection(s)"),
+            format!("{:.0} req/s", echo_rates[k]),
+            format!(
+                "rolloutd {clients}-client throughput ÷ echo = {:.3}",
+                ours / echo_rates[k].max(1.0)
+            ),
+        );
+    }
+    report.anchor(
+        &format!(
+            "parse limit: read the head bytes the cold index reads ({:.0} MB, {:.1} KB/file), no parsing, warm cache, all cores",
+            head_bytes as f64 / 1e6,
+            head_bytes as f64 / 1e3 / head_files.len().max(1) as f64
+        ),
+        fmt(parse_limit),
+        format!("cold index ÷ parse limit = {}", ratio(cold_wall, parse_limit)),
+    );
     let walk = anchors::walk(&world.home, &walk_ids)?;
     report.anchor(
         "directory walk lookup by id (Codex's fallback), median",
@@ -672,6 +756,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         anchors::Watchman::Skipped(why) => report.note(format!("watchman skipped: {why}")),
     }
     shim_rows(&mut report, &root.join("shim"));
+    idle(o, root, &mut report)?;
     report.print(o, c.threads.len());
     Ok(())
 }
@@ -714,6 +799,47 @@ fn shim_rows(report: &mut Report, root: &Path) {
     }
 }
 
+/// The idle agent on a 200-thread home: context switches of all its threads (each a
+/// wake-up) and CPU over a window in which nothing changes and no client is connected.
+fn idle(o: &Options, root: &Path, report: &mut Report) -> Result<(), String> {
+    println!("idle agent…");
+    let world = World::new(&root.join("idle"));
+    corpus::generate(&world.home, 200).map_err(|e| format!("idle corpus: {e}"))?;
+    let agent = Agent::start(&world, DEADLINE)?;
+    // Let start-up work (the first reconcile's tail, the first status line) finish.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = if o.threads < 10_000 {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(20)
+    };
+    let (w0, c0, t) = (
+        proc::context_switches(agent.pid),
+        proc::cpu_of(agent.pid),
+        Instant::now(),
+    );
+    std::thread::sleep(window);
+    let (w1, c1, took) = (
+        proc::context_switches(agent.pid),
+        proc::cpu_of(agent.pid),
+        t.elapsed(),
+    );
+    let per_s = w1.saturating_sub(w0) as f64 / took.as_secs_f64();
+    let cpu = (c1.saturating_sub(c0)).as_secs_f64() / took.as_secs_f64();
+    report.row(
+        &format!(
+            "idle agent, 200-thread home, no client ({} s window): wake-ups (context switches, all threads) / CPU",
+            window.as_secs()
+        ),
+        format!("{per_s:.2} wake-ups/s / {:.2} % CPU", cpu * 100.0),
+        "".into(),
+        mb(agent.rss_kb()),
+        "≤ 1 wake-up/s, 0 % CPU",
+        Some(per_s <= 1.0 && cpu == 0.0),
+    );
+    Ok(())
+}
+
 fn wall_of(v: &[Usage]) -> Duration {
     let mut w: Vec<Duration> = v.iter().map(|u| u.wall).collect();
     median(&mut w)
@@ -749,6 +875,7 @@ fn throughput(
     ids: &[String],
     clients: usize,
     window: Duration,
+    echo: bool,
 ) -> Result<(u64, Duration), String> {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let ids = Arc::new(ids.to_vec());
@@ -764,7 +891,11 @@ fn throughput(
             let mut done = 0u64;
             let mut i = k * 7919;
             while started.elapsed() < window {
-                conn.resolve(&ids[i % ids.len()])?;
+                if echo {
+                    conn.call_echo(&ids[i % ids.len()])?;
+                } else {
+                    conn.resolve(&ids[i % ids.len()])?;
+                }
                 i += 1;
                 done += 1;
             }

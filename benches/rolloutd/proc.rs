@@ -281,3 +281,31 @@ fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Voluntary + involuntary context switches of every thread of `pid`, from
+/// `/proc/PID/task/*/status`: each is one time a thread ran after sleeping or being preempted.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// user+system CPU of `pid` in clock ticks' precision (see [`Agent::cpu`]).
+pub fn cpu_of(pid: u32) -> Duration {
+    proc_cpu(pid).unwrap_or_default()
+}

@@ -177,6 +177,11 @@ const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, arc
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
      forked_from_id, git_branch, title, ctime_ns, thread_id_as_written";
 
+/// [`FILE_COLUMNS`] of the table aliased `f`, for joins.
+const FILE_COLUMNS_OF_F: &str = "f.path, f.home, f.dev, f.ino, f.size, f.mtime_ns, f.thread_id, \
+     f.archived, f.compression, f.created_at_ms, f.cwd, f.source, f.originator, f.cli_version, \
+     f.model_provider, f.forked_from_id, f.git_branch, f.title, f.ctime_ns, f.thread_id_as_written";
+
 impl Index {
     /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
     /// newer-than-known index is moved aside to `<name>.corrupt-<unix secs>` and rebuilt.
@@ -696,29 +701,32 @@ impl Index {
 }
 
 /// [`Index::apply`] inside its transaction.
+///
+/// The rows before and after are read a batch at a time (one statement over a JSON array of
+/// the keys, joined to the table's index), not one statement per key: a cold index writes
+/// thousands of new paths per transaction, and per-key lookups of rows that do not exist
+/// cost more than the writes.
 fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
     // Before: every touched path's problem, and every touched thread's preferred file.
     let mut paths: BTreeSet<&Path> = BTreeSet::new();
     paths.extend(batch.files.iter().map(|f| f.path.as_path()));
     paths.extend(batch.problems.iter().map(|p| p.path.as_path()));
     paths.extend(batch.removed.iter().map(PathBuf::as_path));
+    let path_keys = json_keys(paths.iter().map(|p| p.to_string_lossy()));
     let mut threads: BTreeSet<String> = batch
         .files
         .iter()
         .map(|f| f.head.thread_id.clone())
         .collect();
-    let mut problems_before = Vec::with_capacity(paths.len());
-    for path in &paths {
-        if let Some(row) = file_at_in(conn, path)? {
-            threads.insert(row.head.thread_id);
-        }
-        problems_before.push((*path, problem_at_in(conn, path)?));
+    // Threads whose file at a touched path may be replaced or dropped.
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.thread_id FROM json_each(?1) AS j CROSS JOIN files AS f ON f.path = j.value",
+    )?;
+    for thread in stmt.query_map([&path_keys], |r| r.get::<_, String>(0))? {
+        threads.insert(thread?);
     }
-    let mut threads_before = Vec::with_capacity(threads.len());
-    for thread in threads {
-        let preferred = files_for_thread_in(conn, &thread)?.into_iter().next();
-        threads_before.push((thread, preferred));
-    }
+    let mut problems_before = problems_at_in(conn, &path_keys)?;
+    let threads_before = preferred_files_in(conn, &threads)?;
 
     write_in(conn, batch)?;
 
@@ -729,26 +737,93 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
     let mut tombstone = conn.prepare_cached(
         "INSERT OR REPLACE INTO removed_threads (thread_id, path, removed_at_ms) VALUES (?1, ?2, ?3)",
     )?;
-    let mut revive = conn.prepare_cached("DELETE FROM removed_threads WHERE thread_id = ?1")?;
+    let mut threads_after = preferred_files_in(conn, &threads)?;
+    let mut revived = Vec::new();
     let mut changes = Vec::new();
-    for (thread, before) in threads_before {
-        let after = files_for_thread_in(conn, &thread)?.into_iter().next();
-        match (&before, &after) {
+    for thread in &threads {
+        let before = threads_before.get(thread.as_str());
+        let after = threads_after.remove(thread.as_str());
+        match (before, &after) {
             (Some(last), None) => {
                 tombstone.execute(params![thread, path_text(&last.path), now_ms])?;
             }
-            (None, Some(_)) => {
-                revive.execute([&thread])?;
-            }
+            (None, Some(_)) => revived.push(thread.as_str()),
             _ => {}
         }
-        changes.extend(thread_change(before.as_ref(), after.as_ref()));
+        changes.extend(thread_change(before, after.as_ref()));
     }
-    for (path, before) in problems_before {
-        let after = problem_at_in(conn, path)?;
+    if !revived.is_empty() {
+        conn.prepare_cached(
+            "DELETE FROM removed_threads WHERE thread_id IN (SELECT value FROM json_each(?1))",
+        )?
+        .execute([json_keys(revived.into_iter().map(std::borrow::Cow::from))])?;
+    }
+    // Only this batch's problems are new rows: a path with no problem before and none in
+    // the batch has none after.
+    let recorded: std::collections::HashSet<&Path> =
+        batch.problems.iter().map(|p| p.path.as_path()).collect();
+    let maybe_after = paths
+        .iter()
+        .filter(|p| recorded.contains(*p) || problems_before.contains_key(&path_text(p)))
+        .map(|p| p.to_string_lossy());
+    let mut problems_after = problems_at_in(conn, &json_keys(maybe_after))?;
+    for path in paths {
+        let key = path_text(path);
+        let before = problems_before.remove(&key);
+        let after = problems_after.remove(&key);
         changes.extend(problem_change(before.as_ref(), after.as_ref()));
     }
     Ok(changes)
+}
+
+/// A JSON array of strings, for `json_each(?)`.
+fn json_keys<'a>(keys: impl Iterator<Item = std::borrow::Cow<'a, str>>) -> String {
+    let keys: Vec<std::borrow::Cow<'a, str>> = keys.collect();
+    // Serializing a list of strings cannot fail.
+    serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into())
+}
+
+/// The problem rows at the paths in `keys` (a JSON array), by path.
+fn problems_at_in(
+    conn: &Connection,
+    keys: &str,
+) -> rusqlite::Result<std::collections::HashMap<String, ProblemRow>> {
+    if keys == "[]" {
+        return Ok(Default::default());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.path, p.home, p.kind, p.detail, p.thread_id \
+         FROM json_each(?1) AS j CROSS JOIN problems AS p ON p.path = j.value",
+    )?;
+    let rows = stmt.query_map([keys], problem_from_row)?;
+    rows.map(|r| r.map(|p| (path_text(&p.path), p))).collect()
+}
+
+/// Each of `threads`' preferred file (see [`prefer`]), for those that have one.
+fn preferred_files_in(
+    conn: &Connection,
+    threads: &BTreeSet<String>,
+) -> rusqlite::Result<std::collections::HashMap<String, IndexedFile>> {
+    let mut out: std::collections::HashMap<String, IndexedFile> = Default::default();
+    if threads.is_empty() {
+        return Ok(out);
+    }
+    let keys = json_keys(threads.iter().map(|t| std::borrow::Cow::from(t.as_str())));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM json_each(?1) AS j CROSS JOIN files AS f ON f.thread_id = j.value",
+        FILE_COLUMNS_OF_F
+    ))?;
+    for row in stmt.query_map([&keys], file_from_row)? {
+        let file = row?;
+        match out.get_mut(&file.head.thread_id) {
+            Some(best) if prefer(&file, best).is_lt() => *best = file,
+            Some(_) => {}
+            None => {
+                out.insert(file.head.thread_id.clone(), file);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The writes of a [`Batch`], in its documented order.
@@ -813,14 +888,6 @@ fn file_at_in(conn: &Connection, path: &Path) -> rusqlite::Result<Option<Indexed
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?;
     stmt.query_row([path_text(path)], file_from_row).optional()
-}
-
-fn problem_at_in(conn: &Connection, path: &Path) -> rusqlite::Result<Option<ProblemRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT path, home, kind, detail, thread_id FROM problems WHERE path = ?1",
-    )?;
-    stmt.query_row([path_text(path)], problem_from_row)
-        .optional()
 }
 
 fn files_for_thread_in(conn: &Connection, thread_id: &str) -> rusqlite::Result<Vec<IndexedFile>> {

@@ -67,6 +67,9 @@ pub struct Shared {
     pub last_lag_ms: AtomicU64,
     pub watch: Mutex<WatchInfo>,
     pub started: Instant,
+    /// Notified (one stored permit) after every committed write's changes: cheaper than a
+    /// subscription for those who only refresh a summary.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl Shared {
@@ -75,10 +78,12 @@ impl Shared {
     pub fn new(homes: Homes, mut index: Index, observer: Option<ChangeObserver>) -> Shared {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         let homes: HomesCell = Arc::new(RwLock::new(Arc::new(homes)));
+        let changed = Arc::new(tokio::sync::Notify::new());
         index.set_sink(Arc::new(Publisher::new(
             events.clone(),
             Arc::clone(&homes),
             observer,
+            Arc::clone(&changed),
         )));
         Shared {
             homes,
@@ -94,6 +99,7 @@ impl Shared {
             last_lag_ms: AtomicU64::new(0),
             watch: Mutex::new(WatchInfo::default()),
             started: Instant::now(),
+            changed,
         }
     }
 

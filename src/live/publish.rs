@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use super::HomesCell;
 use crate::identity::Homes;
@@ -19,6 +19,8 @@ pub struct Publisher {
     events: broadcast::Sender<Notification>,
     homes: HomesCell,
     observer: Option<ChangeObserver>,
+    /// Signalled after every publish, for listeners that only need "something changed".
+    changed: Arc<Notify>,
 }
 
 impl Publisher {
@@ -26,11 +28,13 @@ impl Publisher {
         events: broadcast::Sender<Notification>,
         homes: HomesCell,
         observer: Option<ChangeObserver>,
+        changed: Arc<Notify>,
     ) -> Publisher {
         Publisher {
             events,
             homes,
             observer,
+            changed,
         }
     }
 }
@@ -55,6 +59,7 @@ impl ChangeSink for Publisher {
         if let Some(observer) = &self.observer {
             observer(&homes, changes);
         }
+        self.changed.notify_one();
     }
 }
 

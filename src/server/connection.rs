@@ -1,72 +1,114 @@
-//! A connection's framing: request lines in (bounded), response and notification lines out
-//! through one queue, so lines from concurrent commands never interleave.
-
-use std::time::Duration;
+//! A connection's framing: request lines in (bounded), response and notification lines out.
+//! The connection's own task writes every line: answers it computed at once directly, and
+//! lines queued by other tasks (answers that waited, notifications) from one queue, in queue
+//! order, so lines never interleave and an answer never overtakes what was queued before it.
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::frame::{self, Line};
 
-/// Lines queued for a connection's writer.
+/// Lines queued for a connection by other tasks.
 const OUT_QUEUE: usize = 256;
 
 /// What reading gave.
-pub enum Frame<'a> {
-    /// One line (without `\n`), not blank.
-    Request(&'a [u8]),
+pub enum Frame {
+    /// One line (without `\n`), not blank: in [`Connection::line`].
+    Request,
     /// The line passed [`frame::MAX_LINE`]: answer and close.
     TooLong,
-    /// Nothing arrived within the timeout.
-    Idle,
     /// The peer closed (or the read failed).
     Closed,
+}
+
+/// What [`Connection::next`] gave.
+pub enum Event {
+    Frame(Frame),
+    /// A line queued by another task, to write.
+    Queued(String),
+}
+
+async fn read_frame(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+    complete: &mut bool,
+) -> Frame {
+    loop {
+        if std::mem::take(complete) {
+            buf.clear();
+        }
+        match frame::read_line(reader, buf).await {
+            Err(_) | Ok(Line::Eof) => return Frame::Closed,
+            Ok(Line::TooLong) => return Frame::TooLong,
+            Ok(Line::Complete) => {
+                *complete = true;
+                if !buf.iter().all(u8::is_ascii_whitespace) {
+                    return Frame::Request;
+                }
+            }
+        }
+    }
 }
 
 pub struct Connection {
     reader: BufReader<OwnedReadHalf>,
     buf: Vec<u8>,
+    /// True once `buf` holds a whole line; the next read starts a new one. A read cancelled
+    /// mid-line (by a queued line to write) keeps what it took, so no byte is lost.
+    complete: bool,
+    writer: OwnedWriteHalf,
     out: mpsc::Sender<String>,
-    writer: tokio::task::JoinHandle<()>,
+    queued: mpsc::Receiver<String>,
 }
 
 impl Connection {
     pub fn new(stream: UnixStream) -> Connection {
-        let (read, mut write) = stream.into_split();
-        let (out, mut out_rx) = mpsc::channel::<String>(OUT_QUEUE);
-        let writer = tokio::spawn(async move {
-            while let Some(mut line) = out_rx.recv().await {
-                // One write per message, so a line is never split around its newline.
-                line.push('\n');
-                if write.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            let _ = write.shutdown().await;
-        });
+        let (read, writer) = stream.into_split();
+        let (out, queued) = mpsc::channel::<String>(OUT_QUEUE);
         Connection {
             reader: BufReader::new(read),
             buf: Vec::new(),
-            out,
+            complete: false,
             writer,
+            out,
+            queued,
         }
     }
 
-    /// The next non-blank line, waiting at most `timeout`.
-    pub async fn read_frame(&mut self, timeout: Duration) -> Frame<'_> {
-        loop {
-            let read =
-                tokio::time::timeout(timeout, frame::read_line(&mut self.reader, &mut self.buf));
-            match read.await {
-                Err(_) => return Frame::Idle,
-                Ok(Err(_)) | Ok(Ok(Line::Eof)) => return Frame::Closed,
-                Ok(Ok(Line::TooLong)) => return Frame::TooLong,
-                Ok(Ok(Line::Complete)) if self.buf.iter().all(u8::is_ascii_whitespace) => {}
-                Ok(Ok(Line::Complete)) => return Frame::Request(&self.buf),
-            }
+    /// The next non-blank line, or the next line another task queued, whichever comes
+    /// first (queued lines first when both are ready). Cancel-safe: a partial line stays
+    /// buffered.
+    pub async fn next(&mut self) -> Event {
+        tokio::select! {
+            biased;
+            Some(line) = self.queued.recv() => Event::Queued(line),
+            f = read_frame(&mut self.reader, &mut self.buf, &mut self.complete) => Event::Frame(f),
         }
+    }
+
+    /// The line the last [`Frame::Request`] read.
+    pub fn line(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Writes `line` and its newline in one write, after anything queued before it.
+    pub async fn write_line(&mut self, line: String) -> std::io::Result<()> {
+        while let Ok(earlier) = self.queued.try_recv() {
+            self.write_one(earlier).await?;
+        }
+        self.write_one(line).await
+    }
+
+    /// Writes one line that came from the queue.
+    pub async fn write_queued(&mut self, line: String) -> std::io::Result<()> {
+        self.write_one(line).await
+    }
+
+    async fn write_one(&mut self, mut line: String) -> std::io::Result<()> {
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).await
     }
 
     /// The queue of outgoing lines (for commands answering later, and subscriptions).
@@ -74,9 +116,25 @@ impl Connection {
         self.out.clone()
     }
 
-    /// Flushes what is queued (bounded) and closes.
+    /// Writes what is queued until every sender is gone (bounded), and closes.
     pub async fn close(self) {
-        drop(self.out);
-        let _ = tokio::time::timeout(Duration::from_millis(300), self.writer).await;
+        let Connection {
+            out,
+            mut queued,
+            mut writer,
+            ..
+        } = self;
+        // Our own sender first: the queue then ends when the last task holding one is done.
+        drop(out);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+            while let Some(mut line) = queued.recv().await {
+                line.push('\n');
+                if writer.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = writer.shutdown().await;
     }
 }

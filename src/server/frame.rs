@@ -179,13 +179,13 @@ pub enum Line {
     Eof,
 }
 
-/// Reads one line into `buf` (without `\n`), never buffering more than [`MAX_LINE`] bytes.
-/// A final line without a newline is returned as complete.
+/// Reads the rest of one line onto `buf` (without `\n`), never buffering more than
+/// [`MAX_LINE`] bytes. A final line without a newline is returned as complete. Cancel-safe:
+/// what was consumed is in `buf`, so the caller clears it only after a complete line.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Line> {
-    buf.clear();
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {

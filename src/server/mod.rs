@@ -17,13 +17,14 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::Shared;
 use crate::protocol::error::INVALID_REQUEST;
 use crate::protocol::{ClientRequest, ErrorReason, RpcError};
 use cmd::Context;
-use connection::{Connection, Frame};
+use connection::{Connection, Event, Frame};
 
 /// Server limits.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +107,20 @@ async fn refuse_other_users(mut stream: UnixStream) -> Option<UnixStream> {
     );
     let line = frame::error(&Value::Null, e);
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+    // Closing with the peer's first request unread would reset the connection, and the
+    // peer could lose the refusal: read to the end of that request (bounded), then close.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut sink = [0u8; 4096];
+        let mut left = frame::MAX_LINE;
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if sink[..n].contains(&b'\n') => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
     None
 }
 
@@ -136,26 +151,55 @@ impl Handler {
 
     async fn run(mut self) {
         let mut timeout = self.limits.first_request_timeout;
+        // One timer for the connection, re-armed only when it fires early: resetting it on
+        // every request would cost a timer-wheel update per request.
+        let mut last_request = Instant::now();
+        let idle = tokio::time::sleep_until(deadline(last_request, timeout));
+        tokio::pin!(idle);
         loop {
             let frame = tokio::select! {
-                f = self.conn.read_frame(timeout) => f,
+                biased;
                 _ = self.shutdown.cancelled() => break,
+                e = self.conn.next() => match e {
+                    Event::Frame(f) => f,
+                    Event::Queued(line) => {
+                        if self.conn.write_queued(line).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+                () = &mut idle => {
+                    let (now, due) = (Instant::now(), deadline(last_request, timeout));
+                    if now >= due && !self.session.busy() {
+                        break;
+                    }
+                    // Armed before the last request, or something is still in flight.
+                    idle.as_mut().reset(if now < due { due } else { deadline(now, timeout) });
+                    continue;
+                }
             };
             match frame {
-                Frame::Request(line) => self.session.dispatch(line).await,
-                Frame::Idle if self.session.busy() => {}
-                Frame::Idle | Frame::Closed => break,
+                Frame::Request => {
+                    last_request = Instant::now();
+                    if let Some(answer) = self.session.dispatch_inline(self.conn.line()).await {
+                        if self.conn.write_line(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Frame::Closed => break,
                 Frame::TooLong => {
                     let e = RpcError::new(
                         INVALID_REQUEST,
                         format!("request line exceeds {} bytes", frame::MAX_LINE),
                     );
-                    self.session.send(frame::error(&Value::Null, e)).await;
+                    let _ = self.conn.write_line(frame::error(&Value::Null, e)).await;
                     break;
                 }
             }
             timeout = if self.session.cx.subscribed() {
-                Duration::MAX
+                FAR
             } else {
                 self.limits.idle_timeout
             };
@@ -163,6 +207,14 @@ impl Handler {
         self.session.finish().await;
         self.conn.close().await;
     }
+}
+
+/// Longer than any connection lives: the idle timer of a subscribed connection.
+const FAR: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn deadline(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after.min(FAR))
+        .unwrap_or_else(|| Instant::now() + FAR)
 }
 
 /// What one connection's commands share, and the one dispatch path every request takes
@@ -189,26 +241,29 @@ impl Session {
     /// request without an id). A command not done after one poll gets a task of its own,
     /// so the connection keeps reading; past `IN_FLIGHT` (64) of those, this waits.
     pub async fn dispatch(&self, line: &[u8]) {
+        if let Some(answer) = self.dispatch_inline(line).await {
+            self.send(answer).await;
+        }
+    }
+
+    /// [`Session::dispatch`], but an answer ready at once is returned for the caller to
+    /// write rather than queued (the connection's own task writes it, with no hop).
+    pub async fn dispatch_inline(&self, line: &[u8]) -> Option<String> {
         let request = match frame::parse(line) {
             Ok(r) => r,
-            Err(bad) => return self.send(frame::error(&bad.id, bad.error)).await,
+            Err(bad) => return Some(frame::error(&bad.id, bad.error)),
         };
         let id = request.id;
         let command = match ClientRequest::parse(&request.method, request.params) {
             Ok(c) => c,
-            Err(e) => {
-                if let Some(id) = id {
-                    self.send(frame::error(&id, e)).await;
-                }
-                return;
-            }
+            Err(e) => return id.map(|id| frame::error(&id, e)),
         };
         self.cx
             .shared
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-            return;
+            return None;
         };
         let cx = self.cx.clone();
         let mut answer = Box::pin(async move { command.apply(&cx).await });
@@ -218,10 +273,7 @@ impl Session {
             .as_mut()
             .poll(&mut TaskContext::from_waker(Waker::noop()));
         if let Poll::Ready(result) = polled {
-            if let Some(id) = id {
-                self.send(frame::response(&id, &result)).await;
-            }
-            return;
+            return id.map(|id| frame::response(&id, &result));
         }
         let out = self.cx.out.clone();
         tokio::spawn(async move {
@@ -231,6 +283,7 @@ impl Session {
             }
             drop(permit);
         });
+        None
     }
 
     /// Queues a line for the peer.

@@ -11,7 +11,7 @@ use sd_notify::NotifyState;
 
 use crate::live::Shared;
 
-/// How often the `STATUS=` line is refreshed after the agent is ready.
+/// The least time between two refreshes of the `STATUS=` line after the agent is ready.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// The agent's connection to the service manager.
@@ -85,13 +85,16 @@ impl Notifier {
         }
     }
 
-    /// Keeps `STATUS=` current once the agent is ready (only when the line changes).
+    /// Keeps `STATUS=` current once the agent is ready: refreshed after the index changes,
+    /// at most every [`STATUS_EVERY`], so an agent with nothing to do never wakes for it.
     pub async fn status_updates(self: Arc<Self>, shared: Arc<Shared>) {
         if !self.enabled {
             return;
         }
         let mut last = String::new();
         loop {
+            // Every committed write signals it, so no signal means unchanged counts.
+            shared.changed.notified().await;
             tokio::time::sleep(STATUS_EVERY).await;
             if !shared.is_ready() {
                 continue;

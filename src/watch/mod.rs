@@ -51,8 +51,10 @@ impl Default for WatchOptions {
     }
 }
 
-/// How often the watched roots are checked for deletion or a retargeted symlink.
-const ROOT_CHECK: Duration = Duration::from_secs(1);
+/// How often the watched roots are checked for deletion or a retargeted symlink (which
+/// sends no event to any watch). An event at a root itself brings the check forward, so
+/// this bounds only the silent cases, and sets the idle agent's wake-ups (one per check).
+const ROOT_CHECK: Duration = Duration::from_secs(2);
 /// How long a vanished path waits before it counts as deleted (see [`policy::Delayed`]).
 const GONE_GRACE: Duration = Duration::from_millis(100);
 /// How long after a directory was walked its rows are checked against the disk again.
