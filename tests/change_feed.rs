@@ -124,7 +124,7 @@ fn rollout(n: u32) -> Rollout {
     Rollout::new(
         &tid(n),
         &format!("2026-11-{day:02}T10:{:02}:{:02}.000Z", n / 60 % 60, n % 60),
-        "/work/churn",
+        "/home/dev/churn",
         &format!("churn thread {n}"),
     )
     .base_len(300)
