@@ -11,7 +11,7 @@
 //! [`identity`], [`logging`] → [`config`] → [`rollout`] → [`index`] → [`crawl`] → [`query`] →
 //! [`codex_state`] → [`protocol`] → [`client`] → [`live`] (state shared by the watcher, the
 //! server and readiness; the change publisher; the shutdown token) → [`watch`] → [`server`]
-//! → [`service`] → [`codex_app`] (the app-server shim) → [`agent`] (wiring only) → [`cli`].
+//! → [`service`] → [`agent`] (wiring only) → [`codex_app`] (the app-server shim) → [`cli`].
 
 pub mod agent;
 pub mod cli;
