@@ -5,6 +5,7 @@
 # loopback port, so nothing leaves the machine.
 #
 #   scripts/codex-interop.sh            # install if needed, run the interop tests per release
+#   scripts/codex-interop.sh --bin 0.169.0   # install if needed, print the binary's path only
 #
 # Environment:
 #   ROLLOUTD_CODEX_VERSIONS the releases to run, space-separated, each VERSION or
@@ -42,7 +43,11 @@ run_tests() {
   ROLLOUTD_CODEX_BIN="$1" cargo test --locked --test codex_interop -- --nocapture ${2:+"$2"}
 }
 
-if [ -n "${ROLLOUTD_CODEX_BIN:-}" ]; then
+print_only=""
+if [ "${1:-}" = "--bin" ]; then
+  print_only=1
+  versions="${2:?--bin needs a version}"
+elif [ -n "${ROLLOUTD_CODEX_BIN:-}" ]; then
   run_tests "$ROLLOUTD_CODEX_BIN"
   exit 0
 fi
@@ -68,11 +73,15 @@ for entry in "$@"; do
   if [ -z "$bin" ]; then
     command -v npm >/dev/null 2>&1 || skip_or_fail "npm is not installed"
     mkdir -p "$cache"
-    echo "== installing @openai/codex@$version into $cache"
-    npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "@openai/codex@$version" \
+    echo "== installing @openai/codex@$version into $cache" >&2
+    npm install --prefix "$cache" --no-audit --no-fund --loglevel=error "@openai/codex@$version" >&2 \
       || skip_or_fail "npm could not install @openai/codex@$version"
     bin="$(find_bin)"
     [ -n "$bin" ] || skip_or_fail "the @openai/codex@$version package has no prebuilt binary for this platform"
+  fi
+  if [ -n "$print_only" ]; then
+    echo "$bin"
+    exit 0
   fi
   run_tests "$bin" "$filter"
 done
