@@ -39,7 +39,13 @@ pub fn open(socket: &Path, config: &Config) -> Result<Box<dyn Rolloutd>, String>
             socket: socket.to_owned(),
         }));
     }
-    let index = Index::open(&index_path, journal).map_err(|e| e.to_string())?;
+    // An index an agent owns (serving other homes, or not answering) is only read: its
+    // owner alone writes it, so it misses no change.
+    let index = match crate::server::socket::index_owner(&index_path) {
+        Some(_) => Index::open_guest(&index_path),
+        None => Index::open(&index_path, journal),
+    }
+    .map_err(|e| e.to_string())?;
     tracing::debug!(index = %index_path.display(), "no agent serves these homes; checking paths against the index");
     Ok(Box::new(Direct { homes, index }))
 }
@@ -124,12 +130,15 @@ impl Rolloutd for Direct {
     }
 
     fn wait(&mut self, _thread_id: &str, path: &Path, timeout: Duration) {
-        // Codex writes the rollout at the very path it announced, so a stat (not a query,
-        // whose miss walks the home) tells when it appears; the caller checks it then.
+        // Codex writes the rollout at the very path it announced, so that file (not a query,
+        // whose miss walks the home) tells when it appears: once its head reads as a rollout
+        // (a file caught between its creation and its first line is not one yet); the caller
+        // checks it then.
         let zst = crate::codex_state::spelling::with_zst(path);
+        let readable = |p: &Path| crate::rollout::inspect(p, &HeadLimits::default()).is_ok();
         let deadline = Instant::now() + timeout;
         // Bounded by the deadline: each pass sleeps at least RECHECK or returns.
-        while Instant::now() < deadline && !path.exists() && !zst.exists() {
+        while Instant::now() < deadline && !readable(path) && !readable(&zst) {
             std::thread::sleep(RECHECK.min(deadline.saturating_duration_since(Instant::now())));
         }
     }
