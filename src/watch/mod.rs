@@ -382,6 +382,7 @@ impl Watch {
         let mut next_root_check = Instant::now() + ROOT_CHECK;
         let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
         let mut rewatch = false;
+        let mut root_event = false;
         // A root appearing, going or moving (Codex makes `sessions/` and `archived_sessions/`
         // on first use) is checked at once: until it is watched, what happens in it is seen
         // only by the reconcile that follows.
@@ -409,7 +410,10 @@ impl Watch {
                         self.request_rescan("the kernel event queue overflowed");
                     } else if changes_content(&event.kind) {
                         if event.paths.iter().any(|p| roots.contains(p)) {
+                            // Re-watched even when the identities look the same: a root
+                            // deleted and made again may get its old inode number back.
                             next_root_check = Instant::now();
+                            root_event = true;
                         }
                         rewatch |= moved_directory(&event);
                         settle.push(Instant::now(), event.paths);
@@ -468,7 +472,7 @@ impl Watch {
             }
             if now >= next_root_check {
                 next_root_check = now + ROOT_CHECK;
-                if fingerprint(&self.shared.homes()) != print {
+                if std::mem::take(&mut root_event) || fingerprint(&self.shared.homes()) != print {
                     tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
                     self.refresh_homes();
                     return;
