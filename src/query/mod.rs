@@ -53,27 +53,12 @@ pub fn check_request_path(path: &std::path::Path) -> Result<(), QueryError> {
     })
 }
 
-/// The one order of a thread's files, preferred first, used for every answer and listing:
-/// active before archived (Codex looks in `sessions/` before `archived_sessions/`), plain
-/// before `.zst` (Codex opens the plain name first), then by canonical path in byte order,
-/// so equal candidates always give the same answer.
-pub fn preference(
-    a: &crate::index::IndexedFile,
-    b: &crate::index::IndexedFile,
-) -> std::cmp::Ordering {
-    let key = |f: &crate::index::IndexedFile| {
-        (
-            f.archived,
-            f.compression != crate::rollout::Compression::None,
-        )
-    };
-    key(a).cmp(&key(b)).then_with(|| {
-        a.path
-            .as_os_str()
-            .as_encoded_bytes()
-            .cmp(b.path.as_os_str().as_encoded_bytes())
-    })
-}
+/// The one order of a thread's files, preferred first, used for every answer and listing
+/// and by the index when it decides what changed: active before archived (Codex looks in
+/// `sessions/` before `archived_sessions/`), plain before `.zst` (Codex opens the plain name
+/// first), then by canonical path in byte order, so equal candidates always give the same
+/// answer.
+pub use crate::index::prefer as preference;
 
 /// The query context: the homes, the index connection, and the head bounds.
 pub struct Queries<'a> {
