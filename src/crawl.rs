@@ -203,7 +203,7 @@ fn reconcile_home<A: IndexAccess>(
     let (files, problems, vanished) = split_outcomes(again);
     gone.extend(vanished);
     // Only what is still gone: a file made again since the walk may be indexed already.
-    gone.retain(|p| std::fs::symlink_metadata(p).is_err());
+    gone.retain(|p| crate::identity::is_gone(p));
     let mut files = files;
     files.extend(moved_during_walk(home, roots, index, limits, &gone)?);
     index
@@ -319,6 +319,26 @@ pub fn indexed(c: &Candidate, inspected: Inspected) -> IndexedFile {
     }
 }
 
+/// The problem of a file whose name has a rollout's shape but is not UTF-8: Codex cannot
+/// have written it, so it is reported (crawl and watcher alike), never skipped in silence.
+/// None for any other name.
+pub fn unreadable_name(home: &Path, path: &Path) -> Option<ProblemRow> {
+    use std::os::unix::ffi::OsStrExt;
+    let file_name = path.file_name()?;
+    if file_name.to_str().is_some() || !name::looks_like_rollout_bytes(file_name.as_bytes()) {
+        return None;
+    }
+    let shown = PathBuf::from(path.to_string_lossy().into_owned());
+    Some(problem_row(
+        home,
+        BadFile::new(
+            &shown,
+            ProblemKind::InvalidUtf8,
+            "the file name is not UTF-8",
+        ),
+    ))
+}
+
 fn problem_row(home: &Path, bad: BadFile) -> ProblemRow {
     ProblemRow {
         path: bad.path,
@@ -420,19 +440,7 @@ fn walk(
             }
         };
         let Some(file_name) = entry.file_name().to_str() else {
-            use std::os::unix::ffi::OsStrExt;
-            // Reported, not skipped in silence: Codex cannot have written such a name.
-            if name::looks_like_rollout_bytes(entry.file_name().as_bytes()) {
-                let shown = PathBuf::from(entry.path().to_string_lossy().into_owned());
-                problems.push(problem_row(
-                    &home.real,
-                    BadFile::new(
-                        &shown,
-                        ProblemKind::InvalidUtf8,
-                        "the file name is not UTF-8",
-                    ),
-                ));
-            }
+            problems.extend(unreadable_name(&home.real, entry.path()));
             continue;
         };
         let named = name::looks_like_rollout(file_name) && wanted(file_name);

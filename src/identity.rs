@@ -86,6 +86,28 @@ impl Stamp {
     }
 }
 
+/// True when nothing answers to `path` as the index spells it. The index keeps a name that
+/// is not UTF-8 in its lossy spelling (`U+FFFD` for each bad byte), which no file has: such a
+/// spelling stands while its directory still lists a name that reads that way.
+pub fn is_gone(path: &Path) -> bool {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return false;
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return true;
+    };
+    let Some(name) = name.to_str().filter(|n| n.contains('\u{FFFD}')) else {
+        return true;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    !entries.flatten().take(1_000_000).any(|e| {
+        let listed = e.file_name();
+        listed.to_str().is_none() && listed.to_string_lossy() == name
+    })
+}
+
 /// Canonical form of an existing path: symlinks resolved, no `\\?\` prefixes (dunce).
 pub fn canonicalize(path: &Path) -> std::io::Result<PathBuf> {
     dunce::canonicalize(path)

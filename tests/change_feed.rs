@@ -692,6 +692,85 @@ fn rollout_named_directory_is_a_problem_live() {
     }
 }
 
+/// A rollout-shaped name that is not UTF-8, made while the agent runs, is reported at once
+/// (not only by the next crawl), and cleared when it goes.
+#[test]
+fn a_rollout_name_that_is_not_utf8_is_a_problem_live() {
+    let (fx, _agent, feed) = live();
+    not_utf8_name_is_reported_and_cleared(&fx, &feed, false, Duration::ZERO);
+}
+
+/// The same name in a directory made at that moment: found by the walk of the new directory,
+/// and kept by the recheck that follows the walk.
+#[test]
+fn a_rollout_name_that_is_not_utf8_in_a_new_directory_is_kept() {
+    let (fx, _agent, feed) = live();
+    not_utf8_name_is_reported_and_cleared(&fx, &feed, true, Duration::from_millis(600));
+}
+
+/// The same in poll mode, where no event names the file: the poller lists it, and keeps
+/// it over later polls (the lossy spelling the index holds is not taken for a file gone).
+#[test]
+fn a_rollout_name_that_is_not_utf8_is_a_problem_polled() {
+    let fx = Fixture::new();
+    let agent = Agent::start_with(&fx, &["--watch-mode", "poll", "--poll-interval", "100ms"]);
+    let feed = Feed::start(&agent);
+    not_utf8_name_is_reported_and_cleared(&fx, &feed, false, Duration::from_millis(600));
+}
+
+/// Writes a rollout under a non-UTF-8 name (next to an indexed one, or in a `fresh_dir`) and
+/// waits for its `problem/added`; then, after `kept` (a window in which nothing may clear
+/// it), removes it and waits for `problem/cleared`.
+fn not_utf8_name_is_reported_and_cleared(
+    fx: &Fixture,
+    feed: &Feed,
+    fresh_dir: bool,
+    kept: Duration,
+) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = if fresh_dir {
+        let dir = fx.home.join("sessions/2026/11/25");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    } else {
+        // A thread in the day directory first, so the name below is an event of its own
+        // and not found by the walk of a new directory.
+        let (a, pa) = place(fx, 1);
+        feed.wait_for("thread/materialized", &a);
+        pa.parent().unwrap().to_owned()
+    };
+    let path = dir.join(std::ffi::OsStr::from_bytes(
+        b"rollout-2026-11-20T10-00-00-\xff\xfe.jsonl",
+    ));
+    std::fs::write(&path, rollout(3).jsonl()).unwrap();
+    let notice = |method: &'static str| {
+        move |n: &Value| n["method"] == method && n["params"]["reason"] == "invalidUtf8"
+    };
+    let started = Instant::now();
+    while !feed.snapshot().iter().any(notice("problem/added")) {
+        assert!(
+            started.elapsed() < EVENT_DEADLINE,
+            "no problem/added; saw {:#?}",
+            feed.snapshot()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(kept);
+    assert!(
+        !feed.snapshot().iter().any(notice("problem/cleared")),
+        "cleared while the file is there: {:#?}",
+        feed.snapshot()
+    );
+    let problems = fx.run(&["problems"]);
+    assert!(problems.stdout.contains("not UTF-8"), "{}", problems.stdout);
+    std::fs::remove_file(&path).unwrap();
+    let started = Instant::now();
+    while !feed.snapshot().iter().any(notice("problem/cleared")) {
+        assert!(started.elapsed() < EVENT_DEADLINE, "no problem/cleared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A compressed rollout archived and unarchived: one notice each, like a plain one.
 #[test]
 fn compressed_rollout_archived_and_back() {

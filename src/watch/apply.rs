@@ -65,6 +65,13 @@ pub fn apply_paths(
             continue;
         }
         if !rollout_named {
+            if path.file_name().is_some_and(|n| n.to_str().is_none()) {
+                let canonical = identity::canonicalize(&path).unwrap_or(path);
+                batch.problems.extend(
+                    crawl::candidate_for(&homes, &canonical)
+                        .and_then(|c| crawl::unreadable_name(&c.home, &c.path)),
+                );
+            }
             continue;
         }
         let canonical = identity::canonicalize(&path).unwrap_or(path);
@@ -91,7 +98,7 @@ pub fn apply_paths(
         .retain(|p| !(p.kind.is_warning() && stale.iter().any(|f| f.path == p.path)));
     for path in gone {
         let mut under = index.paths_at_or_under(&path)?;
-        under.retain(|p| std::fs::symlink_metadata(p).is_err());
+        under.retain(|p| identity::is_gone(p));
         batch.removed.extend(under);
     }
     batch.removed.sort();

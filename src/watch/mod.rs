@@ -506,11 +506,9 @@ impl Watch {
         let mut missing = Vec::new();
         for dir in dirs {
             match self.shared.writer().paths_at_or_under(&dir) {
-                Ok(paths) => missing.extend(
-                    paths
-                        .into_iter()
-                        .filter(|p| std::fs::symlink_metadata(p).is_err()),
-                ),
+                Ok(paths) => {
+                    missing.extend(paths.into_iter().filter(|p| crate::identity::is_gone(p)))
+                }
                 Err(e) => tracing::warn!(error = %e, "could not recheck a directory"),
             }
         }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -310,8 +311,16 @@ fn diff_listing(
             if !poller.is_tracked(&path) {
                 new_dirs.push(path);
             }
-        } else if name.to_str().is_some_and(name::looks_like_rollout) {
+        } else if match name.to_str() {
+            Some(text) => name::looks_like_rollout(text),
+            // Reported as a problem by the watcher's apply, like the crawl does.
+            None => name::looks_like_rollout_bytes(name.as_bytes()),
+        } {
             files.push(path);
+        }
+        if name.to_str().is_none() {
+            // The index holds such a name in its lossy spelling: that spelling is listed too.
+            names.insert(OsString::from(name.to_string_lossy().into_owned()));
         }
         names.insert(name);
     }
@@ -335,11 +344,12 @@ fn diff_listing(
         }
     }
     // New: rollout-named entries the index does not hold, and new directories whole.
-    out.extend(
-        files
-            .into_iter()
-            .filter(|p| !p.file_name().is_some_and(|n| indexed_names.contains(n))),
-    );
+    out.extend(files.into_iter().filter(|p| {
+        !p.file_name().is_some_and(|n| {
+            indexed_names.contains(n)
+                || indexed_names.contains(std::ffi::OsStr::new(&*n.to_string_lossy()))
+        })
+    }));
     for d in new_dirs {
         track_below(poller, &d, true, poller_depth(poller, dir) + 1);
         out.push(d);
