@@ -455,6 +455,14 @@ fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
     // The agent starts on an empty home, then the index's disk fills before any thread is
     // indexed: the index lacks every thread, as after a start on a full disk.
     let agent = Agent::start(&fx);
+    // Two threads indexed before the disk fills: a page of one is a full page, the kind a
+    // reader connection answers.
+    for n in 100..102 {
+        fx.write_active(&rollout(&tid(n), 21));
+    }
+    common::agent::eventually("two threads indexed", || {
+        (agent.status()["counts"]["threads"] == 2).then_some(())
+    });
     fill(&state);
     for n in 0..40 {
         fx.write_active(&Rollout::new(
@@ -469,6 +477,15 @@ fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
     });
     let e = rpc_error(agent.call("thread/list", json!({ "archived": "all" })));
     assert_eq!(e.reason().map(|r| r.as_str()), Some("degraded"), "{e:?}");
+    for _ in 0..4 {
+        // Every reader in turn, not only the writer.
+        let e = rpc_error(agent.call("thread/list", json!({ "archived": "all", "limit": 1 })));
+        assert_eq!(
+            e.reason().map(|r| r.as_str()),
+            Some("degraded"),
+            "full page: {e:?}"
+        );
+    }
 
     let list = fx.run(&["list"]);
     assert_ne!(

@@ -72,9 +72,9 @@ pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
 const READERS: usize = 2;
 
 /// Opens the query readers; without them (a failure is logged) queries use the writer.
-fn open_readers(index_path: &Path) -> Vec<Index> {
+fn open_readers(writer: &Index) -> Vec<Index> {
     (0..READERS)
-        .map_while(|_| match Index::open_reader(index_path) {
+        .map_while(|_| match writer.open_reader_beside() {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "no read-only index connection; queries share the writer");
@@ -102,8 +102,8 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let homes = Homes::new(&config.homes, &config.aliases);
     let auto_repair = Arc::new(AtomicBool::new(config.codex_state.auto_repair));
     let observer = follow_moves(Arc::clone(&auto_repair));
-    let shared =
-        Arc::new(Shared::new(homes, index, Some(observer)).with_readers(open_readers(&index_path)));
+    let readers = open_readers(&index);
+    let shared = Arc::new(Shared::new(homes, index, Some(observer)).with_readers(readers));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

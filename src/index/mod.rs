@@ -164,7 +164,8 @@ pub struct Index {
     path: PathBuf,
     /// Why the last write failed for lack of resources (disk full, I/O error, read-only);
     /// cleared by the next write that succeeds. See [`Index::degraded`].
-    degraded: std::sync::Mutex<Option<String>>,
+    /// Shared with the readers opened beside it ([`Index::open_reader_beside`]).
+    degraded: Arc<std::sync::Mutex<Option<String>>>,
     mode: Mode,
     refused_write: std::cell::Cell<bool>,
     /// Where committed changes go (the agent's publisher); none in a CLI run.
@@ -287,6 +288,14 @@ impl Index {
             refused_write: std::cell::Cell::new(false),
             sink: None,
         })
+    }
+
+    /// A reader on this index's file that shares its degraded state: a query answered on
+    /// the reader refuses an incomplete listing exactly as the writer would.
+    pub fn open_reader_beside(&self) -> Result<Index, IndexError> {
+        let mut reader = Index::open_reader(&self.path)?;
+        reader.degraded = Arc::clone(&self.degraded);
+        Ok(reader)
     }
 
     /// Opens an index another process owns (a running agent) without ever writing to it:

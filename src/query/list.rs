@@ -77,13 +77,8 @@ impl Queries<'_> {
         })?;
         let more = rows.len() > limit;
         // A degraded index (its writes fail: a full disk at start) may lack threads; a listing
-        // from it would pass an incomplete answer off as complete. A reader connection does
-        // not know the writer's state, so a page that ends the listing is checked on the
-        // writer (the common short listing; full pages of a large index stay on the readers).
-        if !more {
-            self.index
-                .require_writer("checking the index is complete")?;
-        }
+        // from it would pass an incomplete answer off as complete. Readers share the writer's
+        // state, so every page is refused, full or last.
         if let Some(why) = self.index.degraded() {
             return Err(QueryError::Degraded { why });
         }
