@@ -606,6 +606,13 @@ fn a_home_that_is_a_symlink_loop_is_named_as_one() {
         "the warning names the loop: {out:?}"
     );
     assert!(!out.stderr.contains("does not exist"), "{out:?}");
+    // A listing says so too: its "no threads" is not an empty home.
+    for command in ["list", "problems"] {
+        let mut c = fx.cmd();
+        c.arg(command);
+        let out = common::Run::spawn(c, &[command]);
+        assert!(out.stderr.contains("symlink loop"), "{command}: {out:?}");
+    }
 }
 
 // Item 13: messages name paths as the user configured them, never a file that does not

@@ -350,17 +350,19 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         };
         return codex::run(command, &q);
     }
+    // Said before any answer drawn from the homes: "no threads" from a home that is a
+    // file, or a dangling symlink, would otherwise read as an empty home.
+    for home in &config.homes {
+        if let Some(why) = crate::identity::home_problem(home) {
+            eprintln!(
+                "rolloutd: warning: Codex home {} {why}; nothing to index there",
+                home.display()
+            );
+        }
+    }
     let mut backend = Backend::open(&socket, &config)?;
     match cli.command {
         Command::Index => {
-            for home in &config.homes {
-                if let Some(why) = crate::identity::home_problem(home) {
-                    eprintln!(
-                        "rolloutd: warning: Codex home {} {why}; nothing to index there",
-                        home.display()
-                    );
-                }
-            }
             let bar = render::ProgressBar::new(cli.global.json);
             let (summary, counts) = backend.reconcile(&bar)?;
             bar.finish();
