@@ -152,6 +152,87 @@ fn row(db: &Path, id: &str) -> (String, i64, Option<i64>) {
 
 // Item 14: restoring a backup taken before Codex archived a thread shows that it would
 // revert that row and refuses without --force; the repair's own changes are undone freely.
+/// A turn Codex ran after the backup changes columns rolloutd never writes (`title`,
+/// `updated_at`) and other tables: a restore would silently put those back, so it is
+/// refused without --force and names them.
+#[test]
+fn restoring_over_codex_changes_to_other_columns_or_tables_needs_force() {
+    let fx = Fixture::new();
+    let db = create_db(&fx.home);
+    let r1 = rollout(1);
+    let p1 = fx.write_active(&r1);
+    let stale = fx.home.join("sessions/2026/11/20").join(r1.file_name());
+    insert(&db, &r1.id, &stale, 0, None);
+    let r2 = rollout(2);
+    let p2 = fx.write_active(&r2);
+    insert(&db, &r2.id, &p2, 0, None);
+    let repair = fx.run(&["codex", "repair", "--apply"]);
+    assert_eq!(repair.code, 0, "{repair:?}");
+    let backup = PathBuf::from(repair.json["backup"].as_str().unwrap());
+    assert_eq!(row(&db, &r1.id).0, p1.to_str().unwrap());
+
+    // Codex renames thread 2 and runs a turn on thread 1 (which rolloutd repaired).
+    let conn = Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE threads SET title = 'renamed', updated_at = 1795300000 WHERE id = ?1",
+        params![r2.id],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE threads SET updated_at = 1795300001 WHERE id = ?1",
+        params![r1.id],
+    )
+    .unwrap();
+    drop(conn);
+    let restore = |force: bool| {
+        let mut args = vec!["codex".as_ref(), "restore".as_ref(), backup.as_os_str()];
+        if force {
+            args.push("--force".as_ref());
+        }
+        fx.run_os(&args)
+    };
+    let out = restore(false);
+    assert_eq!(out.code, 2, "refused: {out:?}");
+    assert_eq!(out.error_reason(), "changedSinceBackup", "{out:?}");
+    let message = out.error_message();
+    assert!(
+        message.contains(&r2.id) && message.contains("title"),
+        "{out:?}"
+    );
+    assert!(
+        message.contains(&r1.id) && message.contains("updated_at"),
+        "{out:?}"
+    );
+
+    // Another table changed only: refused too, naming the table.
+    let conn = Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE threads SET title = 't', updated_at = 1795287722 WHERE id = ?1",
+        params![r2.id],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE threads SET updated_at = 1795287722 WHERE id = ?1",
+        params![r1.id],
+    )
+    .unwrap();
+    conn.execute("UPDATE backfill_state SET updated_at = 1795300002", [])
+        .unwrap();
+    drop(conn);
+    let out = restore(false);
+    assert_eq!(out.code, 2, "refused: {out:?}");
+    assert!(out.error_message().contains("backfill_state"), "{out:?}");
+
+    let out = restore(true);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["forced"], true, "{out:?}");
+    assert_eq!(
+        out.json["revertedTables"],
+        serde_json::json!(["backfill_state"])
+    );
+    assert_eq!(row(&db, &r1.id).0, stale.to_str().unwrap());
+}
+
 #[test]
 fn restoring_an_older_backup_shows_what_it_reverts_and_needs_force_for_codex_changes() {
     let fx = Fixture::new();

@@ -273,6 +273,15 @@ pub fn render_restore(r: &RestoreReport) -> String {
             side(&row.current),
             side(&row.backup)
         );
+        if !row.other_columns.is_empty() {
+            let _ = writeln!(s, "         and   {}", row.other_columns.join(", "));
+        }
+    }
+    for table in &r.reverted_tables {
+        let _ = writeln!(
+            s,
+            "reverted table {table} (changed after the backup, not by rolloutd; --force)"
+        );
     }
     let _ = writeln!(s, "quick_check {}", r.quick_check);
     s

@@ -88,11 +88,13 @@ pub enum CodexStateError {
     Unstable { path: PathBuf },
     #[error("{}: {what}", path.display())]
     Refused { path: PathBuf, what: String },
-    #[error("{}: restoring {} would revert {} row{} changed since that backup by someone other than rolloutd (Codex, most likely): {}; add --force to restore anyway", path.display(), backup.display(), rows.len(), if rows.len() == 1 { "" } else { "s" }, describe_reverts(rows))]
+    #[error("{}: restoring {} would revert {} changed since that backup by someone other than rolloutd (Codex, most likely): {}; add --force to restore anyway", path.display(), backup.display(), what_reverts(rows, tables), describe_reverts(rows, tables))]
     ChangedSinceBackup {
         path: PathBuf,
         backup: PathBuf,
         rows: Vec<restore::RowRevert>,
+        /// Other tables whose content differs.
+        tables: Vec<String>,
     },
     #[error("no Codex home is configured")]
     NoHome,
@@ -147,7 +149,21 @@ impl CodexStateError {
 }
 
 /// The first few reverted rows, in words.
-fn describe_reverts(rows: &[restore::RowRevert]) -> String {
+fn what_reverts(rows: &[restore::RowRevert], tables: &[String]) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    match (rows.len(), tables.len()) {
+        (r, 0) => plural(r, "row", "rows"),
+        (0, t) => plural(t, "table", "tables"),
+        (r, t) => format!(
+            "{} and {}",
+            plural(r, "row", "rows"),
+            plural(t, "table", "tables")
+        ),
+    }
+}
+
+fn describe_reverts(rows: &[restore::RowRevert], tables: &[String]) -> String {
     const SHOWN: usize = 5;
     let state = |s: &Option<RowState>| match s {
         Some(s) => format!(
@@ -163,16 +179,35 @@ fn describe_reverts(rows: &[restore::RowRevert]) -> String {
         .iter()
         .take(SHOWN)
         .map(|r| {
-            format!(
-                "{} now {} would become {}",
-                r.thread_id,
-                state(&r.current),
-                state(&r.backup)
-            )
+            if r.current.is_some() && r.current == r.backup {
+                format!(
+                    "{} ({} would be put back)",
+                    r.thread_id,
+                    r.other_columns.join(", ")
+                )
+            } else if r.other_columns.is_empty() {
+                format!(
+                    "{} now {} would become {}",
+                    r.thread_id,
+                    state(&r.current),
+                    state(&r.backup)
+                )
+            } else {
+                format!(
+                    "{} now {} would become {} ({} too)",
+                    r.thread_id,
+                    state(&r.current),
+                    state(&r.backup),
+                    r.other_columns.join(", ")
+                )
+            }
         })
         .collect();
     if rows.len() > SHOWN {
         parts.push(format!("and {} more", rows.len() - SHOWN));
+    }
+    if !tables.is_empty() {
+        parts.push(format!("the content of table {}", tables.join(", ")));
     }
     parts.join("; ")
 }

@@ -9,8 +9,9 @@
 //! database meanwhile.
 //!
 //! Before anything is written, the rows the restore would revert are listed (the `threads`
-//! rows whose `rollout_path`, `archived` or `archived_at` differ, or that exist on one side
-//! only). Each backup rolloutd makes has a manifest beside it (`<backup>.changes.json`) of the
+//! rows that differ in any column or exist on one side only), and the other tables whose
+//! content differs. rolloutd writes only `rollout_path`, `archived` and `archived_at`: a
+//! difference in any other column or table was made by someone else. Each backup rolloutd makes has a manifest beside it (`<backup>.changes.json`) of the
 //! changes rolloutd made right after it; a difference the manifest does not explain was made
 //! by someone else, Codex most likely (an archive, a resume), and the restore is refused
 //! unless forced, so an old backup never silently undoes Codex's work.
@@ -19,6 +20,8 @@
 //! is copied in with SQLite's backup API (a transaction, so a failure leaves the old
 //! content), the database's journal mode is kept as it was, and `quick_check` must pass.
 
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,10 @@ pub struct RestoreReport {
     pub quick_check: String,
     /// The rows the restore put back, each with its state before and after.
     pub reverted: Vec<RowRevert>,
+    /// Tables other than `threads` whose content the restore put back (rolloutd never
+    /// writes them, so only with `--force`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reverted_tables: Vec<String>,
     /// True when rows changed by someone other than rolloutd were reverted (`--force`).
     pub forced: bool,
 }
@@ -57,6 +64,10 @@ pub struct RowRevert {
     /// True when rolloutd itself made this change after taking the backup (its manifest says
     /// so); false for a change someone else made, which a restore would silently undo.
     pub by_rolloutd: bool,
+    /// Columns rolloutd never writes (a title, `updated_at`…) that differ: always someone
+    /// else's change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_columns: Vec<String>,
 }
 
 /// One change rolloutd made to a row right after taking a backup, as kept in the manifest.
@@ -102,12 +113,13 @@ fn read_manifest(backup: &Path) -> Vec<ManifestChange> {
 }
 
 /// The rows that differ between the database now and the backup, by thread id.
+/// `other_columns` names, per thread, the columns rolloutd never writes that differ.
 fn diff(
     current: Vec<db::ThreadRow>,
     backup: Vec<db::ThreadRow>,
     manifest: &[ManifestChange],
+    other_columns: &BTreeMap<String, Vec<String>>,
 ) -> Vec<RowRevert> {
-    use std::collections::BTreeMap;
     let mut rows: BTreeMap<String, (Option<RowState>, Option<RowState>)> = BTreeMap::new();
     for r in current {
         rows.entry(r.thread_id).or_default().0 = Some(r.state);
@@ -116,19 +128,147 @@ fn diff(
         rows.entry(r.thread_id).or_default().1 = Some(r.state);
     }
     rows.into_iter()
-        .filter(|(_, (now, then))| now != then)
+        .filter(|(id, (now, then))| now != then || other_columns.contains_key(id))
         .map(|(thread_id, (current, backup))| {
-            let by_rolloutd = manifest
-                .iter()
-                .any(|m| m.thread_id == thread_id && m.before == backup && m.after == current);
+            let other_columns = other_columns.get(&thread_id).cloned().unwrap_or_default();
+            let by_rolloutd = other_columns.is_empty()
+                && manifest
+                    .iter()
+                    .any(|m| m.thread_id == thread_id && m.before == backup && m.after == current);
             RowRevert {
                 thread_id,
                 current,
                 backup,
                 by_rolloutd,
+                other_columns,
             }
         })
         .collect()
+}
+
+/// Columns of `threads` rolloutd writes (or keys by); every other column is someone else's.
+const OURS: [&str; 4] = ["id", "rollout_path", "archived", "archived_at"];
+
+/// What rolloutd never writes, as digests: the other columns of each `threads` row, and
+/// every other table whole. A difference there was made by someone else.
+struct Untouched {
+    columns: Vec<String>,
+    rows: HashMap<String, u64>,
+    tables: BTreeMap<String, u64>,
+}
+
+fn quoted(columns: &[String]) -> String {
+    if columns.is_empty() {
+        return "''".to_owned();
+    }
+    columns
+        .iter()
+        .map(|c| format!("quote(\"{}\")", c.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join("||char(31)||")
+}
+
+fn digest(text: &str) -> u64 {
+    // Compared within this process only, never stored: any stable-per-run hash will do.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn column_names(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = stmt.query_map([table], |r| r.get(0))?;
+    names.collect()
+}
+
+fn untouched(conn: &Connection) -> rusqlite::Result<Untouched> {
+    let columns: Vec<String> = column_names(conn, "threads")?
+        .into_iter()
+        .filter(|c| !OURS.iter().any(|o| c.eq_ignore_ascii_case(o)))
+        .collect();
+    let mut rows = HashMap::new();
+    let mut stmt = conn.prepare(&format!("SELECT id, {} FROM threads", quoted(&columns)))?;
+    let mut it = stmt.query([])?;
+    while let Some(r) = it.next()? {
+        rows.insert(r.get::<_, String>(0)?, digest(&r.get::<_, String>(1)?));
+    }
+    let mut tables = BTreeMap::new();
+    let names: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name != 'threads' \
+             AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for table in names {
+        let cols = column_names(conn, &table)?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM \"{}\"",
+            quoted(&cols),
+            table.replace('"', "\"\"")
+        ))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut it = stmt.query([])?;
+        while let Some(r) = it.next()? {
+            r.get::<_, String>(0)?.hash(&mut h);
+        }
+        tables.insert(table, h.finish());
+    }
+    Ok(Untouched {
+        columns,
+        rows,
+        tables,
+    })
+}
+
+/// For each thread in both databases whose untouched columns differ, the names of those
+/// columns (read one row at a time: only the rows that differ are read whole).
+fn other_columns_changed(
+    current: (&Connection, &Untouched),
+    backup: (&Connection, &Untouched),
+) -> rusqlite::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    // Columns compared are those both sides have; one side's extra column is a schema
+    // change, which `copy_into` puts back whole.
+    let shared: Vec<String> = current
+        .1
+        .columns
+        .iter()
+        .filter(|c| backup.1.columns.contains(c))
+        .cloned()
+        .collect();
+    let values = |conn: &Connection, id: &str| -> rusqlite::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT {} FROM threads WHERE id = ?1",
+            shared
+                .iter()
+                .map(|c| format!("quote(\"{}\")", c.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        conn.query_row(&sql, [id], |r| {
+            (0..shared.len()).map(|i| r.get::<_, String>(i)).collect()
+        })
+    };
+    for (id, now) in &current.1.rows {
+        let Some(then) = backup.1.rows.get(id) else {
+            continue;
+        };
+        if now == then || shared.is_empty() {
+            continue;
+        }
+        let (a, b) = (values(current.0, id)?, values(backup.0, id)?);
+        let names: Vec<String> = shared
+            .iter()
+            .zip(a.iter().zip(&b))
+            .filter(|(_, (x, y))| x != y)
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !names.is_empty() {
+            out.insert(id.clone(), names);
+        }
+    }
+    Ok(out)
 }
 
 /// Restores `backup` over the database at `located`; the replaced content goes to
@@ -151,17 +291,37 @@ pub fn restore(
         db::read_rows(&conn).map_err(|e| CodexStateError::sqlite(path, "reading rows", e))?;
     let then =
         db::read_rows(&src).map_err(|e| CodexStateError::sqlite(backup, "reading rows", e))?;
-    let reverted = diff(current, then, &read_manifest(backup));
+    let now_untouched =
+        untouched(&conn).map_err(|e| CodexStateError::sqlite(path, "reading rows", e))?;
+    let then_untouched =
+        untouched(&src).map_err(|e| CodexStateError::sqlite(backup, "reading rows", e))?;
+    let other_columns = other_columns_changed((&conn, &now_untouched), (&src, &then_untouched))
+        .map_err(|e| CodexStateError::sqlite(path, "comparing rows", e))?;
+    let reverted = diff(current, then, &read_manifest(backup), &other_columns);
+    let mut tables: Vec<String> = now_untouched
+        .tables
+        .iter()
+        .filter(|(t, d)| then_untouched.tables.get(*t) != Some(*d))
+        .map(|(t, _)| t.clone())
+        .collect();
+    tables.extend(
+        then_untouched
+            .tables
+            .keys()
+            .filter(|t| !now_untouched.tables.contains_key(*t))
+            .cloned(),
+    );
     let foreign: Vec<RowRevert> = reverted
         .iter()
         .filter(|r| !r.by_rolloutd)
         .cloned()
         .collect();
-    if !foreign.is_empty() && !force {
+    if (!foreign.is_empty() || !tables.is_empty()) && !force {
         return Err(CodexStateError::ChangedSinceBackup {
             path: path.clone(),
             backup: backup.to_owned(),
             rows: foreign,
+            tables,
         });
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -196,8 +356,9 @@ pub fn restore(
         journal_mode: journal,
         rows: usize::try_from(rows).unwrap_or(0),
         quick_check,
-        forced: reverted.iter().any(|r| !r.by_rolloutd),
+        forced: reverted.iter().any(|r| !r.by_rolloutd) || !tables.is_empty(),
         reverted,
+        reverted_tables: tables,
     })
 }
 
