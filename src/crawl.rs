@@ -1,6 +1,8 @@
 //! Full scan and incremental reconcile of the configured homes into the index.
 //!
-//! A crawl lists `sessions/` (recursively) and `archived_sessions/` (flat) of every home,
+//! A crawl lists `sessions/` and `archived_sessions/` of every home, each recursively: Codex
+//! archives flat, but its lookup by id walks the whole `archived_sessions/` tree, so a rollout
+//! another tool filed in a subdirectory there is found by Codex and must be by us too.
 //! skips files whose stamp (dev, ino, size, mtime) matches their row, head-reads the rest on
 //! all cores, and writes in batched transactions. Rows of files that are gone are removed.
 //!
@@ -403,7 +405,7 @@ pub fn discover_under(
         };
         if root.starts_with(dir) {
             walk(home, roots, area, &root, &|_| true, &mut found);
-        } else if dir.starts_with(&root) && area == Area::Sessions {
+        } else if dir.starts_with(&root) {
             walk(home, roots, area, dir, &|_| true, &mut found);
         }
     }
@@ -419,10 +421,8 @@ fn walk(
     (candidates, problems): &mut (Vec<Candidate>, Vec<ProblemRow>),
 ) {
     let archived = area == Area::Archived;
-    let depth = if archived { 1 } else { usize::MAX };
     let mut entries = WalkDir::new(dir)
         .min_depth(1)
-        .max_depth(depth)
         .follow_links(false)
         .into_iter();
     while let Some(entry) = entries.next() {

@@ -763,3 +763,39 @@ fn a_rewrite_keeping_inode_size_and_mtime_is_read_again() {
         drop(agent);
     }
 }
+
+/// Codex archives flat, but its lookup by id walks the whole `archived_sessions/` tree: a
+/// rollout another tool filed in a subdirectory there is Codex's to find, so it is ours
+/// too, by the crawl (CLI) and live (agent), and a move into one is an archive.
+#[test]
+fn a_rollout_in_a_subdirectory_of_the_archive_is_found_like_codex_finds_it() {
+    let fx = Fixture::new();
+    let r = rollout(&tid(1), 21);
+    let nested = Path::new("archived_sessions/2026/11").join(r.file_name());
+    let path = fx.write_bytes(&nested, &r.jsonl());
+    let rec = fx.resolve(&r.id).json;
+    assert_eq!(rec["archived"], true, "{rec}");
+    assert_eq!(rec["path"], json!(path), "{rec}");
+    let listed = fx.run(&["list", "--archived"]);
+    assert!(listed.stdout.contains(&r.id), "{listed:?}");
+
+    let agent = Agent::start(&fx);
+    let mut sub = agent.subscribe(None);
+    // Live: a new thread, then archived by a move into another subdirectory.
+    let r2 = rollout(&tid(2), 22);
+    let active = fx.write_active(&r2);
+    sub.expect("thread/materialized", &r2.id);
+    let deep = fx.home.join("archived_sessions/by-project/x");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::rename(&active, deep.join(r2.file_name())).unwrap();
+    let archived = sub.expect("thread/archived", &r2.id);
+    assert_eq!(
+        archived["record"]["path"],
+        json!(deep.join(r2.file_name())),
+        "{archived}"
+    );
+    let rec = agent
+        .call("thread/resolve", json!({ "threadId": r.id }))
+        .unwrap();
+    assert_eq!(rec["archived"], true, "{rec}");
+}

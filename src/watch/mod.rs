@@ -297,9 +297,9 @@ impl Watch {
                 .zip(&per_home)
                 .filter(|(_, w)| w.reason.is_some())
             {
-                for (dir, nested) in [(home.sessions_dir(), true), (home.archived_dir(), false)] {
+                for dir in [home.sessions_dir(), home.archived_dir()] {
                     let dir = canonicalize(&dir).unwrap_or(dir);
-                    poll::track_tree(&mut poller, &dir, nested);
+                    poll::track_tree(&mut poller, &dir, true);
                 }
             }
             poller
@@ -329,7 +329,8 @@ impl Watch {
             let targets = [
                 (home.real.clone(), RecursiveMode::NonRecursive),
                 (home.sessions_dir(), RecursiveMode::Recursive),
-                (home.archived_dir(), RecursiveMode::NonRecursive),
+                // Recursive too: Codex's lookup by id walks the whole archive tree.
+                (home.archived_dir(), RecursiveMode::Recursive),
             ];
             for (path, mode) in targets {
                 let Ok(real) = canonicalize(&path) else {

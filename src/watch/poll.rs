@@ -226,8 +226,8 @@ fn day_of(dir: &Path) -> Option<&str> {
     (digits(0..4) && b[4] == b'/' && digits(5..7) && b[7] == b'/' && digits(8..10)).then_some(day)
 }
 
-/// Starts tracking the tree at `root` (a home's `sessions/` when `nested`, else its
-/// `archived_sessions/`) with the stamps it has now. Done before the reconcile that
+/// Starts tracking the tree at `root` (a home's `sessions/` or `archived_sessions/`; its
+/// subdirectories too when `nested`) with the stamps it has now. Done before the reconcile that
 /// follows, so a change made meanwhile shows as a changed stamp next round.
 pub fn track_tree(poller: &mut DirPoller, root: &Path, nested: bool) {
     track_below(poller, root, nested, 0);
