@@ -673,6 +673,7 @@ fn an_index_from_before_the_case_rule_is_migrated() {
     let conn = rusqlite::Connection::open(&fx.index).unwrap();
     conn.execute_batch(&format!(
         "UPDATE files SET thread_id = '{upper}'; ALTER TABLE files DROP COLUMN thread_id_as_written; \
+         ALTER TABLE files DROP COLUMN btime_ns; \
          PRAGMA user_version = 4;"
     ))
     .unwrap();

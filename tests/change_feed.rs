@@ -160,6 +160,8 @@ struct Thread {
     /// Its id is carried by another thread's file now (replaced by rename): never
     /// recreated, so two threads never claim one path.
     retired: bool,
+    /// What was done to it, for a failure's message.
+    history: Vec<String>,
 }
 
 struct Churn {
@@ -184,6 +186,10 @@ impl Churn {
     }
 
     fn touch(&mut self, t: usize, op: &'static str, expect: Option<&'static str>) {
+        let at = self.threads[t].state.as_ref().map(|s| s.path.clone());
+        self.threads[t]
+            .history
+            .push(format!("{op} -> {at:?} expecting {expect:?}"));
         self.threads[t].touched = Some(Instant::now());
         self.threads[t].expected.extend(expect);
         *self.ops.entry(op).or_default() += 1;
@@ -350,6 +356,7 @@ fn seeded_churn() {
                 expected: Vec::new(),
                 touched: None,
                 retired: false,
+                history: Vec::new(),
             }
         })
         .collect();
@@ -506,8 +513,9 @@ fn seeded_churn() {
         assert_eq!(
             transitions(&got),
             transitions(&t.expected),
-            "seed {seed}: thread {}: {mine:#?}\nagent log in {}",
+            "seed {seed}: thread {}: {mine:#?}\nwhat was done: {:#?}\nagent log in {}",
             t.rollout.id,
+            t.history,
             {
                 let keep = std::env::temp_dir().join("rolloutd-churn-agent.log");
                 let _ = std::fs::write(&keep, agent.log());
