@@ -239,7 +239,7 @@ fn reconcile_home<A: IndexAccess>(
 ///   treated as gone instead;
 /// - a gone path that exists again is kept;
 /// - a thread whose every file is about to go is looked for elsewhere (see
-///   [`relocated`]), and what is found is written in the same transaction, so a file
+///   `relocated`), and what is found is written in the same transaction, so a file
 ///   archived, unarchived, compressed or moved while its old path was seen gone is one
 ///   move, never `Removed` then `Materialized`.
 pub fn write_seen(
