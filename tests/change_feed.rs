@@ -815,3 +815,106 @@ fn compressions_raced_by_resolves_are_compressed() {
         );
     }
 }
+
+/// A rollout deleted and written again at the same path within one settle window: the
+/// watcher sees one present file, but a different one (new inode or birth time), and it is
+/// announced as the thread removed and made again, not as an update. (Within one tick of
+/// the kernel's timestamp clock, a few ms, a freed inode number given back is
+/// indistinguishable from the same file: then it is an update.)
+#[test]
+fn deleted_and_written_again_within_the_settle_window_is_removed_and_materialized() {
+    let (fx, _agent, feed) = live();
+    let (a, pa) = place(&fx, 8);
+    feed.wait_for("thread/materialized", &a);
+    let bytes = std::fs::read(&pa).unwrap();
+    std::fs::remove_file(&pa).unwrap();
+    // Pacing, not synchronisation: past one timestamp tick, well inside the settle window.
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&pa, &bytes).unwrap();
+    feed.wait_for("thread/removed", &a);
+    let started = Instant::now();
+    while feed.methods_for(&a).len() < 3 {
+        assert!(
+            started.elapsed() < EVENT_DEADLINE,
+            "{:?}",
+            feed.methods_for(&a)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        feed.methods_for(&a),
+        [
+            "thread/materialized",
+            "thread/removed",
+            "thread/materialized"
+        ]
+    );
+}
+
+/// A day directory moved while a client resolves its threads: the resolve sees the old
+/// path gone first, and each thread is one `thread/updated` at its new path, never removed.
+#[test]
+fn day_directory_moved_while_resolved_is_updated() {
+    let (fx, agent, feed) = live();
+    // Threads 200, 208, 216… share a day directory.
+    let placed: Vec<(String, PathBuf)> = (0..6).map(|k| place(&fx, 200 + 8 * k)).collect();
+    let day = placed[0].1.parent().unwrap().to_owned();
+    assert!(placed.iter().all(|(_, p)| p.parent() == Some(&day)));
+    for (id, _) in &placed {
+        feed.wait_for("thread/materialized", id);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let (stop, socket) = (Arc::clone(&stop), agent.socket.clone());
+        let ids: Vec<String> = placed.iter().map(|(id, _)| id.clone()).collect();
+        std::thread::spawn(move || {
+            let mut c = rolloutd::client::Client::connect(&socket).unwrap();
+            let mut k = 0usize;
+            while !stop.load(Ordering::Acquire) && k < 1_000_000 {
+                let _ = c.call("thread/resolve", json!({ "threadId": ids[k % ids.len()] }));
+                k += 1;
+            }
+        })
+    };
+    let to = day.with_file_name("29");
+    std::fs::rename(&day, &to).unwrap();
+    for (id, _) in &placed {
+        feed.wait_for("thread/updated", id);
+    }
+    stop.store(true, Ordering::Release);
+    hammer.join().unwrap();
+    let notes = feed.snapshot();
+    for (id, p) in &placed {
+        assert_eq!(
+            feed.methods_for(id),
+            ["thread/materialized", "thread/updated"],
+            "{id}"
+        );
+        assert_eq!(
+            folded(&notes, id).map(|s| s.path),
+            Some(to.join(p.file_name().unwrap()))
+        );
+    }
+}
+
+/// An archive into an `archived_sessions/` made in the same moment (Codex makes it on first
+/// use): one `thread/archived`, nothing removed.
+#[test]
+fn archive_into_a_directory_made_at_once_is_archived() {
+    let fx = Fixture::new();
+    std::fs::remove_dir(fx.home.join("archived_sessions")).unwrap();
+    let agent = Agent::start(&fx);
+    let feed = Feed::start(&agent);
+    let (a, pa) = place(&fx, 9);
+    feed.wait_for("thread/materialized", &a);
+    let dir = fx.home.join("archived_sessions");
+    std::fs::create_dir(&dir).unwrap();
+    let to = dir.join(pa.file_name().unwrap());
+    std::fs::rename(&pa, &to).unwrap();
+    feed.wait_for("thread/archived", &a);
+    assert_eq!(
+        feed.methods_for(&a),
+        ["thread/materialized", "thread/archived"]
+    );
+    assert_eq!(folded(&feed.snapshot(), &a).map(|s| s.path), Some(to));
+}
