@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use walkdir::WalkDir;
 
 use crate::identity::{canonicalize, Area, Home, Homes, Stamp};
-use crate::index::{Index, IndexAccess, IndexError, IndexedFile, ProblemRow};
+use crate::index::{Batch, Change, Index, IndexAccess, IndexError, IndexedFile, ProblemRow};
 use crate::rollout::{self, name, BadFile, HeadLimits, Inspected, ProblemKind};
 
 /// How many heads are read between two index transactions.
@@ -82,7 +82,7 @@ pub fn reconcile<A: IndexAccess>(
     let mut summary = ReconcileSummary::default();
     let roots = allowed_roots(homes);
     for home in &homes.homes {
-        reconcile_home(home, &roots, index, limits, progress, &mut summary)?;
+        reconcile_home(homes, home, &roots, index, limits, progress, &mut summary)?;
     }
     // Rows of homes no longer configured (or no longer where the home's symlink points).
     let reals: Vec<PathBuf> = homes.homes.iter().map(|h| h.real.clone()).collect();
@@ -107,6 +107,7 @@ pub(crate) fn release_freed_memory() {
 }
 
 fn reconcile_home<A: IndexAccess>(
+    homes: &Homes,
     home: &Home,
     roots: &[PathBuf],
     index: &A,
@@ -184,7 +185,12 @@ fn reconcile_home<A: IndexAccess>(
             let (files, problems, gone) = split_outcomes(outcomes);
             summary.read += files.len() as u64;
             summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
-            index.with(|i| i.upsert_files_with_problems(&files, &problems))?;
+            let batch = Batch {
+                files,
+                problems,
+                removed: Vec::new(),
+            };
+            index.with(|i| write_seen(homes, i, limits, "reconciling", batch))?;
             vanished.extend(gone);
             progress.advanced(n as u64);
         }
@@ -204,15 +210,18 @@ fn reconcile_home<A: IndexAccess>(
         .collect();
     let (files, problems, vanished) = split_outcomes(again);
     gone.extend(vanished);
-    // Only what is still gone: a file made again since the walk may be indexed already.
-    gone.retain(|p| crate::identity::is_gone(p));
-    let mut files = files;
-    files.extend(moved_during_walk(home, roots, index, limits, &gone)?);
+    // What is still gone, and where its threads went, is decided by the write (see
+    // [`write_seen`]): a file made again since the walk may be indexed already, and one
+    // archived, unarchived or moved with its day directory while the walk ran was seen at
+    // neither place.
     index
         .with(|i| {
-            i.apply(
+            write_seen(
+                homes,
+                i,
+                limits,
                 "reconciling",
-                &crate::index::Batch {
+                Batch {
                     files,
                     problems,
                     removed: gone,
@@ -222,61 +231,130 @@ fn reconcile_home<A: IndexAccess>(
         .map(drop)
 }
 
-/// The walk is no snapshot: a file archived, unarchived or moved with its day directory
-/// while it ran is seen at neither place. For each thread whose every row is about to be
-/// removed, look for its file once more, by the id in its name, by its identity (a rename
-/// keeps the inode), or beside the file that went (a `.zst` written next to it, whatever its
-/// name says), so it is seen to move rather than to go.
-fn moved_during_walk<A: IndexAccess>(
-    home: &Home,
-    roots: &[PathBuf],
-    index: &A,
+/// Writes what a crawl, the watcher or a query saw, as one transaction: the one way file
+/// rows are written and dropped, so that no writer announces a move as a removal.
+///
+/// Under the writer (so that any later change to these files sends events applied after
+/// this write):
+/// - a file read earlier that is gone now is not written back (its stale row would bring
+///   back a path that no longer exists, announcing the thread moved back); its path is
+///   treated as gone instead;
+/// - a gone path that exists again is kept;
+/// - a thread whose every file is about to go is looked for elsewhere (see
+///   `relocated`), and what is found is written in the same transaction, so a file
+///   archived, unarchived, compressed or moved while its old path was seen gone is one
+///   move, never `Removed` then `Materialized`.
+pub fn write_seen(
+    homes: &Homes,
+    index: &Index,
     limits: &HeadLimits,
-    gone: &[PathBuf],
-) -> Result<Vec<IndexedFile>, IndexError> {
-    if gone.is_empty() {
+    action: &'static str,
+    mut batch: Batch,
+) -> Result<Vec<Change>, IndexError> {
+    index.require_writer(action)?;
+    if index.is_guest() {
         return Ok(Vec::new());
     }
-    let (threads, ids, dirs) = index.with(|i| -> Result<_, IndexError> {
-        let gone_set: HashSet<&PathBuf> = gone.iter().collect();
-        let mut threads = HashSet::new();
-        let mut ids = HashSet::new();
-        let mut dirs = HashSet::new();
-        for p in gone {
-            let Some(row) = i.file_at(p)? else { continue };
-            let rows = i.files_for_thread(&row.head.thread_id)?;
-            if rows.iter().all(|r| gone_set.contains(&r.path)) {
-                ids.insert(row.stamp.id);
-                dirs.extend(p.parent().map(Path::to_path_buf));
-                threads.insert(row.head.thread_id);
-            }
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let (files, moved): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.files)
+        .into_iter()
+        .partition(|f| exists(&f.path));
+    batch.files = files;
+    // The warnings read with a file that went go with it.
+    batch
+        .problems
+        .retain(|p| !(p.kind.is_warning() && moved.iter().any(|f| f.path == p.path)));
+    batch.removed.extend(moved.into_iter().map(|f| f.path));
+    // A thread written here whose other rows are of files that are gone: those go in the
+    // same transaction, so a file made anew after the old one went is told from a move
+    // (see [`crate::index::thread_changes`]), however late the old one was seen to go.
+    let written: HashSet<&Path> = batch.files.iter().map(|f| f.path.as_path()).collect();
+    let stale: Vec<PathBuf> = index
+        .files_for_threads(batch.files.iter().map(IndexedFile::thread_id))?
+        .into_iter()
+        .filter(|f| !written.contains(f.path.as_path()) && !exists(&f.path))
+        .map(|f| f.path)
+        .collect();
+    batch.removed.extend(stale);
+    // `is_gone`, not `!exists`: a problem row of a name that is not UTF-8 is kept under a
+    // lossy spelling no file has.
+    batch.removed.retain(|p| crate::identity::is_gone(p));
+    batch.removed.sort();
+    batch.removed.dedup();
+    let (found, warnings) = relocated(homes, index, limits, &batch)?;
+    batch.files.extend(found);
+    batch.problems.extend(warnings);
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    index.apply(action, &batch)
+}
+
+/// The files of threads that `batch` would leave with no file, found elsewhere in the
+/// homes: the same file moved (same identity, see [`Stamp::same_file`]: an archive,
+/// unarchive or day-directory move, whatever the name says), or its compressed or
+/// decompressed copy beside it. A different file of the thread elsewhere is not looked
+/// for: it is the thread made anew, not moved. Returned with the warnings read with them
+/// (a name that carries another id).
+fn relocated(
+    homes: &Homes,
+    index: &Index,
+    limits: &HeadLimits,
+    batch: &Batch,
+) -> Result<(Vec<IndexedFile>, Vec<ProblemRow>), IndexError> {
+    if batch.removed.is_empty() {
+        return Ok(Default::default());
+    }
+    let removed: HashSet<&Path> = batch.removed.iter().map(PathBuf::as_path).collect();
+    let kept: HashSet<&str> = batch.files.iter().map(IndexedFile::thread_id).collect();
+    let mut threads = HashSet::new();
+    let mut stamps = Vec::new();
+    let mut siblings = HashSet::new();
+    for p in &batch.removed {
+        let Some(row) = index.file_at(p)? else {
+            continue;
+        };
+        if kept.contains(row.thread_id()) {
+            continue;
         }
-        Ok((threads, ids, dirs))
-    })?;
-    if threads.is_empty() {
-        return Ok(Vec::new());
+        let rows = index.files_for_thread(row.thread_id())?;
+        if rows.iter().all(|r| removed.contains(r.path.as_path())) {
+            stamps.push(row.stamp);
+            siblings.extend(name::sibling(p));
+            threads.insert(row.head.thread_id);
+        }
     }
-    let (candidates, _) = discover(home, roots, &|_| true);
+    if threads.is_empty() {
+        return Ok(Default::default());
+    }
+    let roots = allowed_roots(homes);
+    let written: HashSet<&Path> = batch.files.iter().map(|f| f.path.as_path()).collect();
+    let mut candidates = Vec::new();
+    for home in &homes.homes {
+        candidates.extend(discover(home, &roots, &|_| true).0);
+    }
     let outcomes: Vec<_> = candidates
         .iter()
+        .filter(|c| !removed.contains(c.path.as_path()) && !written.contains(c.path.as_path()))
         .filter(|c| {
-            let named = c
-                .path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(name::parse)
-                .is_some_and(|r| threads.contains(&r.thread_id.to_string()));
-            named
-                || c.path.parent().is_some_and(|d| dirs.contains(d))
-                || Stamp::of(&c.path).is_ok_and(|s| ids.contains(&s.id))
+            siblings.contains(&c.path)
+                || Stamp::of(&c.path).is_ok_and(|now| stamps.iter().any(|s| s.same_file(&now)))
         })
         .map(|c| (c, rollout::inspect(&c.path, limits)))
         .collect();
-    let (files, _, _) = split_outcomes(outcomes);
-    Ok(files
+    let (files, problems, _) = split_outcomes(outcomes);
+    let files: Vec<IndexedFile> = files
         .into_iter()
         .filter(|f| threads.contains(&f.head.thread_id))
-        .collect())
+        .collect();
+    let warnings = problems
+        .into_iter()
+        .filter(|p| p.kind.is_warning() && files.iter().any(|f| f.path == p.path))
+        .collect();
+    if !files.is_empty() {
+        tracing::debug!(found = ?files.iter().map(|f| &f.path).collect::<Vec<_>>(), "threads whose files went were found elsewhere");
+    }
+    Ok((files, warnings))
 }
 
 pub(crate) type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
@@ -510,16 +588,19 @@ fn follow_file_symlink(link: &Path, roots: &[PathBuf]) -> Result<PathBuf, BadFil
 
 /// Head-reads one file and writes the outcome to the index: the read-repair step.
 ///
-/// Returns the row when the file is a good rollout. A file that vanished has its row removed.
-/// When the index cannot take the write (disk full, I/O error: see
-/// [`Index::degraded`]) the verified outcome is returned anyway and the cache write is
-/// skipped; the agent's watcher retries a full reconcile until writes succeed again.
+/// Returns the row when the file is a good rollout. A file that vanished has its row removed
+/// (through [`write_seen`], so a thread whose file moved is seen to move). When the index
+/// cannot take the write (disk full, I/O error: see [`Index::degraded`]) the verified
+/// outcome is returned anyway and the cache write is skipped; the agent's watcher retries a
+/// full reconcile until writes succeed again.
 pub fn refresh(
+    homes: &Homes,
     index: &Index,
     candidate: &Candidate,
     limits: &HeadLimits,
 ) -> Result<Result<IndexedFile, BadFile>, IndexError> {
     index.require_writer("repairing a row")?;
+    let write = |batch: Batch| tolerate(write_seen(homes, index, limits, "repairing a row", batch));
     match rollout::inspect(&candidate.path, limits) {
         Ok(inspected) => {
             let mismatch = inspected.name_mismatch();
@@ -534,15 +615,25 @@ pub fn refresh(
                 })
                 .into_iter()
                 .collect();
-            tolerate(index.upsert_files_with_problems(std::slice::from_ref(&file), &warnings))?;
+            write(Batch {
+                files: vec![file.clone()],
+                problems: warnings,
+                removed: Vec::new(),
+            })?;
             Ok(Ok(file))
         }
         Err(bad) if bad.kind == ProblemKind::Vanished => {
-            tolerate(index.remove_paths(std::slice::from_ref(&candidate.path)))?;
+            write(Batch {
+                removed: vec![candidate.path.clone()],
+                ..Batch::default()
+            })?;
             Ok(Err(bad))
         }
         Err(bad) => {
-            tolerate(index.record_problems(&[problem_row(&candidate.home, bad.clone())]))?;
+            write(Batch {
+                problems: vec![problem_row(&candidate.home, bad.clone())],
+                ..Batch::default()
+            })?;
             Ok(Err(bad))
         }
     }

@@ -45,6 +45,10 @@ pub struct Stamp {
     /// Status-change time in nanoseconds. User space can set mtime (`touch -r`, `tar`,
     /// `cp -p`) but not ctime: a rewrite that keeps inode, size and mtime still moves it.
     pub ctime_ns: i64,
+    /// Birth time in nanoseconds, 0 where the filesystem does not say. A rename keeps it and
+    /// a new file gets its own, so with the inode it tells a moved file from a new one that
+    /// was given a freed inode number again (see [`Stamp::same_file`]).
+    pub btime_ns: i64,
 }
 
 impl Stamp {
@@ -72,7 +76,20 @@ impl Stamp {
             size: meta.size(),
             mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
             ctime_ns: meta.ctime().saturating_mul(1_000_000_000) + meta.ctime_nsec(),
+            btime_ns: meta
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0)),
         }
+    }
+
+    /// True when both stamps are of one file (moved, renamed or written to since), not of
+    /// two files that had the same inode number one after the other. Without a birth time
+    /// on either side, the inode alone decides.
+    pub fn same_file(&self, other: &Stamp) -> bool {
+        self.id == other.id
+            && (self.btime_ns == 0 || other.btime_ns == 0 || self.btime_ns == other.btime_ns)
     }
 
     /// Stats `path`, following symlinks. Never opens the file.

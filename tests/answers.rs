@@ -87,7 +87,7 @@ fn request_paths_that_are_relative_empty_or_hold_a_nul_are_refused() {
     // The library refuses it too, whatever the process's working directory.
     let lib = Lib::open(&fx);
     let q = lib.queries();
-    let reason = |r: Result<(), QueryError>| r.err().map(|e| e.reason());
+    let reason = |r: Result<(), QueryError>| r.err().map(|e| e.reason().as_str());
     assert_eq!(
         reason(q.check_resume(&r.id, &rel).map(|_| ())),
         Some("badPath")
@@ -697,6 +697,7 @@ fn an_index_from_before_the_case_rule_is_migrated() {
     let conn = rusqlite::Connection::open(&fx.index).unwrap();
     conn.execute_batch(&format!(
         "UPDATE files SET thread_id = '{upper}'; ALTER TABLE files DROP COLUMN thread_id_as_written; \
+         ALTER TABLE files DROP COLUMN btime_ns; \
          PRAGMA user_version = 4;"
     ))
     .unwrap();

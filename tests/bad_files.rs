@@ -352,9 +352,14 @@ fn a_file_that_vanishes_between_discovery_and_read_is_dropped_not_reported() {
     assert!(problems.is_empty());
     assert_eq!(candidates.len(), 1);
     std::fs::remove_file(&pa).unwrap();
-    let outcome = rolloutd::crawl::refresh(&lib.index, &candidates[0], &HeadLimits::default())
-        .unwrap()
-        .unwrap_err();
+    let outcome = rolloutd::crawl::refresh(
+        &lib.homes,
+        &lib.index,
+        &candidates[0],
+        &HeadLimits::default(),
+    )
+    .unwrap()
+    .unwrap_err();
     assert_eq!(outcome.kind, ProblemKind::Vanished, "{outcome}");
     // The row is gone and no problem was recorded: a vanished file is not a bad file.
     assert!(lib.index.file_at(&pa).unwrap().is_none());

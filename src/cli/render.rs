@@ -62,7 +62,7 @@ pub fn check_resume(c: &CheckResume, path: &Path) -> String {
         ),
         _ => format!(
             "{}: {}",
-            c.reason.as_deref().unwrap_or("failed"),
+            c.reason.map_or("failed", |r| r.as_str()),
             c.detail.clone().unwrap_or_default()
         ),
     }

@@ -1,6 +1,7 @@
 //! What the shim does with a checked path request, from rolloutd's answer and the spelling
 //! Codex holds for the thread. Pure: no I/O, so every rule is unit-tested.
 
+use crate::protocol::PathReason;
 use std::path::Path;
 use std::time::Duration;
 
@@ -36,8 +37,8 @@ pub fn decide(
     waited: Option<Duration>,
 ) -> Decision {
     if !check.ok {
-        let reason = check.reason.as_deref().unwrap_or("notRollout");
-        if reason == "notMaterialized" && waited.is_none() {
+        let reason = check.reason.unwrap_or(PathReason::NotRollout);
+        if reason == PathReason::NotMaterialized && waited.is_none() {
             return Decision::Wait;
         }
         return refuse(req, reason, check.detail.as_deref(), waited);
@@ -69,23 +70,23 @@ pub fn codex_spelling<'a>(
 /// The refusal for `reason`: rolloutd's sentence, then what the client can do instead.
 fn refuse(
     req: &PathRequest,
-    reason: &str,
+    reason: PathReason,
     detail: Option<&str>,
     waited: Option<Duration>,
 ) -> Decision {
     let thread = &req.thread_id;
-    let detail = detail.unwrap_or(reason);
+    let detail = detail.unwrap_or(reason.as_str());
     let message = match reason {
-        "notMaterialized" => format!(
+        PathReason::NotMaterialized => format!(
             "{}: thread {thread} has no rollout yet after waiting {} ms: Codex writes it when the thread's first turn starts; start a turn on the thread (or resume it by threadId alone in the app-server that runs it) and retry",
             req.method,
             waited.unwrap_or_default().as_millis()
         ),
-        "otherThread" => format!(
+        PathReason::OtherThread => format!(
             "{}: {detail}; Codex would silently open that other thread. Pass thread {thread}'s own rollout (`rolloutd resolve {thread}` prints it) or resume by threadId alone",
             req.method
         ),
-        "outsideHome" => format!(
+        PathReason::OutsideHome => format!(
             "{}: {detail}; pass a rollout under the Codex home, or resume by threadId alone",
             req.method
         ),
@@ -164,10 +165,10 @@ mod tests {
         }
     }
 
-    fn not_ok(reason: &'static str) -> CheckResume {
+    fn not_ok(reason: PathReason) -> CheckResume {
         CheckResume {
             ok: false,
-            reason: Some(Cow::Borrowed(reason)),
+            reason: Some(reason),
             detail: Some(format!("/p: because {reason}")),
             record: None,
         }
@@ -232,21 +233,22 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused_with_the_typed_reason() {
-        for reason in [
-            "directory",
-            "notRegularFile",
-            "missing",
-            "notRollout",
-            "outsideHome",
-            "otherThread",
-            "permissionDenied",
+        // Typed here, and the wire spelling checked against the protocol's.
+        for (reason, wire) in [
+            (PathReason::Directory, "directory"),
+            (PathReason::NotRegularFile, "notRegularFile"),
+            (PathReason::Missing, "missing"),
+            (PathReason::NotRollout, "notRollout"),
+            (PathReason::OutsideHome, "outsideHome"),
+            (PathReason::OtherThread, "otherThread"),
+            (PathReason::PermissionDenied, "permissionDenied"),
         ] {
             let Decision::Refuse { message, data } =
                 decide(&req(REAL), &not_ok(reason), &[Some(REAL)], &homes(), None)
             else {
-                panic!("{reason} not refused");
+                panic!("{wire} not refused");
             };
-            assert_eq!(data["reason"], reason);
+            assert_eq!(data["reason"], wire);
             assert_eq!(data["threadId"], T);
             assert_eq!(data["path"], REAL);
             assert!(
@@ -260,12 +262,18 @@ mod tests {
     #[test]
     fn not_materialized_waits_once_then_refuses() {
         assert_eq!(
-            decide(&req(REAL), &not_ok("notMaterialized"), &[], &homes(), None),
+            decide(
+                &req(REAL),
+                &not_ok(PathReason::NotMaterialized),
+                &[],
+                &homes(),
+                None
+            ),
             Decision::Wait
         );
         let Decision::Refuse { message, data } = decide(
             &req(REAL),
-            &not_ok("notMaterialized"),
+            &not_ok(PathReason::NotMaterialized),
             &[],
             &homes(),
             Some(Duration::from_millis(2000)),

@@ -143,7 +143,7 @@ fn check_with_sibling(
 ) -> Result<crate::query::CheckResume, String> {
     use crate::codex_state::spelling;
     let check = ask.check_resume(thread_id, path)?;
-    if check.reason.as_deref() != Some("missing") {
+    if check.reason != Some(crate::protocol::PathReason::Missing) {
         return Ok(check);
     }
     let plain = spelling::plain(path);

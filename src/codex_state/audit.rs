@@ -665,7 +665,7 @@ impl<A: IndexAccess> Ctx<'_, A> {
                 Ok(vec![FindingEntry::new(
                     Finding::RowUnverifiable {
                         row: row.clone(),
-                        reason: e.reason().to_owned(),
+                        reason: e.reason().as_str().to_owned(),
                         detail: e.to_string(),
                         found,
                     },

@@ -93,6 +93,36 @@ pub fn thread_change(before: Option<&IndexedFile>, after: Option<&IndexedFile>) 
     })
 }
 
+/// The changes from one thread state to another, knowing whether the file it had before is
+/// still indexed (`before_kept`).
+///
+/// One change at most, as [`thread_change`] decides, except where the thread's file went
+/// and a *different* file of the thread took its place: at the same path (deleted and
+/// written again), or elsewhere but neither the same file moved (see
+/// [`Stamp::same_file`](crate::identity::Stamp::same_file)) nor its compressed or
+/// decompressed copy beside it. That is a thread removed and then made again, however late
+/// a writer saw the removal (both events in one settle window, a walk that saw neither),
+/// and it is announced so: `Removed`, then `Materialized`.
+pub fn thread_changes(
+    before: Option<&IndexedFile>,
+    after: Option<&IndexedFile>,
+    before_kept: bool,
+) -> Vec<Change> {
+    if let (Some(b), Some(a)) = (before, after) {
+        let replaced = !b.stamp.same_file(&a.stamp)
+            && (b.path == a.path
+                || (!before_kept
+                    && crate::rollout::name::sibling(&b.path).as_ref() != Some(&a.path)));
+        if replaced {
+            return [thread_change(Some(b), None), thread_change(None, Some(a))]
+                .into_iter()
+                .flatten()
+                .collect();
+        }
+    }
+    thread_change(before, after).into_iter().collect()
+}
+
 /// The change from one problem row at a path to another, if any.
 pub fn problem_change(before: Option<&ProblemRow>, after: Option<&ProblemRow>) -> Option<Change> {
     match (before, after) {
@@ -129,6 +159,7 @@ mod tests {
                 size,
                 mtime_ns: 0,
                 ctime_ns: 0,
+                btime_ns: 0,
             },
             archived,
             compression,
@@ -186,6 +217,102 @@ mod tests {
         assert_eq!(
             kind(thread_change(Some(&a), Some(&moved))),
             Some((ThreadChange::Updated, Some(a.path.clone())))
+        );
+    }
+
+    #[test]
+    fn a_different_file_elsewhere_is_the_thread_made_anew() {
+        let kinds = |changes: Vec<Change>| -> Vec<ThreadChange> {
+            changes
+                .into_iter()
+                .filter_map(|c| match c {
+                    Change::Thread { kind, .. } => Some(kind),
+                    Change::Problem { .. } => None,
+                })
+                .collect()
+        };
+        let with = |mut f: IndexedFile, ino: u64, btime_ns: i64| {
+            f.stamp.id.ino = ino;
+            f.stamp.btime_ns = btime_ns;
+            f
+        };
+        let old = with(
+            file("/h/sessions/1/a.jsonl", false, Compression::None, 1),
+            7,
+            100,
+        );
+        // Moved (same inode, same birth): one change, whatever the writer saw first.
+        let moved = with(
+            file("/h/archived_sessions/a.jsonl", true, Compression::None, 1),
+            7,
+            100,
+        );
+        assert_eq!(
+            kinds(thread_changes(Some(&old), Some(&moved), false)),
+            [ThreadChange::Archived]
+        );
+        // Compressed beside it: a new file, but the thread's own copy.
+        let zst = with(
+            file("/h/sessions/1/a.jsonl.zst", false, Compression::Zstd, 1),
+            9,
+            300,
+        );
+        assert_eq!(
+            kinds(thread_changes(Some(&old), Some(&zst), false)),
+            [ThreadChange::Compressed]
+        );
+        // Deleted, then a new file elsewhere, even one given the freed inode number again.
+        for anew in [
+            with(
+                file("/h/sessions/2/a.jsonl", false, Compression::None, 1),
+                8,
+                200,
+            ),
+            with(
+                file("/h/archived_sessions/b.jsonl", true, Compression::None, 1),
+                7,
+                200,
+            ),
+        ] {
+            assert_eq!(
+                kinds(thread_changes(Some(&old), Some(&anew), false)),
+                [ThreadChange::Removed, ThreadChange::Materialized]
+            );
+            // While the old file stays indexed (a duplicate), the preferred one just changed.
+            assert_eq!(
+                kinds(thread_changes(Some(&old), Some(&anew), true)).len(),
+                1
+            );
+        }
+        // Deleted and written again at the same path: a new file, however quickly.
+        let again = with(
+            file("/h/sessions/1/a.jsonl", false, Compression::None, 2),
+            8,
+            200,
+        );
+        assert_eq!(
+            kinds(thread_changes(Some(&old), Some(&again), true)),
+            [ThreadChange::Removed, ThreadChange::Materialized]
+        );
+        // Appended to in place: the same file.
+        let grown = with(
+            file("/h/sessions/1/a.jsonl", false, Compression::None, 2),
+            7,
+            100,
+        );
+        assert_eq!(
+            kinds(thread_changes(Some(&old), Some(&grown), true)),
+            [ThreadChange::Updated]
+        );
+        // No birth time on the filesystem: the inode alone decides.
+        let unborn = with(
+            file("/h/archived_sessions/a.jsonl", true, Compression::None, 1),
+            7,
+            0,
+        );
+        assert_eq!(
+            kinds(thread_changes(Some(&old), Some(&unborn), false)),
+            [ThreadChange::Archived]
         );
     }
 

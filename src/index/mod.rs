@@ -8,7 +8,9 @@
 mod change;
 mod schema;
 
-pub use change::{problem_change, thread_change, Change, ChangeSink, ProblemChange, ThreadChange};
+pub use change::{
+    problem_change, thread_change, thread_changes, Change, ChangeSink, ProblemChange, ThreadChange,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -176,12 +178,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
-     forked_from_id, git_branch, title, ctime_ns, thread_id_as_written";
+     forked_from_id, git_branch, title, ctime_ns, thread_id_as_written, btime_ns";
 
 /// [`FILE_COLUMNS`] of the table aliased `f`, for joins.
 const FILE_COLUMNS_OF_F: &str = "f.path, f.home, f.dev, f.ino, f.size, f.mtime_ns, f.thread_id, \
      f.archived, f.compression, f.created_at_ms, f.cwd, f.source, f.originator, f.cli_version, \
-     f.model_provider, f.forked_from_id, f.git_branch, f.title, f.ctime_ns, f.thread_id_as_written";
+     f.model_provider, f.forked_from_id, f.git_branch, f.title, f.ctime_ns, f.thread_id_as_written, \
+     f.btime_ns";
 
 impl Index {
     /// Opens (creating if needed) the writer connection. A corrupt, unreadable or
@@ -482,7 +485,7 @@ impl Index {
     pub fn stamps_under(&self, home: &Path) -> Result<Vec<(PathBuf, Stamp)>, IndexError> {
         self.read("listing stamps", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns FROM files WHERE home = ?1",
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, btime_ns FROM files WHERE home = ?1",
             )?;
             let rows = stmt.query_map([path_text(home)], |r| {
                 Ok((
@@ -496,6 +499,7 @@ impl Index {
                         size: r.get::<_, i64>(3)? as u64,
                         mtime_ns: r.get(4)?,
                         ctime_ns: r.get(5)?,
+                        btime_ns: r.get(6)?,
                     },
                 ))
             })?;
@@ -563,6 +567,25 @@ impl Index {
     pub fn files_for_thread(&self, thread_id: &str) -> Result<Vec<IndexedFile>, IndexError> {
         self.read("looking up a thread", |conn| {
             files_for_thread_in(conn, thread_id)
+        })
+    }
+
+    /// Every file of the threads `thread_ids`, in one statement.
+    pub fn files_for_threads<'a>(
+        &self,
+        thread_ids: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<IndexedFile>, IndexError> {
+        let keys = json_keys(thread_ids.map(std::borrow::Cow::from));
+        if keys == "[]" {
+            return Ok(Vec::new());
+        }
+        self.read("looking up threads", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS_OF_F} FROM json_each(?1) AS j \
+                 CROSS JOIN files AS f ON f.thread_id = j.value"
+            ))?;
+            let rows = stmt.query_map([&keys], file_from_row)?;
+            rows.collect()
         })
     }
 
@@ -759,7 +782,13 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
             (None, Some(_)) => revived.push(thread.as_str()),
             _ => {}
         }
-        changes.extend(thread_change(before, after.as_ref()));
+        let before_kept = match (before, &after) {
+            (Some(b), Some(a)) if b.path != a.path => {
+                file_at_in(conn, &b.path)?.is_some_and(|f| f.head.thread_id == *thread)
+            }
+            _ => true,
+        };
+        changes.extend(thread_changes(before, after.as_ref(), before_kept));
     }
     if !revived.is_empty() {
         conn.prepare_cached(
@@ -839,7 +868,7 @@ fn preferred_files_in(
 fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
     ))?;
     let mut forget = conn.prepare_cached("DELETE FROM problems WHERE path = ?1")?;
     for f in &batch.files {
@@ -865,6 +894,7 @@ fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
             f.head.title,
             f.stamp.ctime_ns,
             f.head.thread_id_as_written,
+            f.stamp.btime_ns,
         ])?;
         forget.execute([&path])?;
     }
@@ -1000,6 +1030,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
             size: r.get::<_, i64>(4)? as u64,
             mtime_ns: r.get(5)?,
             ctime_ns: r.get(18)?,
+            btime_ns: r.get(20)?,
         },
         archived: r.get(7)?,
         compression: Compression::parse(&compression).unwrap_or(Compression::None),

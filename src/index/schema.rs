@@ -75,6 +75,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE OR REPLACE removed_threads SET thread_id = lower(thread_id)
         WHERE thread_id <> lower(thread_id);
     "#,
+    // 5 -> 6: the stamp carries the birth time, so a file moved is told from a new file that
+    // got a freed inode number again. Old rows get 0 and are re-read once.
+    r#"
+    ALTER TABLE files ADD COLUMN btime_ns INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

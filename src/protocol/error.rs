@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::codex_state::CodexStateError;
-use crate::query::{PathReason, QueryError};
+use crate::query::QueryError;
+
+pub use super::reason::ErrorReason;
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -24,109 +26,6 @@ pub const INDEX_ERROR: i64 = -32010;
 pub const SHUTTING_DOWN: i64 = -32011;
 /// A refusal or failure on Codex's state DB.
 pub const CODEX_STATE_ERROR: i64 = -32020;
-
-/// The machine-readable `data.reason` of an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ErrorReason {
-    // Lookups.
-    NotFound,
-    Ambiguous,
-    BadId,
-    /// A path in a request is empty, relative or holds a NUL.
-    BadPath,
-    /// A parameter outside what the method accepts.
-    BadParams,
-    /// The index cannot take writes, so a listing would be incomplete.
-    Degraded,
-    // Paths (as `thread/checkResume`'s reasons).
-    Directory,
-    NotRegularFile,
-    Missing,
-    NotRollout,
-    OtherThread,
-    NotMaterialized,
-    OutsideHome,
-    PermissionDenied,
-    // The agent.
-    IndexError,
-    Forbidden,
-    // Codex's state DB.
-    SqliteError,
-    IoError,
-    Busy,
-    UnknownSchema,
-    UnknownGeneration,
-    NotSqlite,
-    NoStateDb,
-    CodexConfig,
-    BackfillRunning,
-    InUse,
-    Unstable,
-    Refused,
-    NoHome,
-    /// Codex changed rows since the backup; `--force` restores anyway.
-    ChangedSinceBackup,
-}
-
-impl ErrorReason {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorReason::NotFound => "notFound",
-            ErrorReason::Ambiguous => "ambiguous",
-            ErrorReason::BadId => "badId",
-            ErrorReason::BadPath => "badPath",
-            ErrorReason::BadParams => "badParams",
-            ErrorReason::Degraded => "degraded",
-            ErrorReason::ChangedSinceBackup => "changedSinceBackup",
-            ErrorReason::Directory => "directory",
-            ErrorReason::NotRegularFile => "notRegularFile",
-            ErrorReason::Missing => "missing",
-            ErrorReason::NotRollout => "notRollout",
-            ErrorReason::OtherThread => "otherThread",
-            ErrorReason::NotMaterialized => "notMaterialized",
-            ErrorReason::OutsideHome => "outsideHome",
-            ErrorReason::PermissionDenied => "permissionDenied",
-            ErrorReason::IndexError => "indexError",
-            ErrorReason::Forbidden => "forbidden",
-            ErrorReason::SqliteError => "sqliteError",
-            ErrorReason::IoError => "ioError",
-            ErrorReason::Busy => "busy",
-            ErrorReason::UnknownSchema => "unknownSchema",
-            ErrorReason::UnknownGeneration => "unknownGeneration",
-            ErrorReason::NotSqlite => "notSqlite",
-            ErrorReason::NoStateDb => "noStateDb",
-            ErrorReason::CodexConfig => "codexConfig",
-            ErrorReason::BackfillRunning => "backfillRunning",
-            ErrorReason::InUse => "inUse",
-            ErrorReason::Unstable => "unstable",
-            ErrorReason::Refused => "refused",
-            ErrorReason::NoHome => "noHome",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<PathReason> for ErrorReason {
-    fn from(r: PathReason) -> Self {
-        match r {
-            PathReason::Directory => ErrorReason::Directory,
-            PathReason::NotRegularFile => ErrorReason::NotRegularFile,
-            PathReason::Missing => ErrorReason::Missing,
-            PathReason::NotRollout => ErrorReason::NotRollout,
-            PathReason::OtherThread => ErrorReason::OtherThread,
-            PathReason::NotMaterialized => ErrorReason::NotMaterialized,
-            PathReason::OutsideHome => ErrorReason::OutsideHome,
-            PathReason::PermissionDenied => ErrorReason::PermissionDenied,
-        }
-    }
-}
 
 /// `error.data`: the reason, and what is known about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod notification;
+pub mod reason;
 pub mod request;
 pub mod result;
 pub mod schema;
@@ -14,6 +15,7 @@ pub use notification::{
     Lagged, LaggedMessage, Notification, ProblemNotice, Rescanned, ServerNotification,
     ThreadChanged, ThreadRemoved,
 };
+pub use reason::PathReason;
 pub use request::{methods, ClientRequest, Method};
 pub use result::{AgentStatus, IndexCounts, Rescan, Subscribed, WatcherStatus};
 

@@ -1,6 +1,5 @@
 //! `thread/checkResume`: may this path be used to resume this thread?
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use super::{PathReason, Queries, QueryError, ThreadRecord};
 pub struct CheckResume {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Cow<'static, str>>,
+    pub reason: Option<PathReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The rollout at `path`, when it is one (also for `otherThread`).
@@ -58,7 +57,7 @@ impl Queries<'_> {
             }
             Ok((file, _)) => Ok(CheckResume {
                 ok: false,
-                reason: Some(Cow::Borrowed(PathReason::OtherThread.as_str())),
+                reason: Some(PathReason::OtherThread),
                 detail: Some(format!(
                     "{} is the rollout of thread {}, not {wanted}",
                     path.display(),
@@ -66,13 +65,15 @@ impl Queries<'_> {
                 )),
                 record: Some(ThreadRecord::new(&file, self.homes)),
             }),
-            Err(e @ QueryError::Path { .. }) => Ok(CheckResume {
+            Err(e @ QueryError::Path { reason, .. }) => Ok(CheckResume {
                 ok: false,
-                reason: Some(Cow::Borrowed(match e.reason() {
+                reason: Some(match reason {
                     // The path names a thread not written yet, but not the one asked about.
-                    "notMaterialized" if !names_thread(path, &wanted) => "missing",
+                    PathReason::NotMaterialized if !names_thread(path, &wanted) => {
+                        PathReason::Missing
+                    }
                     reason => reason,
-                })),
+                }),
                 detail: Some(e.to_string()),
                 record: None,
             }),

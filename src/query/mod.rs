@@ -13,8 +13,6 @@ mod same;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use crate::identity::Homes;
 use crate::index::{Index, IndexError};
 use crate::rollout::HeadLimits;
@@ -67,35 +65,7 @@ pub struct Queries<'a> {
     pub limits: HeadLimits,
 }
 
-/// Why a path is not the rollout a caller hoped for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PathReason {
-    Directory,
-    NotRegularFile,
-    Missing,
-    NotRollout,
-    OtherThread,
-    /// A rollout path of a thread that never had a file yet (Codex writes lazily).
-    NotMaterialized,
-    OutsideHome,
-    PermissionDenied,
-}
-
-impl PathReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PathReason::Directory => "directory",
-            PathReason::NotRegularFile => "notRegularFile",
-            PathReason::Missing => "missing",
-            PathReason::NotRollout => "notRollout",
-            PathReason::OtherThread => "otherThread",
-            PathReason::NotMaterialized => "notMaterialized",
-            PathReason::OutsideHome => "outsideHome",
-            PathReason::PermissionDenied => "permissionDenied",
-        }
-    }
-}
+pub use crate::protocol::reason::{ErrorReason, PathReason};
 
 /// A query failure. Each variant names what was asked and why it has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -137,16 +107,16 @@ pub enum QueryError {
 
 impl QueryError {
     /// The machine-readable reason (`notFound`, `ambiguous`, `directory`, …).
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> ErrorReason {
         match self {
-            QueryError::NotFound { .. } => "notFound",
-            QueryError::Ambiguous { .. } => "ambiguous",
-            QueryError::BadId { .. } => "badId",
-            QueryError::BadPath { .. } => "badPath",
-            QueryError::BadParams(_) => "badParams",
-            QueryError::Degraded { .. } => "degraded",
-            QueryError::Path { reason, .. } => reason.as_str(),
-            QueryError::Index(_) => "indexError",
+            QueryError::NotFound { .. } => ErrorReason::NotFound,
+            QueryError::Ambiguous { .. } => ErrorReason::Ambiguous,
+            QueryError::BadId { .. } => ErrorReason::BadId,
+            QueryError::BadPath { .. } => ErrorReason::BadPath,
+            QueryError::BadParams(_) => ErrorReason::BadParams,
+            QueryError::Degraded { .. } => ErrorReason::Degraded,
+            QueryError::Path { reason, .. } => (*reason).into(),
+            QueryError::Index(_) => ErrorReason::IndexError,
         }
     }
 

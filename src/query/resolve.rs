@@ -89,7 +89,18 @@ impl Queries<'_> {
         if !gone.is_empty() {
             self.index
                 .require_writer("dropping rows of files that are gone")?;
-            if let Err(e) = self.index.remove_paths(&gone) {
+            let batch = crate::index::Batch {
+                removed: gone,
+                ..Default::default()
+            };
+            let dropped = crawl::write_seen(
+                self.homes,
+                self.index,
+                &self.limits,
+                "dropping rows of files that are gone",
+                batch,
+            );
+            if let Err(e) = dropped {
                 if !crate::index::is_resource_failure(&e) {
                     return Err(e.into());
                 }
@@ -141,7 +152,7 @@ impl Queries<'_> {
             home: row.home.clone(),
             archived: row.archived,
         };
-        Ok(crawl::refresh(self.index, &candidate, &self.limits)?.ok())
+        Ok(crawl::refresh(self.homes, self.index, &candidate, &self.limits)?.ok())
     }
 
     /// Codex's fallback: walk the homes for rollout names containing `needle`, read and
@@ -155,7 +166,7 @@ impl Queries<'_> {
         for home in &self.homes.homes {
             let (candidates, _) = crawl::discover(home, &roots, &wanted);
             for c in candidates {
-                if let Ok(file) = crawl::refresh(self.index, &c, &self.limits)? {
+                if let Ok(file) = crawl::refresh(self.homes, self.index, &c, &self.limits)? {
                     found.push(file);
                 }
             }
@@ -242,7 +253,7 @@ impl Queries<'_> {
                 return Ok((row, sibling));
             }
         }
-        match crawl::refresh(self.index, &candidate, &self.limits)? {
+        match crawl::refresh(self.homes, self.index, &candidate, &self.limits)? {
             Ok(file) => Ok((file, sibling)),
             Err(bad) => Err(bad_file_error(&given, bad)),
         }

@@ -1,11 +1,10 @@
 //! `path/same`: are two paths the same rollout file? By identity, never by spelling.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Queries, QueryError};
+use super::{ErrorReason, Queries, QueryError};
 use crate::identity::{self, FileId, FileKind, Stamp};
 
 /// What one side of a comparison is.
@@ -20,7 +19,7 @@ pub struct PathIdentity {
     /// The rollout's thread, when the path is a readable rollout inside a home.
     pub thread_id: Option<String>,
     /// Why the path is not a rollout, when it is not.
-    pub reason: Option<Cow<'static, str>>,
+    pub reason: Option<ErrorReason>,
 }
 
 /// The answer to `path/same`.
@@ -69,7 +68,7 @@ impl Queries<'_> {
         match self.path_file(&normalized) {
             Ok(file) => id.thread_id = Some(file.head.thread_id),
             Err(QueryError::Index(e)) => return Err(QueryError::Index(e)),
-            Err(e) => id.reason = Some(Cow::Borrowed(e.reason())),
+            Err(e) => id.reason = Some(e.reason()),
         }
         Ok(id)
     }

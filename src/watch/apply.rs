@@ -104,8 +104,6 @@ pub fn apply_paths(
     batch.removed.sort();
     batch.removed.dedup();
     tracing::debug!(files = ?batch.files.iter().map(|f| &f.path).collect::<Vec<_>>(), removed = ?batch.removed, "watcher batch");
-    if !batch.is_empty() {
-        index.apply("applying changes", &batch)?;
-    }
+    crawl::write_seen(&homes, &index, &shared.limits, "applying changes", batch)?;
     Ok(())
 }

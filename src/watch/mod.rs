@@ -147,8 +147,10 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The identity of every watched root; a change means the watches must be rebuilt.
-fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
+/// The identity of every watched root; a change means the watches must be rebuilt. The
+/// birth time is part of it: a root deleted and made again while nothing watched it (its
+/// watch was being set up as it went) can get its old inode number back.
+fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId, i64)>> {
     homes
         .homes
         .iter()
@@ -161,10 +163,20 @@ fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId)>> {
         })
         .map(|p| {
             let real = canonicalize(&p).ok()?;
-            let id = Stamp::of(&real).ok()?.id;
-            Some((real, id))
+            let stamp = Stamp::of(&real).ok()?;
+            Some((real, stamp.id, stamp.btime_ns))
         })
         .collect()
+}
+
+/// True when a home resolves elsewhere than its recorded realpath: it was missing when the
+/// homes were resolved (and its configured spelling stood in), or its symlink moved. The
+/// fingerprint alone can miss this when the watches were set up after the home came back.
+fn stale_realpath(homes: &Homes) -> bool {
+    homes
+        .homes
+        .iter()
+        .any(|h| canonicalize(&h.configured).is_ok_and(|real| real != h.real))
 }
 
 type Events = mpsc::Receiver<notify::Result<notify::Event>>;
@@ -215,6 +227,10 @@ impl Watch {
     fn run(mut self, on_ready: Box<dyn FnOnce() + Send>) {
         let mut on_ready = Some(on_ready);
         while !self.shared.shutdown.is_cancelled() {
+            // A home missing when the homes were last resolved has its configured spelling
+            // as its realpath; resolved again here, so a home made again since is watched,
+            // and its events matched, where it really is.
+            self.refresh_homes();
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
             let (tx, rx) = mpsc::channel();
@@ -378,7 +394,7 @@ impl Watch {
 
     /// Applies events until the roots change or the agent stops; sleeps until the next
     /// thing falls due.
-    fn pump(&mut self, rx: &Events, print: &[Option<(PathBuf, FileId)>]) {
+    fn pump(&mut self, rx: &Events, print: &[Option<(PathBuf, FileId, i64)>]) {
         let mut settle = Settle::new(self.opts.settle);
         let mut next_root_check = Instant::now() + ROOT_CHECK;
         let mut next_degraded_try = Instant::now() + DEGRADED_RETRY;
@@ -473,7 +489,11 @@ impl Watch {
             }
             if now >= next_root_check {
                 next_root_check = now + ROOT_CHECK;
-                if std::mem::take(&mut root_event) || fingerprint(&self.shared.homes()) != print {
+                let homes = self.shared.homes();
+                if std::mem::take(&mut root_event)
+                    || fingerprint(&homes) != print
+                    || stale_realpath(&homes)
+                {
                     tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
                     self.refresh_homes();
                     return;
