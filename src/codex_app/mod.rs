@@ -5,7 +5,7 @@
 //! - [`line`]: which lines are checked, what server lines announce, the lines the shim writes;
 //! - [`decide`]: forward, rewrite to the spelling Codex holds, refuse, or wait (pure);
 //! - [`ask`]: the one adapter to rolloutd's answers (agent or index) and to Codex's state DB;
-//! - [`relay`]: the two pumps, and [`splice`]: the server pump without copies between pipes;
+//! - [`relay`]: the two pumps;
 //! - [`signals`]: signals passed on to Codex, and its exit status made the shim's;
 //! - [`shared`] and [`ws`]: `--listen unix://PATH`, many clients relayed to one app-server
 //!   over the WebSocket framing of Codex's own sockets.
@@ -16,7 +16,6 @@ pub mod line;
 pub mod relay;
 pub mod shared;
 mod signals;
-pub mod splice;
 pub mod ws;
 
 use std::ffi::OsString;
@@ -104,7 +103,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
         let upstream = upstream.clone();
         let active = active.clone();
         std::thread::spawn(move || {
-            splice::pump_server(stdout, &client, &upstream, &active);
+            relay::pump_server(stdout, &client, &upstream, &active);
             let _ = tx.send(());
         });
         rx

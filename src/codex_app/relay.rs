@@ -36,7 +36,7 @@ pub fn close<W>(upstream: &Upstream<W>) {
     }
 }
 
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -56,7 +56,7 @@ fn send<W: Write>(upstream: &Upstream<W>, bytes: &[u8]) -> bool {
     true
 }
 
-pub fn reply<W: Write>(client: &Mutex<W>, bytes: &[u8]) -> bool {
+fn reply<W: Write>(client: &Mutex<W>, bytes: &[u8]) -> bool {
     let mut w = lock(client);
     w.write_all(bytes).and_then(|_| w.flush()).is_ok()
 }
@@ -251,90 +251,45 @@ pub fn pump_server<R: Read, W, C: Write>(
     upstream: &Upstream<W>,
     active: &Active,
 ) {
-    let mut relay = ServerRelay::new(client, upstream, active);
-    while relay.copy_once(&mut input) {}
-    relay.finish();
-}
-
-/// The server pump's state: its buffer, the partial line held at its front, and whether
-/// the client still reads.
-pub struct ServerRelay<'a, W, C> {
-    pub client: &'a Mutex<C>,
-    upstream: &'a Upstream<W>,
-    pub active: &'a Active,
-    buf: Vec<u8>,
-    /// Bytes of a partial line at the front of `buf`.
-    pub held: usize,
-    pub client_open: bool,
-}
-
-impl<'a, W, C: Write> ServerRelay<'a, W, C> {
-    pub fn new(client: &'a Mutex<C>, upstream: &'a Upstream<W>, active: &'a Active) -> Self {
-        ServerRelay {
-            client,
-            upstream,
-            active,
-            buf: vec![0u8; SERVER_CHUNK],
-            held: 0,
-            client_open: true,
-        }
-    }
-
-    /// The client is gone: Codex's input is closed, its output is only drained from now.
-    pub fn client_gone(&mut self) {
-        self.client_open = false;
-        close(self.upstream);
-    }
-
-    /// One read, and the complete lines it ends relayed; false at the end of the output.
-    pub fn copy_once<R: Read>(&mut self, input: &mut R) -> bool {
-        if self.held == self.buf.len() {
+    let mut buf = vec![0u8; SERVER_CHUNK];
+    let mut held = 0; // bytes of a partial line at the front of `buf`
+    let mut client_open = true;
+    loop {
+        if held == buf.len() {
             // One line longer than the buffer: it is held whole until its end.
-            self.buf.resize(self.buf.len() * 2, 0);
+            buf.resize(buf.len() * 2, 0);
         }
-        let n = match input.read(&mut self.buf[self.held..]) {
-            Ok(0) => return false,
+        let n = match input.read(&mut buf[held..]) {
+            Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => return true,
-            Err(_) => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
-        if !self.client_open {
-            return true;
+        if !client_open {
+            continue;
         }
-        let filled = self.held + n;
+        let filled = held + n;
         // Only the new bytes can hold the first line end: the held ones had none.
-        let Some(last) =
-            memchr::memrchr(b'\n', &self.buf[self.held..filled]).map(|i| self.held + i)
-        else {
-            self.held = filled;
-            return true;
+        let Some(last) = memchr::memrchr(b'\n', &buf[held..filled]).map(|i| held + i) else {
+            held = filled;
+            continue;
         };
-        let lines = &self.buf[..=last];
-        learn(lines, self.active);
-        if !reply(self.client, lines) {
-            self.client_gone();
+        let lines = &buf[..=last];
+        learn(lines, active);
+        if !reply(client, lines) {
+            client_open = false;
+            close(upstream);
         }
-        self.buf.copy_within(last + 1..filled, 0);
-        self.held = filled - (last + 1);
-        if self.buf.len() > SERVER_CHUNK && self.held < SERVER_CHUNK {
+        buf.copy_within(last + 1..filled, 0);
+        held = filled - (last + 1);
+        if buf.len() > SERVER_CHUNK && held < SERVER_CHUNK {
             // A long line has gone: give its memory back.
-            self.buf.truncate(SERVER_CHUNK);
-            self.buf.shrink_to_fit();
-        }
-        true
-    }
-
-    /// At the end of the output: a trailing partial line goes out as it is.
-    pub fn finish(&mut self) {
-        if self.client_open && self.held > 0 {
-            reply(self.client, &self.buf[..self.held]);
+            buf.truncate(SERVER_CHUNK);
+            buf.shrink_to_fit();
         }
     }
-
-    /// The scratch buffer (only while no partial line is held).
-    pub fn scratch(&mut self) -> &mut [u8] {
-        debug_assert_eq!(self.held, 0);
-        &mut self.buf[..SERVER_CHUNK]
+    if client_open && held > 0 {
+        reply(client, &buf[..held]);
     }
 }
 
@@ -342,7 +297,7 @@ impl<'a, W, C: Write> ServerRelay<'a, W, C> {
 /// thread only with a `"thread"` key (a `thread/start|resume|fork` response or a
 /// `thread/started` notification); streaming turn events carry `"threadId"` instead, so
 /// they are passed over by one vectorised scan, with no split and no parse.
-pub fn learn(lines: &[u8], active: &Active) {
+fn learn(lines: &[u8], active: &Active) {
     let finder = memchr::memmem::Finder::new(line::THREAD_KEY);
     let mut at = 0;
     while let Some(i) = finder.find(&lines[at..]) {
