@@ -99,6 +99,12 @@ fn round_trips(root: &Path, script: &Path, shim: bool) -> Result<Vec<Duration>, 
 fn stream(root: &Path, script: &Path, shim: bool, bytes: usize) -> Result<f64, String> {
     let mut child = spawn(root, script, shim)?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    // The upstream streams once it reads this line, which the shim relays only once it has
+    // opened rolloutd's index: its start-up work is not timed as relaying.
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    stdin
+        .write_all(b"{\"method\":\"initialized\"}\n")
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1 << 16];
     let mut seen = 0usize;
     let mut first = None;
@@ -111,7 +117,7 @@ fn stream(root: &Path, script: &Path, shim: bool, bytes: usize) -> Result<f64, S
         seen += n;
     }
     let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
-    drop(child.stdin.take());
+    drop(stdin);
     let _ = child.wait();
     Ok(NOTIFICATIONS as f64 / elapsed.as_secs_f64().max(1e-9))
 }
@@ -133,12 +139,18 @@ pub fn figures(root: &Path) -> Result<Figures, String> {
     let streamer = root.join("upstream-stream");
     write_script(
         &streamer,
-        &format!("cat '{}'; cat >/dev/null", stream_file.display()),
+        &format!(
+            "read -r go; cat '{}'; cat >/dev/null",
+            stream_file.display()
+        ),
     )?;
     let cat_relay = root.join("upstream-stream-via-cat");
     write_script(
         &cat_relay,
-        &format!("cat '{}' | cat; cat >/dev/null", stream_file.display()),
+        &format!(
+            "read -r go; cat '{}' | cat; cat >/dev/null",
+            stream_file.display()
+        ),
     )?;
 
     let mut direct = round_trips(root, &echo, false)?;
