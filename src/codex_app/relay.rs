@@ -3,9 +3,9 @@
 //! (its own error responses), so output is cut at line ends and never mid-line.
 //!
 //! Server → client is never held back: lines are written as soon as they are read, in
-//! pipefuls. Only a line that has a `"thread"` key is parsed first (to learn the rollout path Codex holds for a
-//! thread it announced), so a client that resumes right after `thread/start` is already
-//! checked against it.
+//! pipefuls. Only a line that has a `"thread"` key is parsed first (to learn the rollout
+//! path Codex holds for a thread it announced), so a client that resumes right after
+//! `thread/start` is already checked against it.
 //!
 //! Client → server is sequential: a checked request is decided (bounded by the materialize
 //! timeout) before the lines after it are relayed, so order is kept.
