@@ -294,15 +294,18 @@ fn arguments_after_the_double_dash_reach_codex_app_server() {
 }
 
 #[test]
-#[ignore = "hangs about one run in three (the shell's trap never runs; cause not found); \
-            codex_interop's SIGTERM-through-the-shim test covers the path with the real Codex"]
 fn a_signal_to_the_shim_is_passed_on_to_codex() {
     let fx = Fixture::new();
-    // The fake says when its trap is set, then exits 42 on SIGTERM.
+    // The fake says when its trap is set, then exits 42 on SIGTERM. It waits with the `wait`
+    // builtin, which a trapped signal interrupts at once: a shell waiting for a *foreground*
+    // command runs the trap only once that command ends (POSIX), and a signal that reached
+    // the group just before `cat` was forked never reaches `cat`, so the shell waited on it
+    // forever. Codex's stdin is read by a background `cat` (given it through fd 3: an
+    // asynchronous command's stdin is otherwise /dev/null), so it ends with the shim.
     let trapping = fake(
         &fx,
         "fake-codex",
-        r#"trap 'exit 42' TERM; echo '{"method":"ready"}'; cat >/dev/null"#,
+        r#"trap 'exit 42' TERM; exec 3<&0; cat <&3 >/dev/null & echo '{"method":"ready"}'; wait"#,
     );
     let mut shim = Shim::start(&fx, &trapping, &[]);
     assert_eq!(shim.json_line()["method"], "ready");

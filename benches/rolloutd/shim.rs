@@ -14,6 +14,9 @@ use crate::stats::percentile;
 const ROUND_TRIPS: usize = 5_000;
 /// Notifications in the throughput stream.
 const NOTIFICATIONS: usize = 100_000;
+/// Streams timed per way (interleaved, medians reported): one stream takes milliseconds,
+/// so one run is at the mercy of whatever else the machine schedules then.
+const STREAM_RUNS: usize = 15;
 
 pub struct Figures {
     /// Added per relayed line: (round trip through the shim − direct) ÷ 2, at p50 and p99.
@@ -21,9 +24,13 @@ pub struct Figures {
     pub added_p99: Duration,
     pub direct_rtt_p50: Duration,
     pub shim_rtt_p50: Duration,
-    /// Lines per second through the shim, and through a direct pipe.
+    /// Lines per second through the shim, through a direct pipe, and through a direct pipe
+    /// with `cat` relaying in the middle (the cost of any extra process on the way): medians.
     pub shim_lines_per_s: f64,
     pub direct_lines_per_s: f64,
+    pub cat_relay_lines_per_s: f64,
+    /// The shim's share of the direct pipe in each interleaved run: (min, median, max).
+    pub share_spread: (f64, f64, f64),
 }
 
 fn write_script(path: &Path, body: &str) -> Result<(), String> {
@@ -92,6 +99,12 @@ fn round_trips(root: &Path, script: &Path, shim: bool) -> Result<Vec<Duration>, 
 fn stream(root: &Path, script: &Path, shim: bool, bytes: usize) -> Result<f64, String> {
     let mut child = spawn(root, script, shim)?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    // The upstream streams once it reads this line, which the shim relays only once it has
+    // opened rolloutd's index: its start-up work is not timed as relaying.
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    stdin
+        .write_all(b"{\"method\":\"initialized\"}\n")
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1 << 16];
     let mut seen = 0usize;
     let mut first = None;
@@ -104,7 +117,7 @@ fn stream(root: &Path, script: &Path, shim: bool, bytes: usize) -> Result<f64, S
         seen += n;
     }
     let elapsed = first.map(|f| f.elapsed()).unwrap_or_default();
-    drop(child.stdin.take());
+    drop(stdin);
     let _ = child.wait();
     Ok(NOTIFICATIONS as f64 / elapsed.as_secs_f64().max(1e-9))
 }
@@ -126,15 +139,38 @@ pub fn figures(root: &Path) -> Result<Figures, String> {
     let streamer = root.join("upstream-stream");
     write_script(
         &streamer,
-        &format!("cat '{}'; cat >/dev/null", stream_file.display()),
+        &format!(
+            "read -r go; cat '{}'; cat >/dev/null",
+            stream_file.display()
+        ),
+    )?;
+    let cat_relay = root.join("upstream-stream-via-cat");
+    write_script(
+        &cat_relay,
+        &format!(
+            "read -r go; cat '{}' | cat; cat >/dev/null",
+            stream_file.display()
+        ),
     )?;
 
     let mut direct = round_trips(root, &echo, false)?;
     let mut shim = round_trips(root, &echo, true)?;
     let (d50, d99) = (percentile(&mut direct, 50.0), percentile(&mut direct, 99.0));
     let (s50, s99) = (percentile(&mut shim, 50.0), percentile(&mut shim, 99.0));
-    let direct_lines_per_s = stream(root, &streamer, false, text.len())?;
-    let shim_lines_per_s = stream(root, &streamer, true, text.len())?;
+    let (mut direct, mut shim, mut cat, mut shares) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..STREAM_RUNS {
+        let d = stream(root, &streamer, false, text.len())?;
+        let s = stream(root, &streamer, true, text.len())?;
+        cat.push(stream(root, &cat_relay, false, text.len())?);
+        shares.push(s / d.max(1e-9));
+        direct.push(d);
+        shim.push(s);
+    }
+    let shim_lines_per_s = median(&mut shim);
+    let direct_lines_per_s = median(&mut direct);
+    let cat_relay_lines_per_s = median(&mut cat);
+    let share_median = median(&mut shares);
+    let share_spread = (shares[0], share_median, shares[shares.len() - 1]);
     Ok(Figures {
         added_p50: s50.saturating_sub(d50) / 2,
         added_p99: s99.saturating_sub(d99) / 2,
@@ -142,5 +178,13 @@ pub fn figures(root: &Path) -> Result<Figures, String> {
         shim_rtt_p50: s50,
         shim_lines_per_s,
         direct_lines_per_s,
+        cat_relay_lines_per_s,
+        share_spread,
     })
+}
+
+/// Sorts `v` and returns its median.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

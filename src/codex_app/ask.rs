@@ -144,21 +144,15 @@ impl Rolloutd for Direct {
     }
 }
 
-/// `rollout_path` of `thread_id` in Codex's state DB of the first home, if it has a row.
-/// A missing or unreadable DB is no answer (the caller then forwards untouched).
+/// `rollout_path` of `thread_id` in Codex's state DB of the first home, if it has a row:
+/// one lookup by id, whatever the number of threads. A missing or unreadable DB is no
+/// answer (the caller then forwards untouched).
 pub fn codex_rollout_path(homes: &Homes, thread_id: &str) -> Option<String> {
     let home = crate::codex_state::primary_home(homes).ok()?;
     let located =
         crate::codex_state::locate(home, &crate::codex_state::locate::process_env).ok()?;
-    match crate::codex_state::db::read_snapshot(&located) {
-        Ok(snapshot) => snapshot
-            .rows
-            .into_iter()
-            .find(|r| r.thread_id.eq_ignore_ascii_case(thread_id))
-            .map(|r| r.state.rollout_path),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading Codex's state DB");
-            None
-        }
-    }
+    crate::codex_state::db::read_rollout_path(&located, thread_id)
+        .inspect_err(|e| tracing::warn!(error = %e, "reading Codex's state DB"))
+        .ok()
+        .flatten()
 }

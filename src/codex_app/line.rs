@@ -125,11 +125,14 @@ struct ThreadInfo {
     path: Option<String>,
 }
 
+/// The key every line that announces a thread has (as Codex writes it: compact, unescaped).
+pub const THREAD_KEY: &[u8] = b"\"thread\"";
+
 /// The (thread id, rollout path) a server line announces: the `thread` of a
 /// `thread/start`/`resume`/`fork` response or of a `thread/started` notification. That is
 /// the path Codex holds for a loaded thread, the one its running-thread check compares to.
 pub fn announced_thread(line: &[u8]) -> Option<(String, String)> {
-    memchr::memmem::find(line, b"\"path\"")?;
+    memchr::memmem::find(line, THREAD_KEY)?;
     let msg: ServerMsg = serde_json::from_slice(line).ok()?;
     let thread = msg.result.or(msg.params)?.thread?;
     Some((thread.id, thread.path?))

@@ -92,6 +92,7 @@ pub fn main(args: AppServerArgs, overrides: Overrides, socket: PathBuf) -> ExitC
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return ExitCode::from(CANNOT_RUN);
     };
+    relay::widen_pipe(&stdout);
     let active = Active::default();
     let upstream: Upstream<std::process::ChildStdin> = Arc::new(Mutex::new(Some(stdin)));
     let client = Arc::new(Mutex::new(std::io::stdout()));

@@ -2,10 +2,10 @@
 //! worth of complete lines goes out in one write; the shim only ever inserts whole lines
 //! (its own error responses), so output is cut at line ends and never mid-line.
 //!
-//! Server → client is never held back: lines are written as soon as they are read. Only a
-//! line that has a `"path"` key is parsed first (to learn the rollout path Codex holds for a
-//! thread it announced), so a client that resumes right after `thread/start` is already
-//! checked against it.
+//! Server → client is never held back: lines are written as soon as they are read, in
+//! pipefuls. Only a line that has a `"thread"` key is parsed first (to learn the rollout
+//! path Codex holds for a thread it announced), so a client that resumes right after
+//! `thread/start` is already checked against it.
 //!
 //! Client → server is sequential: a checked request is decided (bounded by the materialize
 //! timeout) before the lines after it are relayed, so order is kept.
@@ -20,7 +20,7 @@ use super::ask::{self, Rolloutd};
 use super::decide::{self, Decision};
 use super::line::{self, Client, PathRequest};
 
-/// Bytes asked of the OS per read.
+/// Bytes asked of the OS per read of the client's input.
 const CHUNK: usize = 64 * 1024;
 
 /// Rollout paths of the threads one app-server announced, by lowercase thread id.
@@ -219,20 +219,47 @@ pub fn pump_client<R: Read, W: Write, C: Write>(
     close(upstream);
 }
 
+/// Bytes asked of the OS per read of Codex's output: as much as its pipe holds (see
+/// [`widen_pipe`]), so a burst of notifications costs one read and one write per pipeful.
+pub const SERVER_CHUNK: usize = 1 << 20;
+
+/// Asks the kernel to make the pipe at `fd` hold [`SERVER_CHUNK`] bytes (64 KiB by
+/// default), so a fast writer and the shim each wake once per pipeful, not per 64 KiB.
+/// Best effort: a pipe that cannot grow (a per-user limit, not a pipe) stays as it is.
+pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ takes an int and touches only the pipe's capacity; on a
+    // descriptor that is not a pipe it fails with EBADF/EINVAL, which is ignored.
+    unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            SERVER_CHUNK as libc::c_int,
+        );
+    }
+}
+
 /// Server → client until Codex's output ends. When the client stops reading (its end is
 /// closed), Codex's input is closed and its output drained, so Codex is never left blocked
 /// on a full pipe.
+///
+/// Each read's complete lines go out in one write, straight from the read buffer; only the
+/// partial line at its end stays (moved to the front) until its end arrives. The bytes are
+/// only scanned, never split or parsed, unless they may announce a thread (see [`learn`]).
 pub fn pump_server<R: Read, W, C: Write>(
     mut input: R,
     client: &Mutex<C>,
     upstream: &Upstream<W>,
     active: &Active,
 ) {
-    let mut buf = vec![0u8; CHUNK];
-    let mut carry: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; SERVER_CHUNK];
+    let mut held = 0; // bytes of a partial line at the front of `buf`
     let mut client_open = true;
     loop {
-        let n = match input.read(&mut buf) {
+        if held == buf.len() {
+            // One line longer than the buffer: it is held whole until its end.
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match input.read(&mut buf[held..]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -241,54 +268,46 @@ pub fn pump_server<R: Read, W, C: Write>(
         if !client_open {
             continue;
         }
-        // Whole lines go out now; a partial one waits for its end.
-        let complete: &[u8] = if carry.is_empty() {
-            match memchr::memrchr(b'\n', &buf[..n]) {
-                Some(last) => {
-                    carry.extend_from_slice(&buf[last + 1..n]);
-                    &buf[..=last]
-                }
-                None => {
-                    carry.extend_from_slice(&buf[..n]);
-                    continue;
-                }
-            }
-        } else {
-            carry.extend_from_slice(&buf[..n]);
-            match memchr::memrchr(b'\n', &carry) {
-                Some(last) => {
-                    let rest = carry.split_off(last + 1);
-                    let lines = std::mem::replace(&mut carry, rest);
-                    learn(&lines, active);
-                    if !reply(client, &lines) {
-                        client_open = false;
-                        close(upstream);
-                    }
-                    continue;
-                }
-                None => continue,
-            }
+        let filled = held + n;
+        // Only the new bytes can hold the first line end: the held ones had none.
+        let Some(last) = memchr::memrchr(b'\n', &buf[held..filled]).map(|i| held + i) else {
+            held = filled;
+            continue;
         };
-        learn(complete, active);
-        if !reply(client, complete) {
+        let lines = &buf[..=last];
+        learn(lines, active);
+        if !reply(client, lines) {
             client_open = false;
             close(upstream);
         }
+        buf.copy_within(last + 1..filled, 0);
+        held = filled - (last + 1);
+        if buf.len() > SERVER_CHUNK && held < SERVER_CHUNK {
+            // A long line has gone: give its memory back.
+            buf.truncate(SERVER_CHUNK);
+            buf.shrink_to_fit();
+        }
     }
-    if client_open && !carry.is_empty() {
-        reply(client, &carry);
+    if client_open && held > 0 {
+        reply(client, &buf[..held]);
     }
 }
 
-/// Records the rollout paths announced in `lines`.
+/// Records the rollout paths announced in `lines` (complete lines). A line announces a
+/// thread only with a `"thread"` key (a `thread/start|resume|fork` response or a
+/// `thread/started` notification); streaming turn events carry `"threadId"` instead, so
+/// they are passed over by one vectorised scan, with no split and no parse.
 fn learn(lines: &[u8], active: &Active) {
-    if memchr::memmem::find(lines, b"\"path\"").is_none() {
-        return;
-    }
-    for l in lines.split(|b| *b == b'\n') {
-        if let Some((id, path)) = line::announced_thread(l) {
+    let finder = memchr::memmem::Finder::new(line::THREAD_KEY);
+    let mut at = 0;
+    while let Some(i) = finder.find(&lines[at..]) {
+        let hit = at + i;
+        let start = memchr::memrchr(b'\n', &lines[..hit]).map_or(0, |s| s + 1);
+        let end = memchr::memchr(b'\n', &lines[hit..]).map_or(lines.len(), |e| hit + e);
+        if let Some((id, path)) = line::announced_thread(&lines[start..end]) {
             lock(active).insert(id.to_ascii_lowercase(), path);
         }
+        at = end;
     }
 }
 
@@ -303,9 +322,14 @@ mod tests {
             if self.0.is_empty() {
                 return Ok(0);
             }
+            // At most what `buf` holds; the rest is the next read's.
             let c = self.0.remove(0);
-            buf[..c.len()].copy_from_slice(&c);
-            Ok(c.len())
+            let n = c.len().min(buf.len());
+            buf[..n].copy_from_slice(&c[..n]);
+            if n < c.len() {
+                self.0.insert(0, c[n..].to_vec());
+            }
+            Ok(n)
         }
     }
 
@@ -362,6 +386,42 @@ mod tests {
                 lock(&active).get("ab").map(String::as_str),
                 Some("/h/r.jsonl")
             );
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_buffer_pass_whole_and_every_announcement_is_learned() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"method\":\"x\",\"params\":{\"t\":\"");
+        input.resize(input.len() + 3 * SERVER_CHUNK, b'a');
+        input.extend_from_slice(b"\"}}\n");
+        for (id, path) in [("A", "/a"), ("B", "/b"), ("C", "/c")] {
+            input.extend_from_slice(
+                format!("{{\"method\":\"thread/started\",\"params\":{{\"thread\":{{\"id\":\"{id}\",\"path\":\"{path}\"}}}}}}\n")
+                    .as_bytes(),
+            );
+            // A `"thread"` that announces nothing, between them.
+            input.extend_from_slice(
+                b"{\"method\":\"y\",\"params\":{\"text\":\"\\\"thread\\\"\"}}\n",
+            );
+        }
+        // Cut into reads of every size class, so the long line spans many of them.
+        let cuts: Vec<Vec<u8>> = input
+            .chunks(SERVER_CHUNK / 3 + 7)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let client = Mutex::new(Vec::new());
+        let up: Upstream<Vec<u8>> = Arc::new(Mutex::new(Some(Vec::new())));
+        let active = Active::default();
+        pump_server(Chunks(cuts), &client, &up, &active);
+        assert!(
+            lock(&client).as_slice() == input.as_slice(),
+            "bytes changed"
+        );
+        let active = lock(&active);
+        assert_eq!(active.len(), 3);
+        for (id, path) in [("a", "/a"), ("b", "/b"), ("c", "/c")] {
+            assert_eq!(active.get(id).map(String::as_str), Some(path));
         }
     }
 

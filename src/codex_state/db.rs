@@ -175,42 +175,94 @@ pub fn companion(path: &Path, suffix: &str) -> PathBuf {
 
 /// Reads the rows and the backfill state without creating anything beside the database.
 pub fn read_snapshot(located: &Located) -> Result<Snapshot, CodexStateError> {
+    let read = read_with(located, read_all)?;
+    let (rows, backfill) = read.value;
+    let info = DbInfo {
+        path: located.db.clone(),
+        generation: located.generation,
+        journal_mode: read.journal,
+        access: read.access,
+        rows: 0,
+        notes: read.notes,
+    };
+    Ok(snapshot(info, rows, backfill))
+}
+
+/// `rollout_path` of the row of `thread_id`, read as [`read_snapshot`] reads (nothing
+/// created beside the database) but through the `threads` primary key, so its cost does
+/// not grow with the number of threads. Codex writes ids as lowercase UUIDs; the id is
+/// looked up as given and lowercased. `None` when there is no such row.
+pub fn read_rollout_path(
+    located: &Located,
+    thread_id: &str,
+) -> Result<Option<String>, CodexStateError> {
+    let lower = thread_id.to_ascii_lowercase();
+    read_with(located, |conn| {
+        let missing = missing_columns(conn)?;
+        if !missing.is_empty() {
+            return Err(ReadError::Missing(missing));
+        }
+        Ok(conn
+            .query_row(
+                // The exact spelling first, should both exist.
+                "SELECT rollout_path FROM threads WHERE id IN (?1, ?2) ORDER BY id = ?1 DESC LIMIT 1",
+                [thread_id, lower.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    })
+    .map(|read| read.value)
+}
+
+/// What one read got, and how the database was opened for it.
+struct Read<T> {
+    value: T,
+    journal: JournalMode,
+    access: Access,
+    notes: Vec<String>,
+}
+
+/// Runs `read` on a read-only connection opened as the module's doc says (immutable when
+/// that creates nothing and the file did not change across the read, else `mode=ro`, else
+/// immutable again when the companions cannot be made).
+fn read_with<T>(
+    located: &Located,
+    read: impl Fn(&Connection) -> Result<T, ReadError>,
+) -> Result<Read<T>, CodexStateError> {
     check_generation(located)?;
     let path = &located.db;
     let journal = journal_mode(path)?;
     let wal = companion(path, "-wal");
-    let info = |access, notes| DbInfo {
-        path: path.clone(),
-        generation: located.generation,
-        journal_mode: journal,
+    let done = |value, access, notes| Read {
+        value,
+        journal,
         access,
-        rows: 0,
         notes,
     };
     let mut notes = Vec::new();
     if journal == JournalMode::Wal && !wal.exists() {
         for _ in 0..3 {
             let before = stamp(path)?;
-            let read = open_uri(path, "immutable=1").and_then(|c| read_all(&c));
+            let value = open_uri(path, "immutable=1").and_then(|c| read(&c));
             let after = stamp(path)?;
             if before != after || wal.exists() {
                 continue;
             }
-            let (rows, backfill) = read.map_err(|e| classify(path, e))?;
+            let value = value.map_err(|e| classify(path, e))?;
             notes.push(
                 "WAL database with no -wal file (nobody has it open): read with immutable=1, \
                  which creates no -wal/-shm in the Codex home; the file was unchanged across the read"
                     .to_owned(),
             );
-            return Ok(snapshot(info(Access::Immutable, notes), rows, backfill));
+            return Ok(done(value, Access::Immutable, notes));
         }
         notes.push(
             "the file changed during an immutable read (Codex started?); read again with mode=ro"
                 .to_owned(),
         );
     }
-    match open_uri(path, "mode=ro").and_then(|c| read_all(&c)) {
-        Ok((rows, backfill)) => Ok(snapshot(info(Access::ReadOnly, notes), rows, backfill)),
+    match open_uri(path, "mode=ro").and_then(|c| read(&c)) {
+        Ok(value) => Ok(done(value, Access::ReadOnly, notes)),
         Err(e) if journal == JournalMode::Wal && may_fall_back(&e) => {
             let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
             notes.push(format!(
@@ -222,10 +274,10 @@ pub fn read_snapshot(located: &Located) -> Result<Snapshot, CodexStateError> {
                     String::new()
                 }
             ));
-            let (rows, backfill) = open_uri(path, "immutable=1")
-                .and_then(|c| read_all(&c))
+            let value = open_uri(path, "immutable=1")
+                .and_then(|c| read(&c))
                 .map_err(|e| classify(path, e))?;
-            Ok(snapshot(info(Access::Immutable, notes), rows, backfill))
+            Ok(done(value, Access::Immutable, notes))
         }
         Err(e) => Err(classify(path, e)),
     }
@@ -441,4 +493,94 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<String, CodexStateE
         .and_then(|rows| rows.collect())
         .map_err(|e| CodexStateError::sqlite(path, "running quick_check", e))?;
     Ok(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL database of `n` threads, closed (so no `-wal` is left), and where it is.
+    fn threads(dir: &Path, n: usize) -> Located {
+        let db = dir.join("state_5.sqlite");
+        let conn = Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE threads (id TEXT PRIMARY KEY, rollout_path TEXT NOT NULL,
+                 archived INTEGER NOT NULL DEFAULT 0, archived_at INTEGER);
+             CREATE TABLE backfill_state (status TEXT, updated_at INTEGER);",
+        )
+        .unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 0..n {
+            tx.execute(
+                "INSERT INTO threads (id, rollout_path) VALUES (?1, ?2)",
+                [format!("0000{i:04x}-aaaa"), format!("/h/r-{i}.jsonl")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        drop(conn);
+        Located {
+            db,
+            generation: 5,
+            sqlite_home: dir.to_owned(),
+            from: "codexHome",
+            older: vec![],
+        }
+    }
+
+    #[test]
+    fn one_row_is_read_by_its_id_through_the_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let located = threads(dir.path(), 1000);
+        assert_eq!(
+            read_rollout_path(&located, "000003e7-aaaa")
+                .unwrap()
+                .as_deref(),
+            Some("/h/r-999.jsonl")
+        );
+        // Ids are compared as Codex writes them (lowercase), whatever the client's case.
+        assert_eq!(
+            read_rollout_path(&located, "000003E7-AAAA")
+                .unwrap()
+                .as_deref(),
+            Some("/h/r-999.jsonl")
+        );
+        assert_eq!(read_rollout_path(&located, "00000fff-aaaa").unwrap(), None);
+        // The lookup is the index's, not a scan of the table.
+        let conn = Connection::open(&located.db).unwrap();
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT rollout_path FROM threads WHERE id IN (?1, ?2) ORDER BY id = ?1 DESC LIMIT 1",
+                ["a", "b"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("USING INDEX"), "{plan}");
+        drop(conn);
+        // Nothing was created beside the database by the reads.
+        for suffix in ["-wal", "-shm"] {
+            assert!(!companion(&located.db, suffix).exists(), "{suffix} left");
+        }
+    }
+
+    #[test]
+    fn a_lookup_in_a_database_without_the_columns_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state_5.sqlite");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE threads (id TEXT PRIMARY KEY);")
+            .unwrap();
+        let located = Located {
+            db,
+            generation: 5,
+            sqlite_home: dir.path().to_owned(),
+            from: "codexHome",
+            older: vec![],
+        };
+        let err = read_rollout_path(&located, "x").unwrap_err().to_string();
+        assert!(err.contains("rollout_path"), "{err}");
+    }
 }
