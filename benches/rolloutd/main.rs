@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
-//! comes from `CARGO_BIN_EXE_rolloutd`), spawned on a temporary home with a sealed
+//! comes from `CARGO_BIN_EXE_rolloutd`, or `ROLLOUTD_BENCH_BIN` for an A/B), spawned on a temporary home with a sealed
 //! environment; readiness comes from its sd_notify `READY=1` on a socket of ours. Every
 //! agent is stopped and reaped, and the temporary directory is removed, on every exit path
 //! but a signal.
@@ -257,7 +257,8 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     );
     println!("machine: {}", machine());
     println!(
-        "binary: the rolloutd built with this bench ({})",
+        "binary: {} (the bench's profile: {})",
+        proc::bin().display(),
         if cfg!(debug_assertions) {
             "debug profile: figures are not representative"
         } else {

@@ -7,8 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test: `cargo bench` and `cargo test --bench` build it beside the bench.
-pub const BIN: &str = env!("CARGO_BIN_EXE_rolloutd");
+/// The binary under test: `cargo bench` and `cargo test --bench` build it beside the bench;
+/// `ROLLOUTD_BENCH_BIN` names another (an A/B against a saved build of main).
+pub fn bin() -> PathBuf {
+    std::env::var_os("ROLLOUTD_BENCH_BIN")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_rolloutd")),
+            PathBuf::from,
+        )
+}
 
 /// Where one bench world lives: the home, the index, a sealed `HOME`/`XDG_*`.
 #[derive(Debug, Clone)]
@@ -33,7 +41,7 @@ impl World {
     /// reaches the real `~/.codex` or config.
     pub fn cmd(&self) -> Command {
         let user = self.root.join("user");
-        let mut c = Command::new(BIN);
+        let mut c = Command::new(bin());
         c.env_remove("CODEX_HOME")
             .env_remove("ROLLOUTD_INDEX")
             .env_remove("ROLLOUTD_SOCKET")
@@ -103,7 +111,9 @@ pub fn run_measured(
         .map_err(|e| e.to_string())?;
     c.stdout(out).stderr(err);
     let started = Instant::now();
-    let mut child = c.spawn().map_err(|e| format!("spawning {BIN}: {e}"))?;
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("spawning {}: {e}", bin().display()))?;
     let pid = child.id() as libc::pid_t;
     loop {
         let mut status = 0;
@@ -178,7 +188,9 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log_file);
         let started = Instant::now();
-        let child = c.spawn().map_err(|e| format!("spawning {BIN}: {e}"))?;
+        let child = c
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", bin().display()))?;
         let mut agent = Agent {
             pid: child.id(),
             child: Some(child),

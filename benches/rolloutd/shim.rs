@@ -43,7 +43,7 @@ fn write_script(path: &Path, body: &str) -> Result<(), String> {
 /// The upstream alone (`sh SCRIPT app-server`), or behind the shim.
 fn spawn(root: &Path, script: &Path, shim: bool) -> Result<Child, String> {
     let mut c = if shim {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_rolloutd"));
+        let mut c = Command::new(crate::proc::bin());
         c.arg("--codex-home")
             .arg(root.join("codex"))
             .arg("--index")

@@ -103,9 +103,17 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let auto_repair = Arc::new(AtomicBool::new(config.codex_state.auto_repair));
     let observer = follow_moves(Arc::clone(&auto_repair));
     let readers = open_readers(&index);
-    let shared = Arc::new(Shared::new(homes, index, Some(observer)).with_readers(readers));
+    let shared = Arc::new(
+        Shared::new(homes, index, Some(observer))
+            .with_readers(readers)
+            .with_read_batches(),
+    );
+    let parking = Arc::clone(&shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The requests a worker answers in a row share a reader's snapshot; it ends before
+        // the worker waits, so no snapshot outlives a burst of work.
+        .on_thread_park(move || parking.end_read_batches())
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;

@@ -14,6 +14,7 @@ pub use change::{
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,6 +173,15 @@ pub struct Index {
     refused_write: std::cell::Cell<bool>,
     /// Where committed changes go (the agent's publisher); none in a CLI run.
     sink: Option<Arc<dyn ChangeSink>>,
+    /// On the writer: bumped to odd before each write transaction and to even after it
+    /// ends, so readers can tell whether their open snapshot may lack a commit (see
+    /// [`Index::begin_read_batch`]).
+    writes: Option<Arc<AtomicU64>>,
+    /// On a reader in WAL mode: the `writes` value read before its open read transaction
+    /// began, while it holds one.
+    batch: std::cell::Cell<Option<u64>>,
+    /// The journal is a WAL (a reader's open snapshot then blocks no writer).
+    wal: bool,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -258,12 +268,59 @@ impl Index {
             mode: Mode::Writer,
             refused_write: std::cell::Cell::new(false),
             sink: None,
+            writes: None,
+            batch: std::cell::Cell::new(None),
+            wal: journal == Journal::Wal,
         })
     }
 
     /// Sends every committed write's changes to `sink`, in commit order.
     pub fn set_sink(&mut self, sink: Arc<dyn ChangeSink>) {
         self.sink = Some(sink);
+    }
+
+    /// Counts this writer's write transactions into `writes` (odd while one runs), for
+    /// readers that keep a read transaction across requests ([`Index::begin_read_batch`]).
+    pub fn set_write_counter(&mut self, writes: Arc<AtomicU64>) {
+        self.writes = Some(writes);
+    }
+
+    /// On a reader: reads from here on share one read transaction (one snapshot, and none
+    /// of SQLite's per-transaction file locking and change checks) as long as `writes`,
+    /// the writer's counter, has not moved since that transaction began; when it has, the
+    /// snapshot is renewed. A read therefore sees every commit that ended before it was
+    /// asked for: a commit bumps `writes` before it begins, and a snapshot is kept only
+    /// while `writes` has stayed the same even value since before the snapshot was taken.
+    /// This holds because the writer is the process's only one (the instance lock; other
+    /// processes open the index as guests, which never write).
+    ///
+    /// The caller ends the batch with [`Index::end_read_batch`] before it waits for
+    /// anything: an open snapshot keeps checkpoints from reclaiming the WAL. Without WAL
+    /// (a read lock would block the writer) this does nothing.
+    pub fn begin_read_batch(&self, writes: &AtomicU64) {
+        if self.mode != Mode::Reader || !self.wal {
+            return;
+        }
+        let now = writes.load(AtomicOrdering::SeqCst);
+        match self.batch.get() {
+            // An error inside the transaction may have ended it (autocommit again).
+            Some(began) if began == now && !self.conn.is_autocommit() => return,
+            Some(_) => self.end_read_batch(),
+            None => {}
+        }
+        // While a write runs, each read takes its own snapshot, as without batches.
+        if now % 2 == 0 && self.conn.execute_batch("BEGIN").is_ok() {
+            self.batch.set(Some(now));
+        }
+    }
+
+    /// Ends the read transaction [`Index::begin_read_batch`] left open, if any.
+    pub fn end_read_batch(&self) {
+        if self.batch.take().is_some() && !self.conn.is_autocommit() {
+            // A read transaction has nothing to lose; ROLLBACK cannot fail for want of a
+            // lock, and if it fails the connection still ends it before its next BEGIN.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 
     /// Opens a read-only connection to an index a writer already created.
@@ -283,6 +340,9 @@ impl Index {
         // The OS caches the file; a small private page cache keeps each reader lean.
         conn.execute_batch("PRAGMA cache_size=-512;")
             .map_err(|e| err(path, "sizing the page cache", e))?;
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| err(path, "reading the journal mode", e))?;
         Ok(Index {
             conn,
             path: path.to_owned(),
@@ -290,6 +350,9 @@ impl Index {
             mode: Mode::Reader,
             refused_write: std::cell::Cell::new(false),
             sink: None,
+            writes: None,
+            batch: std::cell::Cell::new(None),
+            wal: journal.eq_ignore_ascii_case("wal"),
         })
     }
 
@@ -417,6 +480,20 @@ impl Index {
         if self.mode == Mode::Guest {
             return Ok(Vec::new());
         }
+        // Odd while the transaction runs, even again when it ended (committed or not), on
+        // every path out: readers' open snapshots are renewed across it.
+        struct Counting<'a>(Option<&'a AtomicU64>);
+        impl Drop for Counting<'_> {
+            fn drop(&mut self) {
+                if let Some(w) = self.0 {
+                    w.fetch_add(1, AtomicOrdering::SeqCst);
+                }
+            }
+        }
+        let counting = Counting(self.writes.as_deref());
+        if let Some(w) = counting.0 {
+            w.fetch_add(1, AtomicOrdering::SeqCst);
+        }
         let run = || -> rusqlite::Result<Vec<Change>> {
             // IMMEDIATE: the transaction reads before it writes, and a deferred one could
             // not upgrade its read lock while another process writes (SQLITE_BUSY at once,
@@ -429,7 +506,9 @@ impl Index {
             tx.commit()?;
             Ok(changes)
         };
-        match run() {
+        let result = run();
+        drop(counting);
+        match result {
             Ok(changes) => {
                 self.set_degraded(None);
                 if let (Some(sink), false) = (&self.sink, changes.is_empty()) {
@@ -924,17 +1003,20 @@ fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
 }
 
 fn file_at_in(conn: &Connection, path: &Path) -> rusqlite::Result<Option<IndexedFile>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?;
+    // The text is the statement cache's key: built once, not per lookup.
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"));
+    let mut stmt = conn.prepare_cached(&SQL)?;
     stmt.query_row([path_text(path)], file_from_row).optional()
 }
 
 fn files_for_thread_in(conn: &Connection, thread_id: &str) -> rusqlite::Result<Vec<IndexedFile>> {
     // Ordered here, not in SQL: an ORDER BY with an expression makes SQLite re-prepare
     // the statement whenever ?1 changes, which cost more than the lookup.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1"
-    ))?;
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT {FILE_COLUMNS} FROM files WHERE thread_id = ?1")
+    });
+    let mut stmt = conn.prepare_cached(&SQL)?;
     let mut rows = stmt
         .query_map([thread_id], file_from_row)?
         .collect::<rusqlite::Result<Vec<IndexedFile>>>()?;

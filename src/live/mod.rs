@@ -51,6 +51,13 @@ pub struct Shared {
     /// the WAL file, leaving the index one self-contained file after a clean stop.
     readers: Vec<Mutex<Index>>,
     next_reader: AtomicUsize,
+    /// The writer's count of write transactions (odd while one runs): a reader keeps its
+    /// snapshot across requests only while this has not moved (see
+    /// [`Index::begin_read_batch`]).
+    writes: Arc<AtomicU64>,
+    /// Readers keep a read transaction between requests, until [`Shared::end_read_batches`]
+    /// (the agent's runtime calls it before a worker waits).
+    batched: bool,
     /// The process's one writer connection. Every write it commits goes through the
     /// publisher (its change sink), whoever made it.
     pub index: Mutex<Index>,
@@ -79,6 +86,8 @@ impl Shared {
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         let homes: HomesCell = Arc::new(RwLock::new(Arc::new(homes)));
         let changed = Arc::new(tokio::sync::Notify::new());
+        let writes = Arc::new(AtomicU64::new(0));
+        index.set_write_counter(Arc::clone(&writes));
         index.set_sink(Arc::new(Publisher::new(
             events.clone(),
             Arc::clone(&homes),
@@ -90,6 +99,8 @@ impl Shared {
             index: Mutex::new(index),
             readers: Vec::new(),
             next_reader: AtomicUsize::new(0),
+            writes,
+            batched: false,
             limits: HeadLimits::default(),
             events,
             shutdown: Shutdown::new(),
@@ -109,6 +120,25 @@ impl Shared {
         self
     }
 
+    /// Lets readers keep one read transaction across the requests a thread answers in a
+    /// row (see [`Index::begin_read_batch`]). Whoever runs [`Shared::read_query`] must then
+    /// call [`Shared::end_read_batches`] before it waits for anything: the agent does on
+    /// each runtime worker before it parks.
+    pub fn with_read_batches(mut self) -> Self {
+        self.batched = true;
+        self
+    }
+
+    /// Ends the readers' open read transactions (those not in use right now; a reader in
+    /// use is ended by its own thread before that one waits).
+    pub fn end_read_batches(&self) {
+        for reader in &self.readers {
+            if let Ok(r) = reader.try_lock() {
+                r.end_read_batch();
+            }
+        }
+    }
+
     /// Runs `f` on a reader connection. `None` when there is no reader, or when `f` needed
     /// a write (a read-repair, a walk of the homes): then its answer may lack that repair,
     /// and the caller runs the query on the writer with [`Shared::query`]. Reads and stats
@@ -126,6 +156,9 @@ impl Shared {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
             });
+        if self.batched {
+            guard.begin_read_batch(&self.writes);
+        }
         let homes = self.homes();
         let answer = f(&Queries {
             homes: &homes,
@@ -192,5 +225,69 @@ impl Shared {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::identity::{FileId, FileKind, Stamp};
+    use crate::index::{Batch, IndexedFile, Journal};
+    use crate::rollout::{Compression, RolloutHead};
+
+    fn file(n: u64) -> IndexedFile {
+        IndexedFile {
+            path: PathBuf::from(format!("/h/sessions/{n}.jsonl")),
+            home: PathBuf::from("/h"),
+            stamp: Stamp {
+                id: FileId { dev: 1, ino: n },
+                kind: FileKind::File,
+                size: 1,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            },
+            archived: false,
+            compression: Compression::None,
+            head: RolloutHead {
+                thread_id: format!("t{n}"),
+                ..RolloutHead::default()
+            },
+        }
+    }
+
+    /// A reader keeps its snapshot between queries until its thread waits; a commit in
+    /// between must still be seen by the next query (no `end_read_batches` here, as when a
+    /// busy worker answers request after request).
+    #[test]
+    fn a_kept_snapshot_is_renewed_after_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let writer = Index::open(&path, Journal::Wal).unwrap();
+        let reader = Index::open_reader(&path).unwrap();
+        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
+            .with_readers(vec![reader])
+            .with_read_batches();
+        let files = || {
+            shared
+                .read_query(|q| q.index.counts())
+                .expect("a reader answers")
+                .unwrap()
+                .files
+        };
+        assert_eq!(files(), 0);
+        for n in 1..=3 {
+            let batch = Batch {
+                files: vec![file(n)],
+                ..Batch::default()
+            };
+            shared.writer().apply("test", &batch).unwrap();
+            assert_eq!(files(), n, "a query after commit {n} missed it");
+            assert_eq!(files(), n);
+        }
+        // Once the batch ends, the same holds from a fresh snapshot.
+        shared.end_read_batches();
+        assert_eq!(files(), 3);
     }
 }

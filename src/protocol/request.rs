@@ -58,6 +58,22 @@ macro_rules! requests {
                 }
             }
 
+            /// [`ClientRequest::parse`] from the params' JSON text, without building a
+            /// `Value` first. `None` when the params do not read as the method's type: the
+            /// caller then takes the `Value` path, whose error answer is the one the wire
+            /// promises (serde's sentences differ between the two readers). When it reads,
+            /// the command is the one `parse` gives.
+            pub fn parse_text(method: &str, params: &str) -> Option<Result<ClientRequest, RpcError>> {
+                match method {
+                    $( $name => serde_json::from_str::<$params>(params).ok()
+                        .map(|p| p.validate().map(|()| ClientRequest::$variant(p))), )*
+                    other => Some(Err(RpcError::new(
+                        super::error::METHOD_NOT_FOUND,
+                        format!("unknown method {other:?}"),
+                    ))),
+                }
+            }
+
             pub fn method(&self) -> &'static str {
                 match self {
                     $( ClientRequest::$variant(_) => $name, )*

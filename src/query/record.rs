@@ -45,33 +45,54 @@ pub struct ThreadRecord {
 
 impl ThreadRecord {
     pub fn new(file: &IndexedFile, homes: &Homes) -> Self {
-        let home = homes.homes.iter().find(|h| h.real == file.home);
-        let (path, spellings) = match home {
-            Some(h) => (h.display_spelling(&file.path), h.spellings_of(&file.path)),
-            None => (file.path.clone(), vec![file.path.clone()]),
+        ThreadRecord::from_file(file.clone(), homes)
+    }
+
+    /// [`ThreadRecord::new`], taking the row's strings instead of copying them (the answer
+    /// to every resolve).
+    pub fn from_file(file: IndexedFile, homes: &Homes) -> Self {
+        // The path relative to its home, found once: the shown spelling and the aliases
+        // are that home's spellings joined to it.
+        let under = homes
+            .homes
+            .iter()
+            .find(|h| h.real == file.home)
+            .and_then(|h| h.relative(&file.path).map(|rest| (h, rest)));
+        let (path, aliases) = match under {
+            Some((home, rest)) => {
+                let path = home.configured.join(rest);
+                let aliases = home
+                    .spellings
+                    .iter()
+                    .map(|s| s.join(rest))
+                    .filter(|s| *s != path)
+                    .collect();
+                (path, aliases)
+            }
+            None => (file.path.clone(), Vec::new()),
         };
-        let aliases = spellings.into_iter().filter(|s| *s != path).collect();
         let mtime =
             UNIX_EPOCH + Duration::from_nanos(u64::try_from(file.stamp.mtime_ns).unwrap_or(0));
+        let head = file.head;
         ThreadRecord {
-            thread_id: file.head.thread_id.clone(),
-            thread_id_as_written: file.head.thread_id_as_written.clone(),
+            thread_id: head.thread_id,
+            thread_id_as_written: head.thread_id_as_written,
             path,
-            canonical_path: file.path.clone(),
+            canonical_path: file.path,
             aliases,
             archived: file.archived,
             compression: Cow::Borrowed(file.compression.as_str()),
             size_bytes: file.stamp.size,
             modified_at: humantime::format_rfc3339_millis(mtime).to_string(),
-            created_at: file.head.timestamp.clone(),
-            cwd: file.head.cwd.clone(),
-            source: file.head.source.clone(),
-            originator: file.head.originator.clone(),
-            cli_version: file.head.cli_version.clone(),
-            title: file.head.title.clone(),
-            model_provider: file.head.model_provider.clone(),
-            forked_from_id: file.head.forked_from_id.clone(),
-            git_branch: file.head.git_branch.clone(),
+            created_at: head.timestamp,
+            cwd: head.cwd,
+            source: head.source,
+            originator: head.originator,
+            cli_version: head.cli_version,
+            title: head.title,
+            model_provider: head.model_provider,
+            forked_from_id: head.forked_from_id,
+            git_branch: head.git_branch,
         }
     }
 }

@@ -19,7 +19,7 @@ impl Queries<'_> {
     /// Resolves a full thread id or a unique prefix of at least [`MIN_PREFIX`] characters.
     pub fn resolve_thread(&self, given: &str) -> Result<ThreadRecord, QueryError> {
         let file = self.thread_file(given)?;
-        Ok(ThreadRecord::new(&file, self.homes))
+        Ok(ThreadRecord::from_file(file, self.homes))
     }
 
     /// The verified, preferred file of a thread given by id or prefix.
@@ -179,7 +179,7 @@ impl Queries<'_> {
     /// Resolves a path (any spelling) to the thread whose rollout it is.
     pub fn resolve_path(&self, path: &Path) -> Result<ThreadRecord, QueryError> {
         let file = self.path_file(path)?;
-        Ok(ThreadRecord::new(&file, self.homes))
+        Ok(ThreadRecord::from_file(file, self.homes))
     }
 
     /// Classifies `path` and returns its verified rollout.

@@ -12,6 +12,7 @@ pub use crate::protocol::error::{
     AMBIGUOUS, INDEX_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, NOT_FOUND,
     PARSE_ERROR, SHUTTING_DOWN, TIMEOUT,
 };
+use crate::protocol::ClientRequest;
 pub use crate::protocol::RpcError;
 
 /// A parsed request.
@@ -111,6 +112,57 @@ pub fn parse(line: &[u8]) -> Result<Request, Box<BadRequest>> {
     Ok(Request { id, method, params })
 }
 
+/// The well-formed request's one pass: the envelope read with borrowed fields, the params
+/// read from their text straight into the method's type. `None` whenever anything is
+/// unusual (not an object, a duplicate or missing member, an id that is not a string or a
+/// 64-bit integer, params that do not fit): [`parse`] and [`ClientRequest::parse`] then
+/// read the line again and give the error the wire promises, so every answer is the one
+/// the two-step path gives.
+pub fn parse_command(line: &[u8]) -> Option<(Option<Value>, Result<ClientRequest, RpcError>)> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        jsonrpc: &'a str,
+        // `Some` for a JSON null too: a null id is answered (with a null id).
+        #[serde(borrow, default, deserialize_with = "present")]
+        id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        method: &'a str,
+        #[serde(borrow, default)]
+        params: Option<&'a RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
+    }
+    let text = std::str::from_utf8(line).ok()?;
+    let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
+    if envelope.jsonrpc != crate::protocol::JSONRPC {
+        return None;
+    }
+    let id = match envelope.id {
+        None => None,
+        Some(raw) => {
+            let id: Value = serde_json::from_str(raw.get()).ok()?;
+            let usable = match &id {
+                Value::String(_) | Value::Null => true,
+                Value::Number(n) => n.is_i64() || n.is_u64(),
+                _ => false,
+            };
+            if !usable {
+                return None;
+            }
+            Some(id)
+        }
+    };
+    let params = match envelope.params.map(RawValue::get) {
+        None | Some("null") => "{}",
+        Some(p) if p.starts_with('{') => p,
+        Some(_) => return None,
+    };
+    let command = ClientRequest::parse_text(envelope.method, params)?;
+    Some((id, command))
+}
+
 /// True when the request's `id`, as written, is what `n` serializes back to.
 fn number_round_trips(line: &[u8], n: &serde_json::Number) -> bool {
     #[derive(Deserialize)]
@@ -139,12 +191,28 @@ struct Message<'a, T> {
     body: &'a T,
 }
 
-/// A response line (without the newline).
+/// A response line (without the newline, with room for it).
 pub fn response(id: &Value, result: &Result<Box<RawValue>, RpcError>) -> String {
     let (result, error) = match result {
         Ok(r) => (Some(&**r), None),
         Err(e) => (None, Some(e)),
     };
+    if let (Some(result), Value::Number(_) | Value::String(_) | Value::Null) = (result, id) {
+        // The common answer, assembled once: the result is already JSON text.
+        let mut line = Vec::with_capacity(64 + result.get().len());
+        line.extend_from_slice(br#"{"jsonrpc":""#);
+        line.extend_from_slice(crate::protocol::JSONRPC.as_bytes());
+        line.extend_from_slice(br#"","id":"#);
+        if serde_json::to_writer(&mut line, id).is_ok() {
+            line.extend_from_slice(br#","result":"#);
+            line.extend_from_slice(result.get().as_bytes());
+            line.push(b'}');
+            // Only JSON text went in.
+            if let Ok(line) = String::from_utf8(line) {
+                return line;
+            }
+        }
+    }
     to_line(&Response {
         jsonrpc: crate::protocol::JSONRPC,
         id,

@@ -156,10 +156,13 @@ impl Handler {
         let mut last_request = Instant::now();
         let idle = tokio::time::sleep_until(deadline(last_request, timeout));
         tokio::pin!(idle);
+        // One waiter for the connection's life, not one registered and dropped per request.
+        let stop = self.shutdown.clone().cancelled_owned();
+        tokio::pin!(stop);
         loop {
             let frame = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => break,
+                () = &mut stop => break,
                 e = self.conn.next() => match e {
                     Event::Frame(f) => f,
                     Event::Queued(line) => {
@@ -249,12 +252,14 @@ impl Session {
     /// [`Session::dispatch`], but an answer ready at once is returned for the caller to
     /// write rather than queued (the connection's own task writes it, with no hop).
     pub async fn dispatch_inline(&self, line: &[u8]) -> Option<String> {
-        let request = match frame::parse(line) {
-            Ok(r) => r,
-            Err(bad) => return Some(frame::error(&bad.id, bad.error)),
+        let (id, command) = match frame::parse_command(line) {
+            Some(parsed) => parsed,
+            None => match frame::parse(line) {
+                Ok(r) => (r.id, ClientRequest::parse(&r.method, r.params)),
+                Err(bad) => return Some(frame::error(&bad.id, bad.error)),
+            },
         };
-        let id = request.id;
-        let command = match ClientRequest::parse(&request.method, request.params) {
+        let command = match command {
             Ok(c) => c,
             Err(e) => return id.map(|id| frame::error(&id, e)),
         };
@@ -262,6 +267,9 @@ impl Session {
             .shared
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(result) = command.answer_at_once(&self.cx.shared) {
+            return id.map(|id| frame::response(&id, &result));
+        }
         let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
             return None;
         };

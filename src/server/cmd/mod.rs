@@ -64,6 +64,29 @@ impl ClientRequest {
     }
 }
 
+impl ClientRequest {
+    /// The answer of a command that is index reads and stats only, when a reader gives it
+    /// at once: no future, task or permit for the commonest requests. `None` when the
+    /// command is another kind, or the reader could not answer it alone (a repair, a walk):
+    /// [`ClientRequest::apply`] then answers it, exactly as it would have.
+    pub fn answer_at_once(&self, shared: &Shared) -> Option<Answer> {
+        fn done<T: Serialize>(r: Result<T, QueryError>) -> Answer {
+            answer(&r.map_err(|e| RpcError::from(&e))?)
+        }
+        match self {
+            ClientRequest::ThreadResolve(p) => {
+                shared.read_query(|q| done(q.resolve_thread(&p.thread_id)))
+            }
+            ClientRequest::ThreadCheckResume(p) => {
+                shared.read_query(|q| done(q.check_resume(&p.thread_id, &p.path)))
+            }
+            ClientRequest::PathResolve(p) => shared.read_query(|q| done(q.resolve_path(&p.path))),
+            ClientRequest::PathSame(p) => shared.read_query(|q| done(q.same(&p.a, &p.b))),
+            _ => None,
+        }
+    }
+}
+
 /// Serializes a result.
 pub fn answer<T: Serialize>(v: &T) -> Answer {
     serde_json::value::to_raw_value(v).map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))
