@@ -247,6 +247,7 @@ mod tests {
                 size: 1,
                 mtime_ns: 0,
                 ctime_ns: 0,
+                btime_ns: 0,
             },
             archived: false,
             compression: Compression::None,
