@@ -117,7 +117,11 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(serve(shared, opts, index_path, activated, auto_repair))
+    let served = runtime.block_on(serve(shared, opts, index_path, activated, auto_repair));
+    // Dropping a runtime waits for its blocking tasks without limit (a query's reconcile, the
+    // watcher's join): a stop must not hang on one, so they get a bounded grace instead.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    served
 }
 
 /// `codex_state.auto_repair`: every archive or unarchive the index commits, whoever wrote
