@@ -648,11 +648,24 @@ impl<'a> AreaWalk<'a> {
 /// Siblings in the order of their full paths as bytes: a directory sorts as its name and a
 /// `/`, which is where its descendants' paths fall (`a-b` before `a/x`, `a` before `a-b`).
 fn byte_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
-    fn key(e: &walkdir::DirEntry) -> impl Iterator<Item = &u8> {
-        let slash: &[u8] = if e.file_type().is_dir() { b"/" } else { b"" };
-        e.file_name().as_encoded_bytes().iter().chain(slash)
+    // The name is what follows the last `/` of the entry's path (the root's entries are
+    // `root.join(name)`); `Path::file_name` parses components and cost more than the sort.
+    fn name(e: &walkdir::DirEntry) -> &[u8] {
+        let path = e.path().as_os_str().as_encoded_bytes();
+        memchr::memrchr(b'/', path).map_or(path, |at| &path[at + 1..])
     }
-    key(a).cmp(key(b))
+    let (x, y) = (name(a), name(b));
+    let common = x.len().min(y.len());
+    x[..common].cmp(&y[..common]).then_with(|| {
+        // One name is a prefix of the other: what follows it is its next byte, or the
+        // directory's `/`, or nothing (which sorts first).
+        let next = |n: &[u8], e: &walkdir::DirEntry| {
+            n.get(common)
+                .copied()
+                .or_else(|| e.file_type().is_dir().then_some(b'/'))
+        };
+        next(x, a).cmp(&next(y, b))
+    })
 }
 
 impl Iterator for AreaWalk<'_> {
