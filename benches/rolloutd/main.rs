@@ -8,7 +8,11 @@
 //! cargo bench --bench rolloutd -- --generate-only DIR   # just write a corpus to DIR/codex
 //! cargo bench --bench rolloutd -- --shim-only           # just the app-server shim's figures
 //! cargo bench --bench rolloutd -- --fuse-poll --threads 5000   # a polled FUSE home (root)
+//! cargo bench --bench rolloutd -- --threads 500000 --small-base --runs 1   # the scale run
 //! ```
+//!
+//! `--small-base` (or `ROLLOUTD_BENCH_SMALL_BASE=1`) writes a 512-byte `base_instructions`
+//! instead of 0.169's ~21 KB, so 500,000 threads take ~3.6 GB; the output names the mode.
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
 //! comes from `CARGO_BIN_EXE_rolloutd`), spawned on a temporary home with a sealed
