@@ -11,7 +11,7 @@
 //! reported as `outsideHome` and never opened. Directory symlinks are never followed, so a
 //! link loop cannot trap the walk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,6 @@ use walkdir::WalkDir;
 use crate::identity::{canonicalize, Area, Home, Homes, Stamp};
 use crate::index::{Batch, Change, Index, IndexAccess, IndexError, IndexedFile, ProblemRow};
 use crate::rollout::{self, name, BadFile, HeadLimits, Inspected, ProblemKind};
-
-/// How many heads are read between two index transactions.
-const BATCH: usize = 1024;
 
 /// A rollout-named path found in a home, resolved to its real location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +103,14 @@ pub(crate) fn release_freed_memory() {
     }
 }
 
+/// Heads read, walk entries paired with their rows, and rows fetched, per step: the
+/// reconcile's memory is a few of these, whatever the size of the home.
+const PAGE: usize = 1024;
+
+/// A reconcile is a merge of two sorted streams, the walk (both rollout directories, in path
+/// byte order) and the index's rows under the home (paged in key order, which is the same
+/// order): a row the walk passes without listing is gone, a file the walk lists without a
+/// row is new, and only what changed is held, never a map of every path.
 fn reconcile_home<A: IndexAccess>(
     homes: &Homes,
     home: &Home,
@@ -115,76 +120,52 @@ fn reconcile_home<A: IndexAccess>(
     progress: &dyn Progress,
     summary: &mut ReconcileSummary,
 ) -> Result<(), IndexError> {
-    // Rows are taken out of `known` as their paths are seen, so what is left at the end is
-    // gone, without a second set of every path seen.
-    let mut known: HashMap<PathBuf, Stamp> = index
-        .with(|i| i.stamps_under(&home.real))?
-        .into_iter()
-        .collect();
-    let mut old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
-    let (mut candidates, walk_problems) = discover(home, roots, &|_| true);
-    summary.seen += (candidates.len() + walk_problems.len()) as u64;
-    progress.found(candidates.len() as u64);
+    let mut rows = RowCursor::new(&home.real);
+    let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
+    let mut old_problem_seen = vec![false; old_problems.len()];
+    let mut walk = SortedWalk::new(home, roots);
+    let mut walk_problems: Vec<ProblemRow> = Vec::new();
+    let mut problem_paths: HashSet<PathBuf> = HashSet::new();
+    // Rollout-named symlinks: their targets are out of the walk's order, so they are taken
+    // after it (there are few).
+    let mut linked: Vec<Candidate> = Vec::new();
+    // Rows the walk passed without listing their paths as files.
+    let mut unmatched: Vec<(PathBuf, Stamp)> = Vec::new();
+    let mut bad: Vec<Candidate> = Vec::new();
+    let mut vanished: Vec<PathBuf> = Vec::new();
+    let mut recorded = 0; // walk problems written so far
 
-    // A symlink and its target inside the home are one file: the first found stands (the
-    // sort is stable). A path recorded as a problem by the walk is not read.
-    let problem_paths: HashSet<&Path> = walk_problems.iter().map(|p| p.path.as_path()).collect();
-    candidates.sort_by(|a, b| a.path.cmp(&b.path));
-    candidates.dedup_by(|later, first| later.path == first.path);
-    candidates.retain(|c| !problem_paths.contains(c.path.as_path()));
-    for p in &problem_paths {
-        known.remove(*p);
-    }
-    old_problems.retain(|p| {
-        !problem_paths.contains(p.as_path())
-            && candidates.binary_search_by(|c| c.path.cmp(p)).is_err()
-    });
-    let mut to_read = Vec::new();
-    for c in candidates {
-        match (Stamp::of(&c.path), known.remove(&c.path)) {
-            (Ok(now), Some(before)) if now.unchanged(&before) => summary.unchanged += 1,
-            _ => to_read.push(c),
-        }
-    }
-    // `to_read` is in path order, so each batch goes into the path-keyed table in key order.
-    progress.advanced(summary.unchanged);
-    // Before the head reads, an empty write would succeed even on a full disk and clear the
-    // degraded state for a moment, letting a listing through as if the index were complete
-    // (the last write of the pass, after them, still clears it once writes succeed).
-    if !walk_problems.is_empty() {
-        index.with(|i| i.record_problems(&walk_problems))?;
-    }
-    summary.problems += walk_problems.len() as u64;
-
-    // Heads are read on all cores while the previous batch is written: a reader thread
-    // hands batches to this one through a small queue, so SQLite's single writer and the
-    // head reads overlap.
-    let mut vanished = Vec::new();
-    let mut bad: Vec<&Candidate> = Vec::new();
+    // Heads are read on all cores while this thread walks, merges and writes: it hands
+    // batches to a reader thread and writes what comes back, at most a few batches behind.
     std::thread::scope(|scope| -> Result<(), IndexError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Outcomes<'_>)>(2);
-        let to_read = &to_read;
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Vec<Candidate>>();
+        let (done_tx, done) = std::sync::mpsc::channel::<Outcomes>();
         scope.spawn(move || {
-            for chunk in to_read.chunks(BATCH) {
-                let outcomes: Vec<_> = chunk
-                    .par_iter()
-                    .map(|c| (c, rollout::inspect(&c.path, limits)))
+            for chunk in job_rx {
+                let outcomes: Outcomes = chunk
+                    .into_par_iter()
+                    .map(|c| {
+                        let o = rollout::inspect(&c.path, limits);
+                        (c, o)
+                    })
                     .collect();
-                if tx.send((chunk.len(), outcomes)).is_err() {
+                if done_tx.send(outcomes).is_err() {
                     return; // the writer failed and stopped listening
                 }
             }
         });
-        for (n, outcomes) in rx {
+        let mut write = |outcomes: Outcomes, walk_problems: &[ProblemRow]| {
             bad.extend(
                 outcomes
                     .iter()
                     .filter(|(_, o)| o.as_ref().is_err_and(|b| b.kind != ProblemKind::Vanished))
-                    .map(|(c, _)| *c),
+                    .map(|(c, _)| c.clone()),
             );
-            let (files, problems, gone) = split_outcomes(outcomes);
+            let n = outcomes.len() as u64;
+            let (files, mut problems, gone) = split_outcomes(outcomes);
             summary.read += files.len() as u64;
             summary.problems += problems.iter().filter(|p| !p.kind.is_warning()).count() as u64;
+            problems.extend_from_slice(walk_problems);
             let batch = Batch {
                 files,
                 problems,
@@ -192,24 +173,164 @@ fn reconcile_home<A: IndexAccess>(
             };
             index.with(|i| write_seen(homes, i, limits, "reconciling", batch))?;
             vanished.extend(gone);
-            progress.advanced(n as u64);
+            progress.advanced(n);
+            Ok::<(), IndexError>(())
+        };
+        let mut in_flight = 0usize;
+        let mut to_read: Vec<Candidate> = Vec::with_capacity(PAGE);
+        let mut chunk: Vec<Candidate> = Vec::with_capacity(PAGE);
+        loop {
+            while chunk.len() < PAGE {
+                match walk.next() {
+                    None => break,
+                    Some(Found::Plain(c)) if !problem_paths.contains(&c.path) => chunk.push(c),
+                    Some(Found::Plain(_)) => {}
+                    Some(Found::Linked(c)) => linked.push(c),
+                    Some(Found::Problem(p)) => {
+                        problem_paths.insert(p.path.clone());
+                        walk_problems.push(p);
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            summary.seen += chunk.len() as u64;
+            progress.found(chunk.len() as u64);
+            let mut paired = Vec::with_capacity(chunk.len());
+            for c in chunk.drain(..) {
+                while let Some((row, _)) = rows.peek(index)? {
+                    if bytes(row) >= bytes(&c.path) {
+                        break;
+                    }
+                    unmatched.extend(rows.pop());
+                }
+                let before = match rows.peek(index)? {
+                    Some((row, _)) if row == &c.path => rows.pop().map(|(_, s)| s),
+                    _ => None,
+                };
+                if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
+                    old_problem_seen[i] = true;
+                }
+                paired.push((c, before));
+            }
+            // Only files with a row are compared (a new file is read whatever its stamp),
+            // on all cores.
+            let compared: Vec<(Candidate, bool)> = paired
+                .into_par_iter()
+                .map(|(c, before)| {
+                    let same = before
+                        .is_some_and(|b| Stamp::of(&c.path).is_ok_and(|now| now.unchanged(&b)));
+                    (c, same)
+                })
+                .collect();
+            let mut unchanged = 0;
+            for (c, same) in compared {
+                if same {
+                    unchanged += 1;
+                } else {
+                    to_read.push(c);
+                }
+            }
+            summary.unchanged += unchanged;
+            progress.advanced(unchanged);
+            if to_read.len() >= PAGE {
+                // `to_read` is in path order, so each batch goes into the path-keyed table
+                // in key order.
+                let _ = jobs.send(std::mem::take(&mut to_read));
+                in_flight += 1;
+                while in_flight > 2 {
+                    let Ok(outcomes) = done.recv() else { break };
+                    in_flight -= 1;
+                    write(outcomes, &walk_problems[recorded..])?;
+                    recorded = walk_problems.len();
+                }
+            }
+        }
+        if !to_read.is_empty() {
+            let _ = jobs.send(to_read);
+        }
+        drop(jobs);
+        for outcomes in done {
+            write(outcomes, &walk_problems[recorded..])?;
+            recorded = walk_problems.len();
         }
         Ok(())
     })?;
+    while rows.peek(index)?.is_some() {
+        unmatched.extend(rows.pop());
+    }
+    summary.seen += (linked.len() + walk_problems.len()) as u64;
+    summary.problems += walk_problems.len() as u64;
+    unmatched.retain(|(p, _)| !problem_paths.contains(p));
 
-    let mut gone: Vec<PathBuf> = known.into_keys().collect();
-    summary.removed += gone.len() as u64;
-    gone.extend(old_problems);
-    gone.extend(vanished);
+    // A symlink and its target inside the home are one file: a target the walk listed
+    // itself stands as listed; of links to one target, the first found stands (the sort is
+    // stable).
+    linked.sort_by(|a, b| bytes(&a.path).cmp(bytes(&b.path)));
+    linked.dedup_by(|later, first| later.path == first.path);
+    linked.retain(|c| !problem_paths.contains(&c.path));
+    let mut link_reads = Vec::new();
+    for c in linked {
+        if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
+            old_problem_seen[i] = true;
+        }
+        match unmatched.binary_search_by(|(p, _)| bytes(p).cmp(bytes(&c.path))) {
+            Ok(i) => {
+                let (_, before) = unmatched.remove(i);
+                if Stamp::of(&c.path).is_ok_and(|now| now.unchanged(&before)) {
+                    summary.unchanged += 1;
+                } else {
+                    link_reads.push(c);
+                }
+            }
+            // A row now is one the walk matched or wrote: the target was listed itself.
+            Err(_) if index.with(|i| i.file_at(&c.path))?.is_some() => {}
+            Err(_) => link_reads.push(c),
+        }
+    }
+
     // Files that were bad when read may have been half-written then (a `.zst` being made
     // while its `.jsonl` still stood): read them again and write them with the removals, so
     // a thread whose old file went is never left without the new one it had by then.
-    let again: Vec<_> = bad
+    // Linked files are read here for the first time.
+    let inspect_all = |cs: Vec<Candidate>| -> Outcomes {
+        cs.into_iter()
+            .map(|c| {
+                let o = rollout::inspect(&c.path, limits);
+                (c, o)
+            })
+            .collect()
+    };
+    let (mut files, mut problems, vanished_again) = split_outcomes(inspect_all(bad));
+    let (linked_files, linked_problems, linked_vanished) = split_outcomes(inspect_all(link_reads));
+    summary.read += linked_files.len() as u64;
+    summary.problems += linked_problems
+        .iter()
+        .filter(|p| !p.kind.is_warning())
+        .count() as u64;
+    files.extend(linked_files);
+    problems.extend(linked_problems);
+    problems.extend_from_slice(&walk_problems[recorded..]);
+
+    // Only what is still gone: a file made again since the walk may be indexed already.
+    let still_gone = |p: &Path| crate::identity::is_gone(p);
+    let mut gone: Vec<PathBuf> = unmatched
         .into_iter()
-        .map(|c| (c, rollout::inspect(&c.path, limits)))
+        .map(|(p, _)| p)
+        .filter(|p| still_gone(p))
         .collect();
-    let (files, problems, vanished) = split_outcomes(again);
+    summary.removed += gone.len() as u64;
+    gone.extend(
+        old_problems
+            .into_iter()
+            .zip(old_problem_seen)
+            .filter(|(p, seen)| !seen && !problem_paths.contains(p))
+            .map(|(p, _)| p),
+    );
     gone.extend(vanished);
+    gone.extend(vanished_again);
+    gone.extend(linked_vanished);
     // What is still gone, and where its threads went, is decided by the write (see
     // [`write_seen`]): a file made again since the walk may be indexed already, and one
     // archived, unarchived or moved with its day directory while the walk ran was seen at
@@ -229,6 +350,50 @@ fn reconcile_home<A: IndexAccess>(
             )
         })
         .map(drop)
+}
+
+/// A path's bytes, the order of the walk and of the index's keys (SQLite's BINARY order).
+fn bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
+}
+
+/// The index's rows under one home, in key order, a page at a time.
+///
+/// A page is fetched only when the last is used up. The rows this reconcile writes are at
+/// paths the merge has passed, or (a thread's file found moved, see `write_seen`) at paths
+/// the walk will list: a later page holding one pairs it with its listing, like any row.
+struct RowCursor<'a> {
+    home: &'a Path,
+    page: std::collections::VecDeque<(PathBuf, Stamp)>,
+    last: Option<PathBuf>,
+    done: bool,
+}
+
+impl<'a> RowCursor<'a> {
+    fn new(home: &'a Path) -> Self {
+        RowCursor {
+            home,
+            page: Default::default(),
+            last: None,
+            done: false,
+        }
+    }
+
+    fn peek<A: IndexAccess>(&mut self, index: &A) -> Result<Option<&(PathBuf, Stamp)>, IndexError> {
+        if self.page.is_empty() && !self.done {
+            let page = index.with(|i| i.stamps_page(self.home, self.last.as_deref(), PAGE))?;
+            self.done = page.len() < PAGE;
+            if let Some((p, _)) = page.last() {
+                self.last = Some(p.clone());
+            }
+            self.page.extend(page);
+        }
+        Ok(self.page.front())
+    }
+
+    fn pop(&mut self) -> Option<(PathBuf, Stamp)> {
+        self.page.pop_front()
+    }
 }
 
 /// Writes what a crawl, the watcher or a query saw, as one transaction: the one way file
@@ -327,22 +492,66 @@ fn relocated(
     if threads.is_empty() {
         return Ok(Default::default());
     }
-    let roots = allowed_roots(homes);
     let written: HashSet<&Path> = batch.files.iter().map(|f| f.path.as_path()).collect();
-    let mut candidates = Vec::new();
-    for home in &homes.homes {
-        candidates.extend(discover(home, &roots, &|_| true).0);
+    let fits = |path: &Path| {
+        !removed.contains(path)
+            && !written.contains(path)
+            && (siblings.contains(path)
+                || Stamp::of(path).is_ok_and(|now| stamps.iter().any(|s| s.same_file(&now))))
+    };
+    let inspect = |c: Candidate| {
+        let o = rollout::inspect(&c.path, limits);
+        (c, o)
+    };
+    // Where Codex moves a file first (its compressed copy beside it, the archive, back to
+    // its day directory): a stat each. The homes are walked only when that finds nothing
+    // for some thread, streaming, so the cost of a true removal is a walk, never a list of
+    // every file.
+    let mut probes: Vec<PathBuf> = siblings.iter().cloned().collect();
+    for p in batch.removed.iter().filter(|p| !siblings.contains(*p)) {
+        let Some(file_name) = p.file_name() else {
+            continue;
+        };
+        let day = file_name.to_str().and_then(name::parse).map(|n| {
+            let t = n.timestamp;
+            PathBuf::from(t.get(0..4).unwrap_or_default())
+                .join(t.get(5..7).unwrap_or_default())
+                .join(t.get(8..10).unwrap_or_default())
+        });
+        for home in &homes.homes {
+            probes.push(home.archived_dir().join(file_name));
+            probes.extend(
+                day.as_ref()
+                    .map(|d| home.sessions_dir().join(d).join(file_name)),
+            );
+        }
     }
-    let outcomes: Vec<_> = candidates
+    let mut owned: Outcomes = probes
         .iter()
-        .filter(|c| !removed.contains(c.path.as_path()) && !written.contains(c.path.as_path()))
-        .filter(|c| {
-            siblings.contains(&c.path)
-                || Stamp::of(&c.path).is_ok_and(|now| stamps.iter().any(|s| s.same_file(&now)))
-        })
-        .map(|c| (c, rollout::inspect(&c.path, limits)))
+        .filter_map(|p| canonicalize(p).ok())
+        .filter(|p| fits(p))
+        .filter_map(|p| candidate_for(homes, &p))
+        .map(inspect)
         .collect();
-    let (files, problems, _) = split_outcomes(outcomes);
+    let found: HashSet<String> = owned
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().ok().map(|i| i.head.thread_id.clone()))
+        .collect();
+    if threads.iter().any(|t| !found.contains(t)) {
+        let roots = allowed_roots(homes);
+        let probed: HashSet<PathBuf> = owned.iter().map(|(c, _)| c.path.clone()).collect();
+        for home in &homes.homes {
+            walk_each(home, &roots, &|_| true, false, &mut |f| {
+                let (Found::Plain(c) | Found::Linked(c)) = f else {
+                    return;
+                };
+                if !probed.contains(&c.path) && fits(&c.path) {
+                    owned.push(inspect(c));
+                }
+            });
+        }
+    }
+    let (files, problems, _) = split_outcomes(owned);
     let files: Vec<IndexedFile> = files
         .into_iter()
         .filter(|f| threads.contains(&f.head.thread_id))
@@ -357,11 +566,11 @@ fn relocated(
     Ok((files, warnings))
 }
 
-pub(crate) type Outcomes<'a> = Vec<(&'a Candidate, Result<Inspected, BadFile>)>;
+pub(crate) type Outcomes = Vec<(Candidate, Result<Inspected, BadFile>)>;
 
 /// Splits head reads into rows to write, problems to record, and paths that vanished.
 pub(crate) fn split_outcomes(
-    outcomes: Outcomes<'_>,
+    outcomes: Outcomes,
 ) -> (Vec<IndexedFile>, Vec<ProblemRow>, Vec<PathBuf>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
@@ -378,7 +587,7 @@ pub(crate) fn split_outcomes(
                         thread_id: Some(inspected.head.thread_id.clone()),
                     });
                 }
-                files.push(indexed(c, inspected));
+                files.push(indexed(&c, inspected));
             }
             Err(bad) if bad.kind == ProblemKind::Vanished => gone.push(c.path.clone()),
             Err(bad) => problems.push(problem_row(&c.home, bad)),
@@ -455,16 +664,28 @@ pub fn discover(
     wanted: &dyn Fn(&str) -> bool,
 ) -> (Vec<Candidate>, Vec<ProblemRow>) {
     let mut found = (Vec::new(), Vec::new());
-    for (area, dir) in [
-        (Area::Sessions, home.sessions_dir()),
-        (Area::Archived, home.archived_dir()),
-    ] {
-        // A missing directory is normal: Codex makes these on first use.
-        if let Ok(root) = canonicalize(&dir) {
-            walk(home, roots, area, &root, wanted, &mut found);
-        }
-    }
+    walk_each(home, roots, wanted, false, &mut |f| collect(f, &mut found));
     found
+}
+
+fn collect(found: Found, (candidates, problems): &mut (Vec<Candidate>, Vec<ProblemRow>)) {
+    match found {
+        Found::Plain(c) | Found::Linked(c) => candidates.push(c),
+        Found::Problem(p) => problems.push(p),
+    }
+}
+
+/// Walks both rollout directories of a home (sessions first), handing each find to `f`.
+fn walk_each(
+    home: &Home,
+    roots: &[PathBuf],
+    wanted: &dyn Fn(&str) -> bool,
+    sorted: bool,
+    f: &mut dyn FnMut(Found),
+) {
+    for area in [Area::Sessions, Area::Archived] {
+        AreaWalk::new(home, roots, area, None, wanted, sorted).for_each(&mut *f);
+    }
 }
 
 /// As [`discover`], for one directory inside a home (a directory that just appeared).
@@ -474,84 +695,204 @@ pub fn discover_under(
     dir: &Path,
 ) -> (Vec<Candidate>, Vec<ProblemRow>) {
     let mut found = (Vec::new(), Vec::new());
-    for (area, area_dir) in [
-        (Area::Sessions, home.sessions_dir()),
-        (Area::Archived, home.archived_dir()),
-    ] {
-        let Ok(root) = canonicalize(&area_dir) else {
+    for area in [Area::Sessions, Area::Archived] {
+        let Ok(root) = canonicalize(&area_dir(home, area)) else {
             continue;
         };
-        if root.starts_with(dir) {
-            walk(home, roots, area, &root, &|_| true, &mut found);
+        let start = if root.starts_with(dir) {
+            root
         } else if dir.starts_with(&root) {
-            walk(home, roots, area, dir, &|_| true, &mut found);
-        }
+            dir.to_owned()
+        } else {
+            continue;
+        };
+        AreaWalk::new(home, roots, area, Some(start), &|_| true, false)
+            .for_each(|f| collect(f, &mut found));
     }
     found
 }
 
-fn walk(
-    home: &Home,
-    roots: &[PathBuf],
-    area: Area,
-    dir: &Path,
-    wanted: &dyn Fn(&str) -> bool,
-    (candidates, problems): &mut (Vec<Candidate>, Vec<ProblemRow>),
-) {
-    let archived = area == Area::Archived;
-    let mut entries = WalkDir::new(dir)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter();
-    while let Some(entry) = entries.next() {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                if let Some(path) = e.path() {
+fn area_dir(home: &Home, area: Area) -> PathBuf {
+    match area {
+        Area::Sessions => home.sessions_dir(),
+        Area::Archived => home.archived_dir(),
+    }
+}
+
+/// One find of a walk.
+enum Found {
+    /// A rollout-named file, listed at its own path.
+    Plain(Candidate),
+    /// A rollout-named symlink, followed to its target.
+    Linked(Candidate),
+    Problem(ProblemRow),
+}
+
+/// A lazy walk of one rollout directory of a home.
+struct AreaWalk<'a> {
+    home: &'a Home,
+    roots: &'a [PathBuf],
+    archived: bool,
+    wanted: &'a dyn Fn(&str) -> bool,
+    /// `None` when the directory does not exist (normal: Codex makes these on first use).
+    entries: Option<walkdir::IntoIter>,
+}
+
+impl<'a> AreaWalk<'a> {
+    /// Walks `area` of `home`, or `start` inside it. `sorted` lists files in path byte order.
+    fn new(
+        home: &'a Home,
+        roots: &'a [PathBuf],
+        area: Area,
+        start: Option<PathBuf>,
+        wanted: &'a dyn Fn(&str) -> bool,
+        sorted: bool,
+    ) -> Self {
+        let archived = area == Area::Archived;
+        let dir = start.or_else(|| canonicalize(&area_dir(home, area)).ok());
+        let entries = dir.map(|dir| {
+            let walk = WalkDir::new(dir).min_depth(1).follow_links(false);
+            if sorted {
+                walk.sort_by(byte_order).into_iter()
+            } else {
+                walk.into_iter()
+            }
+        });
+        AreaWalk {
+            home,
+            roots,
+            archived,
+            wanted,
+            entries,
+        }
+    }
+
+    fn problem(&self, bad: BadFile) -> Option<Found> {
+        Some(Found::Problem(problem_row(&self.home.real, bad)))
+    }
+
+    fn candidate(&self, path: PathBuf) -> Candidate {
+        Candidate {
+            path,
+            home: self.home.real.clone(),
+            archived: self.archived,
+        }
+    }
+}
+
+/// Siblings in the order of their full paths as bytes: a directory sorts as its name and a
+/// `/`, which is where its descendants' paths fall (`a-b` before `a/x`, `a` before `a-b`).
+fn byte_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
+    // The name is what follows the last `/` of the entry's path (the root's entries are
+    // `root.join(name)`); `Path::file_name` parses components and cost more than the sort.
+    fn name(e: &walkdir::DirEntry) -> &[u8] {
+        let path = e.path().as_os_str().as_encoded_bytes();
+        memchr::memrchr(b'/', path).map_or(path, |at| &path[at + 1..])
+    }
+    let (x, y) = (name(a), name(b));
+    let common = x.len().min(y.len());
+    x[..common].cmp(&y[..common]).then_with(|| {
+        // One name is a prefix of the other: what follows it is its next byte, or the
+        // directory's `/`, or nothing (which sorts first).
+        let next = |n: &[u8], e: &walkdir::DirEntry| {
+            n.get(common)
+                .copied()
+                .or_else(|| e.file_type().is_dir().then_some(b'/'))
+        };
+        next(x, a).cmp(&next(y, b))
+    })
+}
+
+impl Iterator for AreaWalk<'_> {
+    type Item = Found;
+
+    fn next(&mut self) -> Option<Found> {
+        loop {
+            let entry = match self.entries.as_mut()?.next()? {
+                Ok(e) => e,
+                Err(e) => {
+                    let Some(path) = e.path() else { continue };
                     let io = e.io_error().map(|io| BadFile::from_io(path, io));
                     let bad = io.unwrap_or_else(|| {
                         BadFile::new(path, ProblemKind::Unreadable, e.to_string())
                     });
-                    problems.push(problem_row(&home.real, bad));
+                    return self.problem(bad);
+                }
+            };
+            let Some(file_name) = entry.file_name().to_str() else {
+                if let Some(p) = unreadable_name(&self.home.real, entry.path()) {
+                    return Some(Found::Problem(p));
+                }
+                continue;
+            };
+            let named = name::looks_like_rollout(file_name) && (self.wanted)(file_name);
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                if named {
+                    if let Some(entries) = self.entries.as_mut() {
+                        entries.skip_current_dir();
+                    }
+                    return self.problem(BadFile::new(
+                        entry.path(),
+                        ProblemKind::Directory,
+                        "is a directory",
+                    ));
                 }
                 continue;
             }
-        };
-        let Some(file_name) = entry.file_name().to_str() else {
-            problems.extend(unreadable_name(&home.real, entry.path()));
-            continue;
-        };
-        let named = name::looks_like_rollout(file_name) && wanted(file_name);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            if named {
-                problems.push(problem_row(
-                    &home.real,
-                    BadFile::new(entry.path(), ProblemKind::Directory, "is a directory"),
-                ));
-                entries.skip_current_dir();
+            if !named {
+                continue;
             }
-            continue;
-        }
-        if !named {
-            continue;
-        }
-        let path = if ft.is_symlink() {
-            match follow_file_symlink(entry.path(), roots) {
-                Ok(target) => target,
-                Err(bad) => {
-                    problems.push(problem_row(&home.real, bad));
-                    continue;
-                }
+            if ft.is_symlink() {
+                return match follow_file_symlink(entry.path(), self.roots) {
+                    Ok(target) => Some(Found::Linked(self.candidate(target))),
+                    Err(bad) => self.problem(bad),
+                };
             }
-        } else {
-            entry.into_path()
+            return Some(Found::Plain(self.candidate(entry.into_path())));
+        }
+    }
+}
+
+/// Both rollout directories of a home, their files merged in path byte order (a path in
+/// both, when one directory lies inside the other, is taken once, from `sessions/`, as the
+/// unsorted walk finds it first); links and problems as they come.
+struct SortedWalk<'a> {
+    areas: [std::iter::Peekable<AreaWalk<'a>>; 2],
+}
+
+impl<'a> SortedWalk<'a> {
+    fn new(home: &'a Home, roots: &'a [PathBuf]) -> Self {
+        let area = |a| AreaWalk::new(home, roots, a, None, &|_| true, true).peekable();
+        SortedWalk {
+            areas: [area(Area::Sessions), area(Area::Archived)],
+        }
+    }
+}
+
+impl Iterator for SortedWalk<'_> {
+    type Item = Found;
+
+    fn next(&mut self) -> Option<Found> {
+        for area in &mut self.areas {
+            if matches!(area.peek(), Some(Found::Linked(_) | Found::Problem(_))) {
+                return area.next();
+            }
+        }
+        let [sessions, archived] = &mut self.areas;
+        let order = match (sessions.peek(), archived.peek()) {
+            (Some(Found::Plain(s)), Some(Found::Plain(a))) => bytes(&s.path).cmp(bytes(&a.path)),
+            (Some(_), _) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
         };
-        candidates.push(Candidate {
-            path,
-            home: home.real.clone(),
-            archived,
-        });
+        match order {
+            std::cmp::Ordering::Less => sessions.next(),
+            std::cmp::Ordering::Greater => archived.next(),
+            std::cmp::Ordering::Equal => {
+                archived.next();
+                sessions.next()
+            }
+        }
     }
 }
 
@@ -668,4 +1009,51 @@ pub fn candidate_for(homes: &Homes, canonical: &Path) -> Option<Candidate> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The merge with the index's rows depends on it: the sorted walk lists files in the
+    /// byte order of their full paths, also where a directory's name is a prefix of a
+    /// sibling's (`07` and `07-x`: `07-x/…` sorts before `07/…` as bytes, after it as
+    /// components), and across the two rollout directories.
+    #[test]
+    fn sorted_walk_is_in_path_byte_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home_dir = tmp.path().join("codex");
+        let name = |n: u32| {
+            format!("rollout-2025-07-01T00-00-00-{n:08x}-0000-7000-8000-000000000000.jsonl")
+        };
+        let mut n = 0;
+        for dir in [
+            "sessions/2025/07",
+            "sessions/2025/07-x",
+            "sessions/2025/07.x",
+            "sessions/2025/07/01",
+            "sessions/2025/070",
+            "sessions/2025-07",
+            "archived_sessions",
+        ] {
+            let dir = home_dir.join(dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for _ in 0..3 {
+                n += 1;
+                std::fs::write(dir.join(name(n)), b"x").expect("write");
+            }
+        }
+        let home = Home::new(&home_dir, &[]);
+        let roots = vec![home.real.clone()];
+        let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots)
+            .filter_map(|f| match f {
+                Found::Plain(c) => Some(c.path),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(listed.len(), n as usize);
+        let mut sorted = listed.clone();
+        sorted.sort_by(|a, b| bytes(a).cmp(bytes(b)));
+        assert_eq!(listed, sorted);
+    }
 }

@@ -18,6 +18,37 @@ use rayon::prelude::*;
 
 /// `base_instructions.text` length in the 0.169 samples: the line comes to ~21 KB.
 pub const BASE_INSTRUCTIONS_LEN: usize = 20_751;
+/// The same with `--small-base`: the 0.169 shape, with a short text, so that a 500,000-thread
+/// corpus fits the disk and the page cache (~6 KB a file instead of ~27 KB).
+pub const SMALL_BASE_INSTRUCTIONS_LEN: usize = 512;
+
+/// Which `base_instructions` the corpus carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// As Codex 0.169 writes it (~21 KB `session_meta` line).
+    Full,
+    /// `--small-base`: a 512-byte text.
+    SmallBase,
+}
+
+impl Shape {
+    pub fn base_len(self) -> usize {
+        match self {
+            Shape::Full => BASE_INSTRUCTIONS_LEN,
+            Shape::SmallBase => SMALL_BASE_INSTRUCTIONS_LEN,
+        }
+    }
+
+    /// How a figure names the corpus it was measured on.
+    pub fn label(self) -> String {
+        match self {
+            Shape::Full => format!("full corpus (base_instructions {BASE_INSTRUCTIONS_LEN} B)"),
+            Shape::SmallBase => {
+                format!("small-base corpus (base_instructions {SMALL_BASE_INSTRUCTIONS_LEN} B)")
+            }
+        }
+    }
+}
 /// Distinct working directories threads are started in.
 pub const CWDS: u32 = 40;
 /// 2025-07-01T00:00:00Z: the corpus covers the year after it.
@@ -89,7 +120,7 @@ pub fn spec(home: &Path, n: u32, total: u32) -> (Spec, Thread) {
 }
 
 /// Writes `total` threads under `home` (which must not exist or be empty).
-pub fn generate(home: &Path, total: u32) -> std::io::Result<Corpus> {
+pub fn generate(home: &Path, total: u32, shape: Shape) -> std::io::Result<Corpus> {
     let started = Instant::now();
     std::fs::create_dir_all(home.join("sessions"))?;
     std::fs::create_dir_all(home.join("archived_sessions"))?;
@@ -100,7 +131,7 @@ pub fn generate(home: &Path, total: u32) -> std::io::Result<Corpus> {
     for d in dirs {
         std::fs::create_dir_all(d)?;
     }
-    let base = padding("[text elided] ", BASE_INSTRUCTIONS_LEN);
+    let base = padding("[text elided] ", shape.base_len());
     let written: std::io::Result<Vec<u64>> = made
         .par_iter()
         .map(|(spec, t)| write_thread(spec, t, &base))
@@ -132,7 +163,12 @@ fn write_thread(spec: &Spec, t: &Thread, base: &str) -> std::io::Result<u64> {
 
 /// Writes one new thread created `now` into today's directory, as Codex does (create, write,
 /// close), and returns its id and path. `sparse` makes it that many bytes long.
-pub fn write_new(home: &Path, n: u32, sparse: Option<u64>) -> std::io::Result<(String, PathBuf)> {
+pub fn write_new(
+    home: &Path,
+    n: u32,
+    sparse: Option<u64>,
+    shape: Shape,
+) -> std::io::Result<(String, PathBuf)> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(START_MS + YEAR_MS, |d| d.as_millis() as u64);
@@ -140,7 +176,7 @@ pub fn write_new(home: &Path, n: u32, sparse: Option<u64>) -> std::io::Result<(S
     let dir = home.join(spec.day_dir());
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(spec.file_name(false));
-    let base = padding("[text elided] ", BASE_INSTRUCTIONS_LEN);
+    let base = padding("[text elided] ", shape.base_len());
     let mut f = std::fs::File::create(&path)?;
     f.write_all(&spec.jsonl(&base))?;
     if let Some(len) = sparse {

@@ -73,7 +73,8 @@ pub fn run(threads: u32, root: &Path) -> Result<(), String> {
     }
     let backing = root.join("backing");
     let backing_home = backing.join("codex");
-    let c = corpus::generate(&backing_home, threads).map_err(|e| format!("corpus: {e}"))?;
+    let c = corpus::generate(&backing_home, threads, corpus::Shape::Full)
+        .map_err(|e| format!("corpus: {e}"))?;
     println!(
         "fuse-poll: {} threads written behind the mount in {}",
         c.threads.len(),
@@ -135,7 +136,7 @@ pub fn run(threads: u32, root: &Path) -> Result<(), String> {
     let mut times = Vec::new();
     for i in 0..SAMPLES {
         let t = Instant::now();
-        let (id, _) = corpus::write_new(&backing_home, 2_000_000 + i, None)
+        let (id, _) = corpus::write_new(&backing_home, 2_000_000 + i, None, corpus::Shape::Full)
             .map_err(|e| format!("writing: {e}"))?;
         loop {
             if t.elapsed() > EVENT_DEADLINE {

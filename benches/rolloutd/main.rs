@@ -8,7 +8,11 @@
 //! cargo bench --bench rolloutd -- --generate-only DIR   # just write a corpus to DIR/codex
 //! cargo bench --bench rolloutd -- --shim-only           # just the app-server shim's figures
 //! cargo bench --bench rolloutd -- --fuse-poll --threads 5000   # a polled FUSE home (root)
+//! cargo bench --bench rolloutd -- --threads 500000 --small-base --runs 1   # the scale run
 //! ```
+//!
+//! `--small-base` (or `ROLLOUTD_BENCH_SMALL_BASE=1`) writes a 512-byte `base_instructions`
+//! instead of 0.169's ~21 KB, so 500,000 threads take ~3.6 GB; the output names the mode.
 //!
 //! The agent under test is the `rolloutd` binary cargo builds beside the bench (its path
 //! comes from `CARGO_BIN_EXE_rolloutd`, or `ROLLOUTD_BENCH_BIN` for an A/B), spawned on a temporary home with a sealed
@@ -44,6 +48,8 @@ struct Options {
     shim_only: bool,
     /// Only the polled-FUSE-home figures (`fuse.rs`).
     fuse_poll: bool,
+    /// `--small-base`: the corpus carries a short `base_instructions` (see `corpus::Shape`).
+    shape: corpus::Shape,
 }
 
 fn options() -> Result<Options, String> {
@@ -60,6 +66,11 @@ fn options() -> Result<Options, String> {
         generate_only: None,
         shim_only: false,
         fuse_poll: false,
+        shape: if env_num("ROLLOUTD_BENCH_SMALL_BASE").is_some_and(|v| v == "1") {
+            corpus::Shape::SmallBase
+        } else {
+            corpus::Shape::Full
+        },
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -76,11 +87,12 @@ fn options() -> Result<Options, String> {
             "--generate-only" => o.generate_only = Some(PathBuf::from(value("--generate-only")?)),
             "--shim-only" => o.shim_only = true,
             "--fuse-poll" => o.fuse_poll = true,
+            "--small-base" => o.shape = corpus::Shape::SmallBase,
             // cargo bench passes --bench; cargo test passes nothing for harness = false.
             "--bench" | "--nocapture" => {}
             other => {
                 return Err(format!(
-                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --shim-only, --fuse-poll)"
+                "unknown argument {other:?} (known: --threads N, --runs N, --generate-only DIR, --small-base, --shim-only, --fuse-poll)"
             ))
             }
         }
@@ -101,10 +113,11 @@ fn main() {
         }
     };
     if let Some(dir) = &o.generate_only {
-        match corpus::generate(&dir.join("codex"), o.threads) {
+        match corpus::generate(&dir.join("codex"), o.threads, o.shape) {
             Ok(c) => println!(
-                "wrote {} threads ({:.1} MB) to {} in {}",
+                "wrote {} threads, {} ({:.1} MB), to {} in {}",
                 c.threads.len(),
+                o.shape.label(),
                 c.bytes_written as f64 / 1e6,
                 c.home.display(),
                 fmt(c.elapsed)
@@ -198,7 +211,8 @@ impl Report {
     fn print(&self, o: &Options, threads: usize) {
         println!();
         println!(
-            "## rolloutd bench: {threads} threads, median of {} run(s)",
+            "## rolloutd bench: {threads} threads, {}, median of {} run(s)",
+            o.shape.label(),
             o.runs
         );
         println!();
@@ -252,8 +266,10 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     let world = World::new(root);
     let small = o.threads < 10_000;
     println!(
-        "rolloutd bench: {} threads, {} run(s) per figure",
-        o.threads, o.runs
+        "rolloutd bench: {} threads, {}, {} run(s) per figure",
+        o.threads,
+        o.shape.label(),
+        o.runs
     );
     println!("machine: {}", machine());
     println!(
@@ -267,7 +283,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     );
 
     // 1. The corpus.
-    let c = corpus::generate(&world.home, o.threads)
+    let c = corpus::generate(&world.home, o.threads, o.shape)
         .map_err(|e| format!("generating the corpus: {e}"))?;
     let expected_files = c.threads.len() as u64;
     println!(
@@ -575,6 +591,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         for _ in 0..samples {
             serial += 1;
             times.push(event_to_resolvable(
+                o.shape,
                 &world.home,
                 serial,
                 None,
@@ -605,6 +622,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
     for _ in 0..o.runs {
         serial += 1;
         giants.push(event_to_resolvable(
+            o.shape,
             &world.home,
             serial,
             Some(10 << 30),
@@ -612,7 +630,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             &mut conn,
         )?);
     }
-    let giant_path = corpus::write_new(&root.join("giant"), serial + 1, Some(10 << 30))
+    let giant_path = corpus::write_new(&root.join("giant"), serial + 1, Some(10 << 30), o.shape)
         .map_err(|e| e.to_string())?
         .1;
     for _ in 0..(o.runs * 5) {
@@ -818,7 +836,7 @@ fn shim_rows(report: &mut Report, root: &Path) {
 fn idle(o: &Options, root: &Path, report: &mut Report) -> Result<(), String> {
     println!("idle agent…");
     let world = World::new(&root.join("idle"));
-    corpus::generate(&world.home, 200).map_err(|e| format!("idle corpus: {e}"))?;
+    corpus::generate(&world.home, 200, o.shape).map_err(|e| format!("idle corpus: {e}"))?;
     let agent = Agent::start(&world, DEADLINE)?;
     // Let start-up work (the first reconcile's tail, the first status line) finish.
     std::thread::sleep(Duration::from_secs(2));
@@ -939,6 +957,7 @@ fn throughput(
 /// `thread/materialized` for it, then resolves it; the time from before the create to the
 /// answer.
 fn event_to_resolvable(
+    shape: corpus::Shape,
     home: &Path,
     serial: u32,
     sparse: Option<u64>,
@@ -946,8 +965,8 @@ fn event_to_resolvable(
     conn: &mut Conn,
 ) -> Result<Duration, String> {
     let t = Instant::now();
-    let (id, _) =
-        corpus::write_new(home, serial, sparse).map_err(|e| format!("writing a rollout: {e}"))?;
+    let (id, _) = corpus::write_new(home, serial, sparse, shape)
+        .map_err(|e| format!("writing a rollout: {e}"))?;
     loop {
         if t.elapsed() > EVENT_DEADLINE {
             return Err(format!(

@@ -562,11 +562,27 @@ impl Index {
 
     /// Every file row's stamp under `home`, for incremental reconcile.
     pub fn stamps_under(&self, home: &Path) -> Result<Vec<(PathBuf, Stamp)>, IndexError> {
+        self.stamps_page(home, None, usize::MAX)
+    }
+
+    /// Up to `limit` file rows' stamps under `home` whose paths sort after `after`, in path
+    /// (byte) order: a reconcile pages through them beside its sorted walk, so it never holds
+    /// every row.
+    pub fn stamps_page(
+        &self,
+        home: &Path,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<(PathBuf, Stamp)>, IndexError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("listing stamps", |conn| {
+            // `path > ''` holds for every row: one statement for the first page and the rest.
             let mut stmt = conn.prepare_cached(
-                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, btime_ns FROM files WHERE home = ?1",
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, btime_ns FROM files \
+                 WHERE path > ?2 AND home = ?1 ORDER BY path LIMIT ?3",
             )?;
-            let rows = stmt.query_map([path_text(home)], |r| {
+            let after = after.map(path_text).unwrap_or_default();
+            let rows = stmt.query_map(params![path_text(home), after, limit], |r| {
                 Ok((
                     PathBuf::from(r.get::<_, String>(0)?),
                     Stamp {
@@ -631,10 +647,11 @@ impl Index {
         })
     }
 
-    /// Paths of every problem recorded under `home`.
+    /// Paths of every problem recorded under `home`, in path (byte) order.
     pub fn problem_paths_under(&self, home: &Path) -> Result<Vec<PathBuf>, IndexError> {
         self.read("listing problem paths", |conn| {
-            let mut stmt = conn.prepare_cached("SELECT path FROM problems WHERE home = ?1")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT path FROM problems WHERE home = ?1 ORDER BY path")?;
             let rows = stmt.query_map([path_text(home)], |r| {
                 Ok(PathBuf::from(r.get::<_, String>(0)?))
             })?;

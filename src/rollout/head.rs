@@ -76,9 +76,17 @@ pub fn read_head<R: BufRead>(
     reader: &mut R,
     limits: &HeadLimits,
 ) -> Result<RolloutHead, HeadError> {
-    let mut line = Vec::with_capacity(32 << 10);
+    read_head_into(reader, limits, &mut Vec::with_capacity(32 << 10))
+}
+
+/// As [`read_head`], with the caller's line buffer (reused across files).
+pub fn read_head_into<R: BufRead>(
+    reader: &mut R,
+    limits: &HeadLimits,
+    line: &mut Vec<u8>,
+) -> Result<RolloutHead, HeadError> {
     let mut budget = limits.max_bytes;
-    match read_line_capped(reader, &mut line, limits.meta_line_max)? {
+    match read_line_capped(reader, line, limits.meta_line_max)? {
         LineRead::Eof => return Err(HeadError::Bad(ProblemKind::Empty, "no bytes".into())),
         LineRead::TooLong => {
             return Err(HeadError::Bad(
@@ -89,18 +97,18 @@ pub fn read_head<R: BufRead>(
         LineRead::Complete | LineRead::Partial => {}
     }
     budget = budget.saturating_sub(line.len() + 1);
-    let mut head = parse_session_meta(&line)?;
+    let mut head = parse_session_meta(line)?;
 
     for _ in 1..limits.max_lines {
         if budget == 0 {
             break;
         }
-        match read_line_capped(reader, &mut line, budget)? {
+        match read_line_capped(reader, line, budget)? {
             LineRead::Eof | LineRead::TooLong => break,
             LineRead::Complete | LineRead::Partial => {}
         }
         budget = budget.saturating_sub(line.len() + 1);
-        if let Some(title) = user_prompt(&line) {
+        if let Some(title) = user_prompt(line) {
             head.title = Some(title);
             break;
         }
@@ -316,6 +324,13 @@ const INJECTED_PREFIXES: &[&str] = &[
 
 /// The user prompt a line carries, if it is one of the three shapes Codex writes.
 fn user_prompt(line: &[u8]) -> Option<String> {
+    // Each shape names a user (`user_message`, `UserMessage`, `"role":"user"`); a line
+    // without that text, and without an escape that could spell it, is none of them, and
+    // is not parsed (most lines before the prompt).
+    let finder = |needle: &[u8]| memchr::memmem::find(line, needle).is_some();
+    if !finder(b"user") && !finder(b"User") && memchr::memchr(b'\\', line).is_none() {
+        return None;
+    }
     let envelope: Envelope = serde_json::from_slice(line).ok()?;
     let payload = envelope.payload?.get();
     let tag: Tagged = serde_json::from_str(payload).ok()?;
@@ -373,6 +388,55 @@ fn clean_prompt(text: &str) -> Option<String> {
         return None;
     }
     Some(text.to_owned())
+}
+
+/// A buffered reader over a buffer the caller keeps: a head read per file would otherwise
+/// allocate 64 KiB for each file (and the allocator hand it back and fault it in again).
+pub struct ReusedBufReader<'b, R> {
+    inner: R,
+    buf: &'b mut Vec<u8>,
+    pos: usize,
+    filled: usize,
+}
+
+impl<'b, R: Read> ReusedBufReader<'b, R> {
+    /// Reads through `buf`, sized to `capacity` (zeroed only when it grows).
+    pub fn new(inner: R, buf: &'b mut Vec<u8>, capacity: usize) -> Self {
+        buf.resize(capacity.max(1), 0);
+        ReusedBufReader {
+            inner,
+            buf,
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for ReusedBufReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let available = self.fill_buf()?;
+            let n = available.len().min(out.len());
+            out[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for ReusedBufReader<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos >= self.filled {
+            self.filled = self.inner.read(self.buf)?;
+            self.pos = 0;
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.filled);
+    }
 }
 
 /// A reader that counts the bytes taken from the file, so callers can prove the bound.

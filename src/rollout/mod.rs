@@ -6,7 +6,6 @@ pub mod name;
 pub mod problem;
 
 use std::fs::OpenOptions;
-use std::io::BufReader;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -106,14 +105,15 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
     let compression = name::compression_of(file_name);
     let mut counting = head::CountingReader::new(file);
     let result = match compression {
-        Compression::None => head::read_head(
-            &mut BufReader::with_capacity(64 << 10, &mut counting),
-            limits,
-        ),
+        Compression::None => with_buffers(|buf, line| {
+            let mut reader = head::ReusedBufReader::new(&mut counting, buf, 64 << 10);
+            head::read_head_into(&mut reader, limits, line)
+        }),
         Compression::Zstd => match zstd::stream::read::Decoder::new(&mut counting) {
-            Ok(decoder) => {
-                head::read_head(&mut BufReader::with_capacity(64 << 10, decoder), limits)
-            }
+            Ok(decoder) => with_buffers(|buf, line| {
+                let mut reader = head::ReusedBufReader::new(decoder, buf, 64 << 10);
+                head::read_head_into(&mut reader, limits, line)
+            }),
             Err(e) => Err(head::HeadError::Io(e)),
         },
     };
@@ -130,6 +130,27 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
         compression,
         name: name::parse(file_name),
         bytes_read: counting.count,
+    })
+}
+
+thread_local! {
+    /// Each reading thread's read buffer and line buffer, kept between files.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's buffers (fresh ones if they are in use).
+fn with_buffers<T>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> T) -> T {
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (buf, line) = &mut *bufs;
+            let out = f(buf, line);
+            // A rare multi-MB first line is not kept for the thread's lifetime.
+            if line.capacity() > 256 << 10 {
+                *line = Vec::new();
+            }
+            out
+        }
+        Err(_) => f(&mut Vec::new(), &mut Vec::new()),
     })
 }
 

@@ -80,7 +80,7 @@ pub fn apply_paths(
     // Heads are read before the writer is taken, so queries keep going meanwhile.
     let outcomes: Vec<_> = candidates
         .par_iter()
-        .map(|c| (c, rollout::inspect(&c.path, &shared.limits)))
+        .map(|c| (c.clone(), rollout::inspect(&c.path, &shared.limits)))
         .collect();
     let (files, problems, _vanished) = crawl::split_outcomes(outcomes);
     batch.files = files;
