@@ -79,6 +79,7 @@ impl Stamp {
             btime_ns: meta
                 .created()
                 .ok()
+                .filter(|_| birth_time_is_the_files(meta.dev()))
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0)),
         }
@@ -101,6 +102,44 @@ impl Stamp {
     pub fn unchanged(&self, other: &Stamp) -> bool {
         self == other
     }
+}
+
+/// False on a filesystem whose birth time is not the file's own: overlayfs reports its upper
+/// copy's, which a copy-up (the first write to a file of a lower layer) makes anew under the
+/// same inode number, so the birth time there would take one file for two. Decided once per
+/// device from `/proc/self/mountinfo`; true when the device is not found there.
+fn birth_time_is_the_files(dev: u64) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static KNOWN: OnceLock<Mutex<HashMap<u64, bool>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(&kept) = known
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&dev)
+    {
+        return kept;
+    }
+    let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let fstype = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|table| {
+            table.lines().find_map(|line| {
+                let mut fields = line.split(' ');
+                if fields.nth(2) != Some(wanted.as_str()) {
+                    return None;
+                }
+                // After the optional fields, "-" then the filesystem type.
+                let mut rest = line.split(" - ").nth(1)?.split(' ');
+                rest.next().map(str::to_owned)
+            })
+        });
+    let kept = fstype.as_deref() != Some("overlay");
+    known
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dev, kept);
+    kept
 }
 
 /// True when nothing answers to `path` as the index spells it. The index keeps a name that

@@ -97,22 +97,26 @@ pub fn thread_change(before: Option<&IndexedFile>, after: Option<&IndexedFile>) 
 /// still indexed (`before_kept`).
 ///
 /// One change at most, as [`thread_change`] decides, except where the thread's file went
-/// and a *different* file of the thread took its place: at the same path (deleted and
-/// written again), or elsewhere but neither the same file moved (see
-/// [`Stamp::same_file`](crate::identity::Stamp::same_file)) nor its compressed or
-/// decompressed copy beside it. That is a thread removed and then made again, however late
-/// a writer saw the removal (both events in one settle window, a walk that saw neither),
-/// and it is announced so: `Removed`, then `Materialized`.
+/// and a *different* file of the thread took its place elsewhere: neither the same file
+/// moved (see [`Stamp::same_file`](crate::identity::Stamp::same_file)) nor its compressed
+/// or decompressed copy beside it. That is a thread removed and then made again, however
+/// late a writer saw the removal (a walk that saw neither), and it is announced so:
+/// `Removed`, then `Materialized`. A different file at the *same* path is an update (a
+/// rename over it leaves the path empty at no moment); a delete seen on its own is
+/// announced on its own, before the file made again.
 pub fn thread_changes(
     before: Option<&IndexedFile>,
     after: Option<&IndexedFile>,
     before_kept: bool,
 ) -> Vec<Change> {
     if let (Some(b), Some(a)) = (before, after) {
+        // At the same path a different file of the same thread is an update: a rename over
+        // it (a sync tool, an editor, an overlay copy-up) never leaves the path empty, and a
+        // delete and rewrite inside one settle window cannot be told from that.
         let replaced = !b.stamp.same_file(&a.stamp)
-            && (b.path == a.path
-                || (!before_kept
-                    && crate::rollout::name::sibling(&b.path).as_ref() != Some(&a.path)));
+            && b.path != a.path
+            && !before_kept
+            && crate::rollout::name::sibling(&b.path).as_ref() != Some(&a.path);
         if replaced {
             return [thread_change(Some(b), None), thread_change(None, Some(a))]
                 .into_iter()
@@ -284,7 +288,8 @@ mod tests {
                 1
             );
         }
-        // Deleted and written again at the same path: a new file, however quickly.
+        // Replaced at the same path by another file of the thread (a rename over it, a
+        // copy-up): an update.
         let again = with(
             file("/h/sessions/1/a.jsonl", false, Compression::None, 2),
             8,
@@ -292,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             kinds(thread_changes(Some(&old), Some(&again), true)),
-            [ThreadChange::Removed, ThreadChange::Materialized]
+            [ThreadChange::Updated]
         );
         // Appended to in place: the same file.
         let grown = with(
