@@ -376,8 +376,8 @@ fn seeded_churn() {
             .as_nanos() as u64
             | 1,
     );
-    // Kept short for `cargo test`; `ROLLOUTD_CHURN_OPS=2000` is the full run.
-    let n_ops: usize = env_or("ROLLOUTD_CHURN_OPS", 600);
+    // The size (about 24 s here); `ROLLOUTD_CHURN_OPS` shortens or lengthens it.
+    let n_ops: usize = env_or("ROLLOUTD_CHURN_OPS", 2000);
     eprintln!("seeded_churn: ROLLOUTD_SEED={seed} ROLLOUTD_CHURN_OPS={n_ops}");
     let fx = Fixture::new();
     let mut agent = Agent::start(&fx);
