@@ -543,6 +543,15 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             format!(r#"{{"limit":50,"cwd":"{busy_cwd}"}}"#),
             active(Some(&busy_cwd)),
         ),
+        (
+            // The busy cwd's last component (`project-NN`) is in no title: the same threads.
+            "`thread/list` newest 50, search",
+            format!(
+                r#"{{"limit":50,"search":"{}"}}"#,
+                busy_cwd.rsplit('/').next().unwrap_or_default()
+            ),
+            active(Some(&busy_cwd)),
+        ),
     ] {
         println!("{label}…");
         let (mut p50s, mut p99s, mut cpus) = (Vec::new(), Vec::new(), Vec::new());

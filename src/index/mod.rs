@@ -647,6 +647,33 @@ impl Index {
         })
     }
 
+    /// Up to `limit` of the paths [`Index::paths_at_or_under`] gives, those after `after`,
+    /// in key order: a recheck of a whole home pages through them instead of holding every
+    /// path at once.
+    pub fn paths_page_at_or_under(
+        &self,
+        path: &Path,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<PathBuf>, IndexError> {
+        let exact = path_text(path);
+        let below = format!("{}/", exact.trim_end_matches('/'));
+        let after = after.map(path_text).unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("listing paths under a directory", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT path FROM (SELECT path FROM files WHERE path = ?1 OR (path >= ?2 AND path < ?3) \
+                 UNION SELECT path FROM problems WHERE path = ?1 OR (path >= ?2 AND path < ?3)) \
+                 WHERE path > ?4 ORDER BY path LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![exact, below, prefix_end(&below), after, limit],
+                |r| Ok(PathBuf::from(r.get::<_, String>(0)?)),
+            )?;
+            rows.collect()
+        })
+    }
+
     /// Paths of every problem recorded under `home`, in path (byte) order.
     pub fn problem_paths_under(&self, home: &Path) -> Result<Vec<PathBuf>, IndexError> {
         self.read("listing problem paths", |conn| {

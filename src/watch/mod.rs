@@ -524,17 +524,33 @@ impl Watch {
 
     /// Paths of rows at or under `dirs` whose file no longer exists.
     fn missing_under(&self, dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+        /// Paths held at once: a recheck of a whole home pages through its rows, and the
+        /// writer is taken per page, never across the stats.
+        const PAGE: usize = 1024;
         let mut missing = Vec::new();
         for dir in dirs {
-            match self.shared.writer().paths_at_or_under(&dir) {
-                Ok(paths) => {
-                    missing.extend(paths.into_iter().filter(|p| crate::identity::is_gone(p)))
+            let mut after: Option<PathBuf> = None;
+            loop {
+                let page =
+                    self.shared
+                        .writer()
+                        .paths_page_at_or_under(&dir, after.as_deref(), PAGE);
+                match page {
+                    Ok(paths) => {
+                        let full = paths.len() == PAGE;
+                        after = paths.last().cloned();
+                        missing.extend(paths.into_iter().filter(|p| crate::identity::is_gone(p)));
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not recheck a directory");
+                        break;
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not recheck a directory"),
             }
         }
-        // A whole home's paths were just held; give the pages back, as after a crawl.
-        crawl::release_freed_memory();
         missing
     }
 
