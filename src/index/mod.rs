@@ -161,6 +161,13 @@ enum Mode {
     Guest,
 }
 
+/// The tables keyed by path, for [`Index::paths_page_at_or_under`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathTable {
+    Files,
+    Problems,
+}
+
 /// A connection to the index.
 pub struct Index {
     conn: Connection,
@@ -647,27 +654,36 @@ impl Index {
         })
     }
 
-    /// Up to `limit` of the paths [`Index::paths_at_or_under`] gives, those after `after`,
-    /// in key order: a recheck of a whole home pages through them instead of holding every
-    /// path at once.
+    /// Up to `limit` paths of `table` rows at or under `path`, those after `after`, in key
+    /// order: a recheck of a whole home pages through them instead of holding every path.
+    /// Each page is a range scan of the primary key (no sort, whatever the home's size).
     pub fn paths_page_at_or_under(
         &self,
+        table: PathTable,
         path: &Path,
         after: Option<&Path>,
         limit: usize,
     ) -> Result<Vec<PathBuf>, IndexError> {
         let exact = path_text(path);
         let below = format!("{}/", exact.trim_end_matches('/'));
-        let after = after.map(path_text).unwrap_or_default();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let table = match table {
+            PathTable::Files => "files",
+            PathTable::Problems => "problems",
+        };
+        // The first page starts at `path` itself, later ones after the last path given.
+        let (op, from) = match after {
+            Some(a) => (">", path_text(a)),
+            None => (">=", exact.clone()),
+        };
+        let sql = format!(
+            "SELECT path FROM {table} WHERE path {op} ?4 AND path < ?3 \
+             AND (path = ?1 OR path >= ?2) ORDER BY path LIMIT ?5"
+        );
         self.read("listing paths under a directory", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT path FROM (SELECT path FROM files WHERE path = ?1 OR (path >= ?2 AND path < ?3) \
-                 UNION SELECT path FROM problems WHERE path = ?1 OR (path >= ?2 AND path < ?3)) \
-                 WHERE path > ?4 ORDER BY path LIMIT ?5",
-            )?;
+            let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(
-                params![exact, below, prefix_end(&below), after, limit],
+                params![exact, below, prefix_end(&below), from, limit],
                 |r| Ok(PathBuf::from(r.get::<_, String>(0)?)),
             )?;
             rows.collect()

@@ -291,4 +291,50 @@ mod tests {
         shared.end_read_batches();
         assert_eq!(files(), 3);
     }
+
+    /// Paging through the rows at or under a directory gives exactly what one listing gives,
+    /// in order, whatever the page size: the directory itself, what is below it, and never
+    /// a sibling whose name merely starts the same (`d-x`, `d.x`).
+    #[test]
+    fn paths_paged_under_a_directory_are_exactly_those_listed_at_once() {
+        use crate::index::PathTable;
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite"), Journal::Wal).unwrap();
+        let names = [
+            "/h/d", "/h/d-x", "/h/d.x", "/h/d/a", "/h/d/b/c", "/h/d/z", "/h/c", "/h/e",
+        ];
+        let files: Vec<IndexedFile> = names
+            .iter()
+            .zip(1u64..)
+            .map(|(p, n)| IndexedFile {
+                path: PathBuf::from(p),
+                ..file(n)
+            })
+            .collect();
+        let batch = Batch {
+            files,
+            ..Batch::default()
+        };
+        index.apply("test", &batch).unwrap();
+        let d = PathBuf::from("/h/d");
+        let mut all = index.paths_at_or_under(&d).unwrap();
+        all.sort();
+        assert_eq!(all.len(), 4, "{all:?}");
+        for page in 1..=5 {
+            let mut got = Vec::new();
+            let mut after: Option<PathBuf> = None;
+            for _ in 0..100 {
+                let rows = index
+                    .paths_page_at_or_under(PathTable::Files, &d, after.as_deref(), page)
+                    .unwrap();
+                after = rows.last().cloned();
+                let full = rows.len() == page;
+                got.extend(rows);
+                if !full {
+                    break;
+                }
+            }
+            assert_eq!(got, all, "page size {page}");
+        }
+    }
 }

@@ -26,6 +26,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::crawl;
 use crate::identity::{canonicalize, FileId, Homes, Stamp};
+use crate::index::PathTable;
 use crate::live::{Shared, WatchInfo};
 use crate::protocol::result::HomeWatcher;
 use policy::{Delayed, LossBurst, RescanBackoff, Settle};
@@ -528,13 +529,14 @@ impl Watch {
         /// writer is taken per page, never across the stats.
         const PAGE: usize = 1024;
         let mut missing = Vec::new();
-        for dir in dirs {
+        let tables = [PathTable::Files, PathTable::Problems];
+        for (dir, table) in dirs.iter().flat_map(|d| tables.map(|t| (d, t))) {
             let mut after: Option<PathBuf> = None;
             loop {
                 let page =
                     self.shared
                         .writer()
-                        .paths_page_at_or_under(&dir, after.as_deref(), PAGE);
+                        .paths_page_at_or_under(table, dir, after.as_deref(), PAGE);
                 match page {
                     Ok(paths) => {
                         let full = paths.len() == PAGE;
