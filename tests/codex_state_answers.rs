@@ -150,13 +150,19 @@ fn row(db: &Path, id: &str) -> (String, i64, Option<i64>) {
     .unwrap()
 }
 
-// Item 14: restoring a backup taken before Codex archived a thread shows that it would
-// revert that row and refuses without --force; the repair's own changes are undone freely.
-/// A turn Codex ran after the backup changes columns rolloutd never writes (`title`,
-/// `updated_at`) and other tables: a restore would silently put those back, so it is
-/// refused without --force and names them.
-#[test]
-fn restoring_over_codex_changes_to_other_columns_or_tables_needs_force() {
+/// Two threads in Codex's DB, 1's row naming a day directory it was never in and 2
+/// healthy; `codex repair --apply` has fixed 1's row after taking `backup`.
+struct Repaired {
+    fx: Fixture,
+    db: PathBuf,
+    r1: Rollout,
+    stale: PathBuf,
+    r2: Rollout,
+    p2: PathBuf,
+    backup: PathBuf,
+}
+
+fn repaired() -> Repaired {
     let fx = Fixture::new();
     let db = create_db(&fx.home);
     let r1 = rollout(1);
@@ -170,6 +176,31 @@ fn restoring_over_codex_changes_to_other_columns_or_tables_needs_force() {
     assert_eq!(repair.code, 0, "{repair:?}");
     let backup = PathBuf::from(repair.json["backup"].as_str().unwrap());
     assert_eq!(row(&db, &r1.id).0, p1.to_str().unwrap());
+    Repaired {
+        fx,
+        db,
+        r1,
+        stale,
+        r2,
+        p2,
+        backup,
+    }
+}
+
+/// A turn Codex ran after the backup changes columns rolloutd never writes (`title`,
+/// `updated_at`) and other tables: a restore would silently put those back, so it is
+/// refused without --force and names them.
+#[test]
+fn restoring_over_codex_changes_to_other_columns_or_tables_needs_force() {
+    let Repaired {
+        fx,
+        db,
+        r1,
+        stale,
+        r2,
+        backup,
+        ..
+    } = repaired();
 
     // Codex renames thread 2 and runs a turn on thread 1 (which rolloutd repaired).
     let conn = Connection::open(&db).unwrap();
@@ -233,24 +264,19 @@ fn restoring_over_codex_changes_to_other_columns_or_tables_needs_force() {
     assert_eq!(row(&db, &r1.id).0, stale.to_str().unwrap());
 }
 
+// Item 14: restoring a backup taken before Codex archived a thread shows that it would
+// revert that row and refuses without --force; the repair's own changes are undone freely.
 #[test]
 fn restoring_an_older_backup_shows_what_it_reverts_and_needs_force_for_codex_changes() {
-    let fx = Fixture::new();
-    let db = create_db(&fx.home);
-    // 1's row names a day directory it was never in: repair fixes it (after a backup).
-    let r1 = rollout(1);
-    let p1 = fx.write_active(&r1);
-    let stale = fx.home.join("sessions/2026/11/20").join(r1.file_name());
-    insert(&db, &r1.id, &stale, 0, None);
-    // 2 is healthy, and Codex archives it after the backup.
-    let r2 = rollout(2);
-    let p2 = fx.write_active(&r2);
-    insert(&db, &r2.id, &p2, 0, None);
-
-    let repair = fx.run(&["codex", "repair", "--apply"]);
-    assert_eq!(repair.code, 0, "{repair:?}");
-    let backup = PathBuf::from(repair.json["backup"].as_str().unwrap());
-    assert_eq!(row(&db, &r1.id).0, p1.to_str().unwrap());
+    let Repaired {
+        fx,
+        db,
+        r1,
+        stale,
+        r2,
+        p2,
+        backup,
+    } = repaired();
 
     // Only rolloutd's own repair since the backup: restore needs no --force and says what
     // it reverts.
