@@ -104,6 +104,30 @@ impl Stamp {
     }
 }
 
+/// One line of `/proc/self/mountinfo`:
+/// `id parent major:minor root mountpoint options [optional…] - fstype source super`.
+pub struct MountLine<'a> {
+    /// `major:minor`.
+    pub device: &'a str,
+    /// As the table spells it (space, tab, newline and backslash escaped as `\ooo`).
+    pub mount_point: &'a str,
+    pub fstype: &'a str,
+}
+
+impl<'a> MountLine<'a> {
+    pub fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split(' ');
+        let device = fields.nth(2)?;
+        let mount_point = fields.nth(1)?;
+        let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+        Some(MountLine {
+            device,
+            mount_point,
+            fstype,
+        })
+    }
+}
+
 /// False on a filesystem whose birth time is not the file's own: overlayfs reports its upper
 /// copy's, which a copy-up (the first write to a file of a lower layer) makes anew under the
 /// same inode number, so the birth time there would take one file for two. Decided once per
@@ -124,15 +148,11 @@ fn birth_time_is_the_files(dev: u64) -> bool {
     let fstype = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|table| {
-            table.lines().find_map(|line| {
-                let mut fields = line.split(' ');
-                if fields.nth(2) != Some(wanted.as_str()) {
-                    return None;
-                }
-                // After the optional fields, "-" then the filesystem type.
-                let mut rest = line.split(" - ").nth(1)?.split(' ');
-                rest.next().map(str::to_owned)
-            })
+            table
+                .lines()
+                .filter_map(MountLine::parse)
+                .find(|m| m.device == wanted)
+                .map(|m| m.fstype.to_owned())
         });
     let kept = fstype.as_deref() != Some("overlay");
     known

@@ -110,16 +110,10 @@ fn mount_type(path: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let path = canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut best: Option<(usize, String)> = None;
-    for line in table.lines() {
-        // `id parent major:minor root mountpoint options [optional…] - fstype source super`
-        let mut fields = line.split(' ');
-        let Some(point) = fields.nth(4) else { continue };
-        let Some(fstype) = line.split(" - ").nth(1).and_then(|r| r.split(' ').next()) else {
-            continue;
-        };
-        let point = unescape_mount(point);
+    for m in table.lines().filter_map(crate::identity::MountLine::parse) {
+        let point = unescape_mount(m.mount_point);
         if path.starts_with(&point) && best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
-            best = Some((point.len(), fstype.to_owned()));
+            best = Some((point.len(), m.fstype.to_owned()));
         }
     }
     best.map(|(_, t)| t)
