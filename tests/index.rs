@@ -306,3 +306,34 @@ fn list_and_problems_on_a_fresh_index_show_what_is_on_disk() {
     assert_eq!(jpath(&entries[0]["path"]), empty);
     assert_eq!(entries[0]["reason"], "empty");
 }
+
+#[test]
+fn an_index_closed_cleanly_opens_without_the_full_check_once() {
+    let (fx, _rs) = indexed_fixture();
+    let open = || Index::open(&fx.index, rolloutd::index::Journal::Wal).unwrap();
+    // The CLI's writer closed cleanly: the next writer trusts the file as it left it.
+    assert!(open().sealed_at_open());
+    // That writer closed cleanly too; a reader opened meanwhile changes nothing.
+    drop(reader(&fx));
+    assert!(open().sealed_at_open());
+    // A writer that dies leaves no seal: the next open checks the whole file.
+    std::mem::forget(open());
+    assert!(!open().sealed_at_open());
+}
+
+#[test]
+fn a_page_damaged_after_a_clean_close_is_still_found_and_rebuilt() {
+    let (fx, rs) = indexed_fixture();
+    let seal = PathBuf::from(format!("{}.sealed", fx.index.display()));
+    assert!(seal.exists(), "the CLI's clean close left no seal");
+    // Same size, one inner page overwritten at once: only a full check sees it.
+    let mut bytes = std::fs::read(&fx.index).unwrap();
+    let page = 4096;
+    assert!(bytes.len() >= 4 * page, "{} bytes", bytes.len());
+    for b in &mut bytes[2 * page..3 * page] {
+        *b = 0xA5;
+    }
+    let original = bytes.clone();
+    std::fs::write(&fx.index, &bytes).unwrap();
+    assert_rebuilt(&fx, &rs, Some(&original));
+}

@@ -7,6 +7,7 @@
 
 mod change;
 mod schema;
+mod seal;
 
 pub use change::{
     problem_change, thread_change, thread_changes, Change, ChangeSink, ProblemChange, ThreadChange,
@@ -189,6 +190,8 @@ pub struct Index {
     batch: std::cell::Cell<Option<u64>>,
     /// The journal is a WAL (a reader's open snapshot then blocks no writer).
     wal: bool,
+    /// On the writer: opened on a seal, without the full check (see `seal`).
+    sealed_at_open: bool,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -245,6 +248,12 @@ impl Index {
         path: &Path,
         journal: Journal,
     ) -> Result<Index, Box<dyn std::error::Error + Send + Sync>> {
+        // Left by the last writer's clean close for the file as it still is: the full
+        // check can be skipped (see `seal`).
+        let sealed = seal::take(path);
+        if sealed {
+            tracing::debug!(index = %path.display(), "index unchanged since a clean close; quick_check skipped");
+        }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode = match journal {
@@ -253,9 +262,11 @@ impl Index {
         };
         conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |_| Ok(()))?;
         conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if check != "ok" {
-            return Err(format!("quick_check: {check}").into());
+        if !sealed {
+            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(format!("quick_check: {check}").into());
+            }
         }
         match schema::migrate(&mut conn) {
             Ok(()) => {}
@@ -278,6 +289,7 @@ impl Index {
             writes: None,
             batch: std::cell::Cell::new(None),
             wal: journal == Journal::Wal,
+            sealed_at_open: sealed,
         })
     }
 
@@ -326,7 +338,6 @@ impl Index {
         if self.batch.take().is_some() && !self.conn.is_autocommit() {
             // A read transaction has nothing to lose; ROLLBACK cannot fail for want of a
             // lock, and if it fails the connection still ends it before its next BEGIN.
-            let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
 
@@ -360,6 +371,7 @@ impl Index {
             writes: None,
             batch: std::cell::Cell::new(None),
             wal: journal.eq_ignore_ascii_case("wal"),
+            sealed_at_open: false,
         })
     }
 
@@ -399,6 +411,12 @@ impl Index {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The writer was opened on the seal of a clean close, so `PRAGMA quick_check` did not
+    /// run (the file is as the last writer left it).
+    pub fn sealed_at_open(&self) -> bool {
+        self.sealed_at_open
     }
 
     /// Opened with [`Index::open_guest`]: nothing is written.
@@ -868,6 +886,33 @@ impl Index {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, IndexError> {
         f(&self.conn).map_err(|e| err(&self.path, action, e))
+    }
+}
+
+impl Drop for Index {
+    /// A writer that closes with every change in the main file leaves a seal, so the next
+    /// open can skip the full check (see `seal`).
+    fn drop(&mut self) {
+        if self.mode != Mode::Writer || self.degraded().is_some() {
+            return;
+        }
+        if self.wal {
+            // (busy, frames in the log, frames checkpointed): all of it, and none left.
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .is_ok_and(|(busy, log, done)| busy == 0 && log == done);
+            if !done {
+                return;
+            }
+        }
+        seal::leave(&self.path);
     }
 }
 
