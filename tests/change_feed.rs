@@ -993,3 +993,28 @@ fn archive_into_a_directory_made_at_once_is_archived() {
     );
     assert_eq!(folded(&feed.snapshot(), &a).map(|s| s.path), Some(to));
 }
+
+/// Directories made while the agent runs are watched themselves: a rollout written into a
+/// new year/month/day tree well after the tree settled (so no walk of the new directory
+/// finds it) is announced, at every depth, in `sessions/` and in a new archive subdirectory.
+#[test]
+fn rollouts_in_directories_made_after_the_start_are_announced() {
+    let (fx, _agent, feed) = live();
+    let (warm, _) = place(&fx, 30);
+    feed.wait_for("thread/materialized", &warm);
+    let cases = [
+        ("sessions/2031/07/09", 31),
+        ("sessions/2031/07/10", 32),
+        ("archived_sessions/by-hand/2031", 33),
+    ];
+    for (rel, n) in cases {
+        let dir = fx.home.join(rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Longer than the settle window: the walk of the new directories has run.
+        std::thread::sleep(Duration::from_millis(400));
+        let r = rollout(n);
+        std::fs::write(dir.join(r.file_name()), r.jsonl()).unwrap();
+        feed.wait_for("thread/materialized", &r.id);
+        assert_eq!(feed.methods_for(&r.id), ["thread/materialized"], "{rel}");
+    }
+}
