@@ -338,6 +338,7 @@ impl Index {
         if self.batch.take().is_some() && !self.conn.is_autocommit() {
             // A read transaction has nothing to lose; ROLLBACK cannot fail for want of a
             // lock, and if it fails the connection still ends it before its next BEGIN.
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
 
