@@ -778,3 +778,20 @@ fn connections_past_max_connections_wait_for_a_free_slot() {
     assert_eq!(v["result"]["ready"], true, "{v}");
     drop(second);
 }
+
+/// A stop ends the watcher at once, wherever it sleeps, so the index is closed cleanly:
+/// one file, no WAL left, and sealed (the next start skips the full check).
+#[test]
+fn a_stopped_agent_leaves_its_index_whole_and_sealed() {
+    let fx = Fixture::new();
+    fx.write_active(&rollout(7));
+    for idle_ms in [0, 300, 1100] {
+        let mut agent = Agent::start(&fx);
+        std::thread::sleep(Duration::from_millis(idle_ms));
+        agent.stop();
+        let wal = PathBuf::from(format!("{}-wal", fx.index.display()));
+        let seal = PathBuf::from(format!("{}.sealed", fx.index.display()));
+        assert!(!wal.exists(), "a WAL is left after idling {idle_ms} ms");
+        assert!(seal.exists(), "no seal after idling {idle_ms} ms");
+    }
+}

@@ -174,18 +174,45 @@ fn stale_realpath(homes: &Homes) -> bool {
         .any(|h| canonicalize(&h.configured).is_ok_and(|real| real != h.real))
 }
 
-type Events = mpsc::Receiver<notify::Result<notify::Event>>;
+/// What wakes the watcher thread.
+enum Wake {
+    Fs(notify::Result<notify::Event>),
+    /// The shutdown token fired: stop now, not at the next timer (up to [`ROOT_CHECK`]
+    /// away), so the agent's bounded wait for this thread sees it end and the index is
+    /// closed cleanly.
+    Stop,
+}
+
+type Events = mpsc::Receiver<Wake>;
+
+/// The sender of the watcher's current event channel, for the stop signal.
+type Stopper = Arc<std::sync::Mutex<Option<mpsc::Sender<Wake>>>>;
 
 /// Starts the watcher thread; it runs the first reconcile, marks the agent ready, then
-/// applies changes until the shutdown token fires.
+/// applies changes until the shutdown token fires. Called inside a tokio runtime, a task
+/// wakes the thread the moment the token fires.
 pub fn spawn(
     shared: Arc<Shared>,
     opts: WatchOptions,
     on_ready: Box<dyn FnOnce() + Send>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let stopper: Stopper = Arc::default();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let (token, stopper) = (shared.shutdown.clone(), Arc::clone(&stopper));
+        runtime.spawn(async move {
+            token.cancelled().await;
+            let sender = stopper
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(tx) = sender {
+                let _ = tx.send(Wake::Stop);
+            }
+        });
+    }
     std::thread::Builder::new()
         .name("rolloutd-watch".into())
-        .spawn(move || Watch::new(shared, opts).run(on_ready))
+        .spawn(move || Watch::new(shared, opts, stopper).run(on_ready))
 }
 
 struct Watch {
@@ -202,11 +229,13 @@ struct Watch {
     recheck: Delayed,
     /// Directory stamps of the polled homes, when any home is polled.
     poller: Option<DirPoller>,
+    stopper: Stopper,
 }
 
 impl Watch {
-    fn new(shared: Arc<Shared>, opts: WatchOptions) -> Self {
+    fn new(shared: Arc<Shared>, opts: WatchOptions, stopper: Stopper) -> Self {
         Watch {
+            stopper,
             shared,
             opts,
             force_poll: None,
@@ -229,6 +258,12 @@ impl Watch {
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
             let (tx, rx) = mpsc::channel();
+            // Set before the token is checked again (the loop's condition, the pump's), so
+            // a stop is never missed between the two.
+            *self
+                .stopper
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx.clone());
             let forced_before = self.force_poll.is_some();
             let mut watches = self.start(&homes, tx);
             if self.force_poll.is_some() && !forced_before {
@@ -248,11 +283,7 @@ impl Watch {
     /// Creates the watcher and adds the watches (event homes), or the directory poller
     /// (polled homes); failures are logged and leave polling or the periodic root check to
     /// catch up.
-    fn start(
-        &mut self,
-        homes: &Homes,
-        tx: mpsc::Sender<notify::Result<notify::Event>>,
-    ) -> Option<Watches> {
+    fn start(&mut self, homes: &Homes, tx: mpsc::Sender<Wake>) -> Option<Watches> {
         let interval = self.opts.poll_interval;
         let mut per_home = Vec::with_capacity(homes.homes.len());
         for home in &homes.homes {
@@ -319,7 +350,7 @@ impl Watch {
             return None;
         }
         let handler = move |r: notify::Result<notify::Event>| {
-            let _ = tx.send(r);
+            let _ = tx.send(Wake::Fs(r));
         };
         let watcher: Box<dyn Watcher + Send> = match RecommendedWatcher::new(
             handler,
@@ -432,7 +463,8 @@ impl Watch {
             .min()
             .unwrap_or(next_root_check);
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Ok(event)) => {
+                Ok(Wake::Stop) => return,
+                Ok(Wake::Fs(Ok(event))) => {
                     if event.need_rescan() {
                         self.request_rescan("the kernel event queue overflowed");
                     } else if changes_content(&event.kind) {
@@ -457,7 +489,7 @@ impl Watch {
                         settle.push(Instant::now(), event.paths);
                     }
                 }
-                Ok(Err(e)) => {
+                Ok(Wake::Fs(Err(e))) => {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         self.force_poll = Some("the inotify watch limit was reached".into());
                         return;
