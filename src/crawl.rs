@@ -178,13 +178,15 @@ fn reconcile_home<A: IndexAccess>(
         };
         let mut in_flight = 0usize;
         let mut to_read: Vec<Candidate> = Vec::with_capacity(PAGE);
-        let mut chunk: Vec<Candidate> = Vec::with_capacity(PAGE);
+        let mut chunk: Vec<(Candidate, Option<std::fs::DirEntry>)> = Vec::with_capacity(PAGE);
         loop {
             while chunk.len() < PAGE {
                 match walk.next() {
                     None => break,
-                    Some(Found::Plain(c)) if !problem_paths.contains(&c.path) => chunk.push(c),
-                    Some(Found::Plain(_)) => {}
+                    Some(Found::Plain(c, entry)) if !problem_paths.contains(&c.path) => {
+                        chunk.push((c, entry))
+                    }
+                    Some(Found::Plain(..)) => {}
                     Some(Found::Linked(c)) => linked.push(c),
                     Some(Found::Problem(p)) => {
                         problem_paths.insert(p.path.clone());
@@ -198,7 +200,7 @@ fn reconcile_home<A: IndexAccess>(
             summary.seen += chunk.len() as u64;
             progress.found(chunk.len() as u64);
             let mut paired = Vec::with_capacity(chunk.len());
-            for c in chunk.drain(..) {
+            for (c, entry) in chunk.drain(..) {
                 while let Some((row, _)) = rows.peek(index)? {
                     if bytes(row) >= bytes(&c.path) {
                         break;
@@ -212,15 +214,21 @@ fn reconcile_home<A: IndexAccess>(
                 if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
                     old_problem_seen[i] = true;
                 }
-                paired.push((c, before));
+                paired.push((c, entry, before));
             }
             // Only files with a row are compared (a new file is read whatever its stamp),
             // on all cores.
             let compared: Vec<(Candidate, bool)> = paired
                 .into_par_iter()
-                .map(|(c, before)| {
-                    let same = before
-                        .is_some_and(|b| Stamp::of(&c.path).is_ok_and(|now| now.unchanged(&b)));
+                .map(|(c, entry, before)| {
+                    let same = before.is_some_and(|b| {
+                        // Listed as a file, not a symlink: its own stat is the one to compare.
+                        let now = match entry {
+                            Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
+                            None => Stamp::of(&c.path),
+                        };
+                        now.is_ok_and(|now| now.unchanged(&b))
+                    });
                     (c, same)
                 })
                 .collect();
@@ -542,7 +550,7 @@ fn relocated(
         let probed: HashSet<PathBuf> = owned.iter().map(|(c, _)| c.path.clone()).collect();
         for home in &homes.homes {
             walk_each(home, &roots, &|_| true, false, &mut |f| {
-                let (Found::Plain(c) | Found::Linked(c)) = f else {
+                let (Found::Plain(c, _) | Found::Linked(c)) = f else {
                     return;
                 };
                 if !probed.contains(&c.path) && fits(&c.path) {
@@ -670,7 +678,7 @@ pub fn discover(
 
 fn collect(found: Found, (candidates, problems): &mut (Vec<Candidate>, Vec<ProblemRow>)) {
     match found {
-        Found::Plain(c) | Found::Linked(c) => candidates.push(c),
+        Found::Plain(c, _) | Found::Linked(c) => candidates.push(c),
         Found::Problem(p) => problems.push(p),
     }
 }
@@ -721,8 +729,9 @@ fn area_dir(home: &Home, area: Area) -> PathBuf {
 
 /// One find of a walk.
 enum Found {
-    /// A rollout-named file, listed at its own path.
-    Plain(Candidate),
+    /// A rollout-named file, listed at its own path; the sorted walk keeps its directory
+    /// entry, which stats it relative to the open directory (no lookup of the whole path).
+    Plain(Candidate, Option<std::fs::DirEntry>),
     /// A rollout-named symlink, followed to its target.
     Linked(Candidate),
     Problem(ProblemRow),
@@ -735,7 +744,128 @@ struct AreaWalk<'a> {
     archived: bool,
     wanted: &'a dyn Fn(&str) -> bool,
     /// `None` when the directory does not exist (normal: Codex makes these on first use).
-    entries: Option<walkdir::IntoIter>,
+    entries: Option<Entries>,
+}
+
+/// A walk's directory entries: walkdir's, or sorted in path byte order by [`SortedDirs`].
+enum Entries {
+    Unsorted(walkdir::IntoIter),
+    Sorted(SortedDirs),
+}
+
+/// One entry as a walk lists it, or why a directory could not be listed.
+enum Listed {
+    Entry {
+        path: PathBuf,
+        file_type: std::fs::FileType,
+        /// The sorted walk's own entry (see [`Found::Plain`]).
+        entry: Option<std::fs::DirEntry>,
+    },
+    Failed {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl Entries {
+    fn next(&mut self) -> Option<Listed> {
+        match self {
+            Entries::Unsorted(walk) => loop {
+                return Some(match walk.next()? {
+                    Ok(e) => Listed::Entry {
+                        file_type: e.file_type(),
+                        path: e.into_path(),
+                        entry: None,
+                    },
+                    Err(e) => {
+                        let Some(path) = e.path().map(Path::to_owned) else {
+                            continue;
+                        };
+                        let message = e.to_string();
+                        let error = e
+                            .into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other(message));
+                        Listed::Failed { path, error }
+                    }
+                });
+            },
+            Entries::Sorted(walk) => walk.next(),
+        }
+    }
+
+    /// Does not descend into the directory just listed.
+    fn skip_current_dir(&mut self) {
+        match self {
+            Entries::Unsorted(walk) => walk.skip_current_dir(),
+            Entries::Sorted(walk) => walk.descend = None,
+        }
+    }
+}
+
+/// A depth-first walk below a directory (not listing it) that lists each directory's
+/// entries in the byte order of their full paths: a directory sorts as its name and a `/`,
+/// which is where its descendants' paths fall (`a-b` before `a/x`, `a` before `a-b`).
+/// Symlinks are not followed. Each directory is read whole and sorted by a key built once
+/// per entry, and its entries keep the directory open, so a file is stat'ed relative to it.
+struct SortedDirs {
+    /// Per depth, the entries not yet listed, in reverse order (the next is last).
+    stack: Vec<Vec<(Vec<u8>, std::fs::DirEntry, std::fs::FileType)>>,
+    /// The directory listed last, read on the next step unless skipped.
+    descend: Option<PathBuf>,
+}
+
+impl SortedDirs {
+    fn new(root: PathBuf) -> Self {
+        SortedDirs {
+            stack: Vec::new(),
+            descend: Some(root),
+        }
+    }
+
+    fn read(dir: &Path) -> std::io::Result<Vec<(Vec<u8>, std::fs::DirEntry, std::fs::FileType)>> {
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            // Without `d_type` this is an lstat: an entry gone since the listing is skipped,
+            // as a listing a moment later would not have had it.
+            let Ok(file_type) = e.file_type() else {
+                continue;
+            };
+            let mut key = e.file_name().into_encoded_bytes();
+            if file_type.is_dir() {
+                key.push(b'/');
+            }
+            entries.push((key, e, file_type));
+        }
+        // Reverse order: the next entry is popped off the end.
+        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        Ok(entries)
+    }
+
+    fn next(&mut self) -> Option<Listed> {
+        if let Some(dir) = self.descend.take() {
+            match SortedDirs::read(&dir) {
+                Ok(entries) => self.stack.push(entries),
+                Err(error) => return Some(Listed::Failed { path: dir, error }),
+            }
+        }
+        loop {
+            let top = self.stack.last_mut()?;
+            let Some((_, entry, file_type)) = top.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let path = entry.path();
+            if file_type.is_dir() {
+                self.descend = Some(path.clone());
+            }
+            return Some(Listed::Entry {
+                path,
+                file_type,
+                entry: Some(entry),
+            });
+        }
+    }
 }
 
 impl<'a> AreaWalk<'a> {
@@ -751,11 +881,15 @@ impl<'a> AreaWalk<'a> {
         let archived = area == Area::Archived;
         let dir = start.or_else(|| canonicalize(&area_dir(home, area)).ok());
         let entries = dir.map(|dir| {
-            let walk = WalkDir::new(dir).min_depth(1).follow_links(false);
             if sorted {
-                walk.sort_by(byte_order).into_iter()
+                Entries::Sorted(SortedDirs::new(dir))
             } else {
-                walk.into_iter()
+                Entries::Unsorted(
+                    WalkDir::new(dir)
+                        .min_depth(1)
+                        .follow_links(false)
+                        .into_iter(),
+                )
             }
         });
         AreaWalk {
@@ -780,60 +914,35 @@ impl<'a> AreaWalk<'a> {
     }
 }
 
-/// Siblings in the order of their full paths as bytes: a directory sorts as its name and a
-/// `/`, which is where its descendants' paths fall (`a-b` before `a/x`, `a` before `a-b`).
-fn byte_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
-    // The name is what follows the last `/` of the entry's path (the root's entries are
-    // `root.join(name)`); `Path::file_name` parses components and cost more than the sort.
-    fn name(e: &walkdir::DirEntry) -> &[u8] {
-        let path = e.path().as_os_str().as_encoded_bytes();
-        memchr::memrchr(b'/', path).map_or(path, |at| &path[at + 1..])
-    }
-    let (x, y) = (name(a), name(b));
-    let common = x.len().min(y.len());
-    x[..common].cmp(&y[..common]).then_with(|| {
-        // One name is a prefix of the other: what follows it is its next byte, or the
-        // directory's `/`, or nothing (which sorts first).
-        let next = |n: &[u8], e: &walkdir::DirEntry| {
-            n.get(common)
-                .copied()
-                .or_else(|| e.file_type().is_dir().then_some(b'/'))
-        };
-        next(x, a).cmp(&next(y, b))
-    })
-}
-
 impl Iterator for AreaWalk<'_> {
     type Item = Found;
 
     fn next(&mut self) -> Option<Found> {
         loop {
-            let entry = match self.entries.as_mut()?.next()? {
-                Ok(e) => e,
-                Err(e) => {
-                    let Some(path) = e.path() else { continue };
-                    let io = e.io_error().map(|io| BadFile::from_io(path, io));
-                    let bad = io.unwrap_or_else(|| {
-                        BadFile::new(path, ProblemKind::Unreadable, e.to_string())
-                    });
-                    return self.problem(bad);
+            let (path, file_type, entry) = match self.entries.as_mut()?.next()? {
+                Listed::Entry {
+                    path,
+                    file_type,
+                    entry,
+                } => (path, file_type, entry),
+                Listed::Failed { path, error } => {
+                    return self.problem(BadFile::from_io(&path, &error));
                 }
             };
-            let Some(file_name) = entry.file_name().to_str() else {
-                if let Some(p) = unreadable_name(&self.home.real, entry.path()) {
+            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+                if let Some(p) = unreadable_name(&self.home.real, &path) {
                     return Some(Found::Problem(p));
                 }
                 continue;
             };
             let named = name::looks_like_rollout(file_name) && (self.wanted)(file_name);
-            let ft = entry.file_type();
-            if ft.is_dir() {
+            if file_type.is_dir() {
                 if named {
                     if let Some(entries) = self.entries.as_mut() {
                         entries.skip_current_dir();
                     }
                     return self.problem(BadFile::new(
-                        entry.path(),
+                        &path,
                         ProblemKind::Directory,
                         "is a directory",
                     ));
@@ -843,13 +952,13 @@ impl Iterator for AreaWalk<'_> {
             if !named {
                 continue;
             }
-            if ft.is_symlink() {
-                return match follow_file_symlink(entry.path(), self.roots) {
+            if file_type.is_symlink() {
+                return match follow_file_symlink(&path, self.roots) {
                     Ok(target) => Some(Found::Linked(self.candidate(target))),
                     Err(bad) => self.problem(bad),
                 };
             }
-            return Some(Found::Plain(self.candidate(entry.into_path())));
+            return Some(Found::Plain(self.candidate(path), entry));
         }
     }
 }
@@ -881,7 +990,9 @@ impl Iterator for SortedWalk<'_> {
         }
         let [sessions, archived] = &mut self.areas;
         let order = match (sessions.peek(), archived.peek()) {
-            (Some(Found::Plain(s)), Some(Found::Plain(a))) => bytes(&s.path).cmp(bytes(&a.path)),
+            (Some(Found::Plain(s, _)), Some(Found::Plain(a, _))) => {
+                bytes(&s.path).cmp(bytes(&a.path))
+            }
             (Some(_), _) => std::cmp::Ordering::Less,
             (None, _) => std::cmp::Ordering::Greater,
         };
@@ -1047,7 +1158,7 @@ mod tests {
         let roots = vec![home.real.clone()];
         let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots)
             .filter_map(|f| match f {
-                Found::Plain(c) => Some(c.path),
+                Found::Plain(c, _) => Some(c.path),
                 _ => None,
             })
             .collect();
