@@ -78,9 +78,20 @@ pub fn reconcile<A: IndexAccess>(
     let started = Instant::now();
     let mut summary = ReconcileSummary::default();
     let roots = allowed_roots(homes);
-    for home in &homes.homes {
-        reconcile_home(homes, home, &roots, index, limits, progress, &mut summary)?;
-    }
+    let bulk = index.with(Index::begin_bulk_load)?;
+    let walked = (|| {
+        for home in &homes.homes {
+            reconcile_home(homes, home, &roots, index, limits, progress, &mut summary)?;
+        }
+        Ok::<(), IndexError>(())
+    })();
+    // Built whether or not the walk failed.
+    let built = if bulk {
+        index.with(Index::end_bulk_load)
+    } else {
+        Ok(())
+    };
+    walked.and(built)?;
     // Rows of homes no longer configured (or no longer where the home's symlink points).
     let reals: Vec<PathBuf> = homes.homes.iter().map(|h| h.real.clone()).collect();
     let orphans = index.with(|i| i.paths_outside_homes(&reals))?;

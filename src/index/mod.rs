@@ -196,6 +196,13 @@ pub struct Index {
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite's default WAL auto-checkpoint interval, in pages.
+const DEFAULT_AUTOCHECKPOINT: u32 = 1000;
+/// The interval during a bulk load (see [`Index::begin_bulk_load`]): 64 MB of WAL.
+const BULK_AUTOCHECKPOINT: u32 = 16384;
+/// What a WAL grown by a bulk load is cut back to once checkpointed, in bytes.
+const WAL_SIZE_LIMIT: u32 = 4 << 20;
+
 const FILE_COLUMNS: &str = "path, home, dev, ino, size, mtime_ns, thread_id, archived, \
      compression, created_at_ms, cwd, source, originator, cli_version, model_provider, \
      forked_from_id, git_branch, title, ctime_ns, thread_id_as_written, btime_ns";
@@ -549,6 +556,75 @@ impl Index {
                 Err(err(&self.path, action, e))
             }
         }
+    }
+
+    /// Prepares a reconcile's writes: when the index holds no row at all (a cold index), the
+    /// secondary indexes that no write reads ([`schema::DEFERRED_INDEXES`]) are dropped, to
+    /// be built once from the sorted rows by [`Index::end_bulk_load`] instead of growing by
+    /// one random insert per row and being rewritten to the WAL by every batch. Queries meanwhile
+    /// stay correct (they scan). Returns whether it did; an index left without them (a crash)
+    /// gets them back when it is next opened.
+    pub fn begin_bulk_load(&self) -> Result<bool, IndexError> {
+        self.require_writer("starting a bulk load")?;
+        if self.mode == Mode::Guest {
+            return Ok(false);
+        }
+        let run = || -> rusqlite::Result<bool> {
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            let empty: bool = tx.query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM files) AND NOT EXISTS (SELECT 1 FROM problems)",
+                [],
+                |r| r.get(0),
+            )?;
+            if empty {
+                for (name, _) in schema::DEFERRED_INDEXES {
+                    tx.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))?;
+                }
+            }
+            tx.commit()?;
+            if empty {
+                // Fewer checkpoints: each copies back every page the batches since the last
+                // one rewrote.
+                self.conn
+                    .execute_batch(&format!("PRAGMA wal_autocheckpoint={BULK_AUTOCHECKPOINT}"))?;
+            }
+            Ok(empty)
+        };
+        run().map_err(|e| err(&self.path, "starting a bulk load", e))
+    }
+
+    /// Ends what [`Index::begin_bulk_load`] began: builds the secondary indexes it dropped
+    /// (each from one sorted pass over the rows) and restores the checkpoint interval.
+    pub fn end_bulk_load(&self) -> Result<(), IndexError> {
+        self.require_writer("ending a bulk load")?;
+        if self.mode == Mode::Guest {
+            return Ok(());
+        }
+        let run = || -> rusqlite::Result<()> {
+            // The sort behind each index spills to a temporary file beyond the page cache,
+            // rather than holding every key in memory (tens of MB at 500,000 threads).
+            self.conn.execute_batch("PRAGMA temp_store=FILE")?;
+            let built = (|| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    &self.conn,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                for (_, create) in schema::DEFERRED_INDEXES {
+                    tx.execute_batch(create)?;
+                }
+                tx.commit()
+            })();
+            self.conn.execute_batch(&format!(
+                "PRAGMA temp_store=MEMORY; \
+                 PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT}; \
+                 PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
+            ))?;
+            built
+        };
+        run().map_err(|e| err(&self.path, "building the indexes after a bulk load", e))
     }
 
     /// Paths of file and problem rows recorded under none of `homes` (realpaths).
@@ -925,10 +1001,15 @@ impl Drop for Index {
 /// cost more than the writes.
 fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
     // Before: every touched path's problem, and every touched thread's preferred file.
-    let mut paths: BTreeSet<&Path> = BTreeSet::new();
+    // Paths are ordered and compared as bytes (`Path`'s own order parses components, which
+    // cost more than the lookups); a batch's files come in path order already.
+    let mut paths: Vec<&Path> =
+        Vec::with_capacity(batch.files.len() + batch.problems.len() + batch.removed.len());
     paths.extend(batch.files.iter().map(|f| f.path.as_path()));
     paths.extend(batch.problems.iter().map(|p| p.path.as_path()));
     paths.extend(batch.removed.iter().map(PathBuf::as_path));
+    paths.sort_unstable_by(|a, b| path_bytes(a).cmp(path_bytes(b)));
+    paths.dedup_by(|a, b| path_bytes(a) == path_bytes(b));
     let path_keys = json_keys(paths.iter().map(|p| p.to_string_lossy()));
     let mut threads: BTreeSet<String> = batch
         .files
@@ -945,7 +1026,7 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
     let mut problems_before = problems_at_in(conn, &path_keys)?;
     let threads_before = preferred_files_in(conn, &threads)?;
 
-    write_in(conn, batch)?;
+    write_in(conn, batch, &problems_before)?;
 
     // After, and the difference.
     let now_ms = std::time::SystemTime::now()
@@ -954,7 +1035,14 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
     let mut tombstone = conn.prepare_cached(
         "INSERT OR REPLACE INTO removed_threads (thread_id, path, removed_at_ms) VALUES (?1, ?2, ?3)",
     )?;
-    let mut threads_after = preferred_files_in(conn, &threads)?;
+    let (mut threads_after, reread) = new_threads_after(batch, &threads, &threads_before);
+    threads_after.extend(preferred_files_in(conn, &reread)?);
+    #[cfg(debug_assertions)]
+    {
+        // What the rows read back would give (the tests run this).
+        let read = preferred_files_in(conn, &threads)?;
+        debug_assert_eq!(read, threads_after, "a new thread's state after a write");
+    }
     let mut revived = Vec::new();
     let mut changes = Vec::new();
     for thread in &threads {
@@ -982,21 +1070,33 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
         .execute([json_keys(revived.into_iter().map(std::borrow::Cow::from))])?;
     }
     // Only this batch's problems are new rows: a path with no problem before and none in
-    // the batch has none after.
-    let recorded: std::collections::HashSet<&Path> =
-        batch.problems.iter().map(|p| p.path.as_path()).collect();
-    let maybe_after = paths
-        .iter()
-        .filter(|p| recorded.contains(*p) || problems_before.contains_key(&path_text(p)))
-        .map(|p| p.to_string_lossy());
-    let mut problems_after = problems_at_in(conn, &json_keys(maybe_after))?;
-    for path in paths {
+    // the batch has none after. So only those paths can change, and they are few: they are
+    // announced in `Path` order, as always.
+    let mut maybe: Vec<&Path> = batch.problems.iter().map(|p| p.path.as_path()).collect();
+    if !problems_before.is_empty() {
+        maybe.extend(
+            paths
+                .iter()
+                .copied()
+                .filter(|p| problems_before.contains_key(p.to_string_lossy().as_ref())),
+        );
+    }
+    maybe.sort_unstable();
+    maybe.dedup();
+    let mut problems_after =
+        problems_at_in(conn, &json_keys(maybe.iter().map(|p| p.to_string_lossy())))?;
+    for path in maybe {
         let key = path_text(path);
         let before = problems_before.remove(&key);
         let after = problems_after.remove(&key);
         changes.extend(problem_change(before.as_ref(), after.as_ref()));
     }
     Ok(changes)
+}
+
+/// A path's bytes: the order of the index's keys (SQLite's BINARY collation).
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
 }
 
 /// A JSON array of strings, for `json_each(?)`.
@@ -1020,6 +1120,76 @@ fn problems_at_in(
     )?;
     let rows = stmt.query_map([keys], problem_from_row)?;
     rows.map(|r| r.map(|p| (path_text(&p.path), p))).collect()
+}
+
+/// The state after `batch` of each of `threads` that had no row before it (none in
+/// `before`): the rows this batch wrote and left, known without reading them back, as they
+/// read back ([`as_stored`]). Returned with the threads whose state must be read (those that
+/// had rows). A cold index writes only new threads, and reading back each row it just wrote
+/// cost as much as writing it.
+fn new_threads_after(
+    batch: &Batch,
+    threads: &BTreeSet<String>,
+    before: &std::collections::HashMap<String, IndexedFile>,
+) -> (
+    std::collections::HashMap<String, IndexedFile>,
+    BTreeSet<String>,
+) {
+    use std::borrow::Cow;
+    use std::collections::{HashMap, HashSet};
+    let reread: BTreeSet<String> = threads
+        .iter()
+        .filter(|t| before.contains_key(t.as_str()))
+        .cloned()
+        .collect();
+    let mut out: HashMap<String, IndexedFile> = HashMap::new();
+    // The rows as `write_in` leaves them: keyed by the stored path text, the last file
+    // written at a path stands, unless an unusable file's problem or a removal drops it.
+    let dropped: HashSet<Cow<'_, str>> = batch
+        .problems
+        .iter()
+        .filter(|p| !p.kind.is_warning())
+        .map(|p| p.path.to_string_lossy())
+        .chain(batch.removed.iter().map(|p| p.to_string_lossy()))
+        .collect();
+    let mut last: HashMap<Cow<'_, str>, &IndexedFile> = HashMap::with_capacity(batch.files.len());
+    for f in &batch.files {
+        last.insert(f.path.to_string_lossy(), f);
+    }
+    for (key, f) in last {
+        if before.contains_key(f.thread_id()) || dropped.contains(&key) {
+            continue;
+        }
+        let stored = as_stored(f);
+        match out.get_mut(stored.thread_id()) {
+            Some(best) if prefer(&stored, best).is_lt() => *best = stored,
+            Some(_) => {}
+            None => {
+                out.insert(stored.head.thread_id.clone(), stored);
+            }
+        }
+    }
+    (out, reread)
+}
+
+/// A file as its row reads back ([`file_from_row`] of what [`write_in`] wrote): paths as
+/// their stored text, the start time at the millisecond precision of `created_at_ms`.
+fn as_stored(f: &IndexedFile) -> IndexedFile {
+    let mut stored = f.clone();
+    stored.path = PathBuf::from(path_text(&f.path));
+    stored.home = PathBuf::from(path_text(&f.home));
+    stored.stamp.kind = FileKind::File;
+    stored.head.timestamp = f.created_at_ms().and_then(timestamp_of_ms);
+    stored
+}
+
+/// The `session_meta.timestamp` a row gives back for its `created_at_ms`.
+fn timestamp_of_ms(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok()?;
+    Some(
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string(),
+    )
 }
 
 /// Each of `threads`' preferred file (see [`prefer`]), for those that have one.
@@ -1049,8 +1219,14 @@ fn preferred_files_in(
     Ok(out)
 }
 
-/// The writes of a [`Batch`], in its documented order.
-fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
+/// The writes of a [`Batch`], in its documented order. `problems_before` holds the problem
+/// rows at the batch's paths as the transaction found them: a file's path without one has
+/// none to forget.
+fn write_in(
+    conn: &Connection,
+    batch: &Batch,
+    problems_before: &std::collections::HashMap<String, ProblemRow>,
+) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO files ({FILE_COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
@@ -1081,7 +1257,9 @@ fn write_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<()> {
             f.head.thread_id_as_written,
             f.stamp.btime_ns,
         ])?;
-        forget.execute([&path])?;
+        if problems_before.contains_key(&path) {
+            forget.execute([&path])?;
+        }
     }
     let mut record = conn.prepare_cached(
         "INSERT OR REPLACE INTO problems (path, home, kind, detail, thread_id) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1224,15 +1402,7 @@ fn file_from_row(r: &Row<'_>) -> rusqlite::Result<IndexedFile> {
         compression: Compression::parse(&compression).unwrap_or(Compression::None),
         head: RolloutHead {
             thread_id: r.get(6)?,
-            timestamp: r
-                .get::<_, Option<i64>>(9)?
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map(|ms| {
-                    humantime::format_rfc3339_millis(
-                        std::time::UNIX_EPOCH + Duration::from_millis(ms),
-                    )
-                    .to_string()
-                }),
+            timestamp: r.get::<_, Option<i64>>(9)?.and_then(timestamp_of_ms),
             cwd: r.get(10)?,
             source: r.get(11)?,
             originator: r.get(12)?,
@@ -1305,4 +1475,154 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, thread: &str, timestamp: Option<&str>) -> IndexedFile {
+        IndexedFile {
+            path: PathBuf::from(path),
+            home: PathBuf::from("/h"),
+            stamp: Stamp {
+                id: FileId {
+                    dev: u64::MAX,
+                    ino: 7,
+                },
+                kind: FileKind::File,
+                size: u64::MAX - 1,
+                mtime_ns: -5,
+                ctime_ns: 9,
+                btime_ns: 0,
+            },
+            archived: path.contains("archived"),
+            compression: Compression::None,
+            head: RolloutHead {
+                thread_id: thread.into(),
+                timestamp: timestamp.map(str::to_owned),
+                cwd: Some("/w\0x".into()),
+                title: Some(String::new()),
+                ..RolloutHead::default()
+            },
+        }
+    }
+
+    fn sql_of(index: &Index, name: &str) -> Option<String> {
+        index
+            .conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .expect("sqlite_master")
+    }
+
+    /// A new thread's state after a write is computed without reading its rows back: it
+    /// must be what they read back as, whatever the batch's shape (the debug build checks
+    /// this in every write; here the odd cases).
+    #[test]
+    fn a_new_threads_rows_are_known_as_they_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = Index::open(&dir.path().join("i.sqlite"), Journal::Wal).expect("open");
+        let mut replaced = file("/h/sessions/b", "t2", None);
+        replaced.head.title = Some("first".into());
+        let batch = Batch {
+            files: vec![
+                // Microseconds, an offset, garbage and a date before the epoch.
+                file("/h/sessions/a", "t1", Some("2026-11-21T19:02:43.635123Z")),
+                file(
+                    "/h/archived_sessions/a",
+                    "t1",
+                    Some("2026-11-21T19:02:43+02:00"),
+                ),
+                replaced,
+                // The last file written at a path stands.
+                file("/h/sessions/b", "t3", Some("not a time")),
+                file("/h/sessions/c", "t4", Some("1960-01-01T00:00:00Z")),
+                // Dropped by its problem and by a removal in the same batch.
+                file("/h/sessions/d", "t5", None),
+                file("/h/sessions/e", "t6", None),
+            ],
+            problems: vec![ProblemRow {
+                path: PathBuf::from("/h/sessions/d"),
+                home: PathBuf::from("/h"),
+                kind: ProblemKind::Empty,
+                detail: "x".into(),
+                thread_id: None,
+            }],
+            removed: vec![PathBuf::from("/h/sessions/e")],
+        };
+        let threads: BTreeSet<String> = ["t1", "t2", "t3", "t4", "t5", "t6"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let (known, reread) = new_threads_after(&batch, &threads, &Default::default());
+        assert!(reread.is_empty());
+        index.apply("test", &batch).expect("apply");
+        let read = preferred_files_in(&index.conn, &threads).expect("read");
+        assert_eq!(known, read);
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!(read["t1"].path, PathBuf::from("/h/sessions/a"));
+    }
+
+    /// A bulk load drops the secondary indexes only on an empty index, and puts back
+    /// exactly what the migrations made; an index left without them gets them at open.
+    #[test]
+    fn a_bulk_load_builds_the_same_indexes_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("i.sqlite");
+        let index = Index::open(&path, Journal::Wal).expect("open");
+        let made: Vec<Option<String>> = schema::DEFERRED_INDEXES
+            .iter()
+            .map(|(n, _)| sql_of(&index, n))
+            .collect();
+        assert!(made.iter().all(Option::is_some));
+        assert!(index.begin_bulk_load().expect("begin"));
+        assert!(schema::DEFERRED_INDEXES
+            .iter()
+            .all(|(n, _)| sql_of(&index, n).is_none()));
+        let changes = index
+            .apply(
+                "test",
+                &Batch {
+                    files: vec![file("/h/sessions/a", "t1", None)],
+                    ..Batch::default()
+                },
+            )
+            .expect("apply");
+        assert_eq!(changes.len(), 1);
+        index.end_bulk_load().expect("end");
+        let rebuilt: Vec<Option<String>> = schema::DEFERRED_INDEXES
+            .iter()
+            .map(|(n, _)| sql_of(&index, n))
+            .collect();
+        assert_eq!(made, rebuilt);
+        // Not empty now: nothing is dropped.
+        assert!(!index.begin_bulk_load().expect("begin"));
+        // Stopped half-way (a crash): the next open builds them.
+        index
+            .conn
+            .execute_batch("DROP INDEX files_identity; DROP INDEX files_newest;")
+            .expect("drop");
+        drop(index);
+        let index = Index::open(&path, Journal::Wal).expect("reopen");
+        let reopened: Vec<Option<String>> = schema::DEFERRED_INDEXES
+            .iter()
+            .map(|(n, _)| sql_of(&index, n))
+            .collect();
+        assert_eq!(made, reopened);
+        assert_eq!(
+            index
+                .files_with_id(FileId {
+                    dev: u64::MAX,
+                    ino: 7
+                })
+                .expect("id")
+                .len(),
+            1
+        );
+    }
 }

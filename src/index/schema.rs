@@ -82,6 +82,26 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The secondary indexes of `files` that a bulk load into an empty index drops and builds
+/// once after the rows (see `Index::begin_bulk_load`), as the migrations above define them.
+/// `files_thread` is not among them: each write's change computation reads it.
+pub const DEFERRED_INDEXES: &[(&str, &str)] = &[
+    (
+        "files_identity",
+        "CREATE INDEX IF NOT EXISTS files_identity ON files(dev, ino)",
+    ),
+    (
+        "files_newest",
+        "CREATE INDEX IF NOT EXISTS files_newest \
+         ON files(archived, coalesce(created_at_ms, 0) DESC, thread_id)",
+    ),
+    (
+        "files_cwd_newest",
+        "CREATE INDEX IF NOT EXISTS files_cwd_newest \
+         ON files(cwd, archived, coalesce(created_at_ms, 0) DESC, thread_id)",
+    ),
+];
+
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -110,6 +130,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
             return Err(SchemaError::TooNew(current));
         }
         let Some(sql) = MIGRATIONS.get(current as usize) else {
+            // A bulk load that stopped before it built them again (see `DEFERRED_INDEXES`).
+            for (_, create) in DEFERRED_INDEXES {
+                tx.execute_batch(create)?;
+            }
+            tx.commit()?;
             return Ok(());
         };
         tx.execute_batch(sql)?;
