@@ -262,20 +262,41 @@ fn head_from_meta(meta: MetaPayload) -> Option<RolloutHead> {
     })
 }
 
+/// A line that may carry a user prompt, read in one pass: the fields of every shape are
+/// kept as raw JSON, and only the one the shape needs is parsed further.
 #[derive(Deserialize)]
-struct Tagged<'a> {
+struct PromptLine<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: Option<PromptPayload<'a>>,
 }
 
 #[derive(Deserialize)]
-struct EventUserMessage {
-    message: String,
+struct PromptPayload<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    /// `event_msg` / `user_message`.
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+    /// `event_msg` / `item_completed`.
+    #[serde(borrow)]
+    item: Option<&'a RawValue>,
+    /// `response_item` / `message`: these three.
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    internal_chat_message_metadata_passthrough: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct EventItemCompleted {
-    item: CompletedItem,
+/// Parses a field kept raw; absent is `T::default()` (as `#[serde(default)]` would give).
+fn field<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> Option<T> {
+    match raw {
+        Some(raw) => serde_json::from_str(raw.get()).ok(),
+        None => Some(T::default()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -284,14 +305,6 @@ struct CompletedItem {
     kind: String,
     #[serde(default)]
     content: Vec<ContentPart>,
-}
-
-#[derive(Deserialize)]
-struct ResponseMessage {
-    role: Option<String>,
-    #[serde(default)]
-    content: Vec<ContentPart>,
-    internal_chat_message_metadata_passthrough: Option<Passthrough>,
 }
 
 #[derive(Deserialize)]
@@ -331,38 +344,32 @@ fn user_prompt(line: &[u8]) -> Option<String> {
     if !finder(b"user") && !finder(b"User") && memchr::memchr(b'\\', line).is_none() {
         return None;
     }
-    let envelope: Envelope = serde_json::from_slice(line).ok()?;
-    let payload = envelope.payload?.get();
-    let tag: Tagged = serde_json::from_str(payload).ok()?;
-    let text = match (envelope.kind.as_ref(), tag.kind.as_ref()) {
-        ("event_msg", "user_message") => {
-            serde_json::from_str::<EventUserMessage>(payload)
-                .ok()?
-                .message
-        }
+    let parsed: PromptLine = serde_json::from_slice(line).ok()?;
+    let payload = parsed.payload?;
+    let text = match (parsed.kind.as_ref(), payload.kind.as_ref()) {
+        ("event_msg", "user_message") => serde_json::from_str(payload.message?.get()).ok()?,
         ("event_msg", "item_completed") => {
-            let item = serde_json::from_str::<EventItemCompleted>(payload)
-                .ok()?
-                .item;
+            let item: CompletedItem = serde_json::from_str(payload.item?.get()).ok()?;
             if item.kind != "UserMessage" {
                 return None;
             }
             join_text(&item.content)
         }
         ("response_item", "message") => {
-            let msg: ResponseMessage = serde_json::from_str(payload).ok()?;
-            if msg.role.as_deref() != Some("user") {
+            let role: Option<String> = field(payload.role)?;
+            if role.as_deref() != Some("user") {
                 return None;
             }
-            let kinds = msg
-                .internal_chat_message_metadata_passthrough
-                .and_then(|p| p.content_item_kinds);
+            let content: Vec<ContentPart> = field(payload.content)?;
+            let passthrough: Option<Passthrough> =
+                field(payload.internal_chat_message_metadata_passthrough)?;
+            let kinds = passthrough.and_then(|p| p.content_item_kinds);
             if let Some(kinds) = kinds {
                 if !kinds.iter().any(|k| k.starts_with("user.")) {
                     return None;
                 }
             }
-            join_text(&msg.content)
+            join_text(&content)
         }
         _ => return None,
     };
@@ -494,6 +501,48 @@ mod tests {
         ] {
             let head = head_of(&format!("{META}\n{line}")).unwrap();
             assert_eq!(head.title.as_deref(), Some("one"), "{line}");
+        }
+    }
+
+    /// Each shape's fields are read as their own types: a field of the wrong type makes the
+    /// line no prompt, and the next line is tried; fields of other shapes are ignored.
+    #[test]
+    fn a_prompt_field_of_the_wrong_type_is_no_prompt() {
+        for (line, want) in [
+            (
+                r#"{"type":"event_msg","payload":{"type":"user_message","message":null}}"#,
+                None,
+            ),
+            (
+                r#"{"type":"event_msg","payload":{"type":"user_message","message":"one","role":7,"content":{}}}"#,
+                Some("one"),
+            ),
+            (
+                r#"{"type":"response_item","payload":{"type":"message","role":null,"content":[{"type":"input_text","text":"one"}]}}"#,
+                None,
+            ),
+            (
+                r#"{"type":"response_item","payload":{"type":"message","role":"user","content":null}}"#,
+                None,
+            ),
+            (
+                r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"one"}],"internal_chat_message_metadata_passthrough":null,"message":7}}"#,
+                Some("one"),
+            ),
+            (
+                r#"{"type":"event_msg","payload":{"type":"item_completed","item":{"type":"AgentMessage","content":[{"type":"text","text":"one"}]}}}"#,
+                None,
+            ),
+            (r#"{"type":"event_msg","payload":"user_message"}"#, None),
+        ] {
+            let later =
+                r#"{"type":"event_msg","payload":{"type":"user_message","message":"later"}}"#;
+            let head = head_of(&format!("{META}\n{line}\n{later}\n")).unwrap();
+            assert_eq!(
+                head.title.as_deref(),
+                Some(want.unwrap_or("later")),
+                "{line}"
+            );
         }
     }
 
