@@ -172,12 +172,17 @@ impl Shared {
     /// as their workers' parking used to: a snapshot held while a write begins keeps it
     /// from restarting the WAL, which would then grow with every write.
     fn end_kept_before_writes(&mut self) {
-        let readers = Arc::clone(&self.readers);
+        // Weak: the readers must close before the writer (see `readers`), not with it.
+        let readers = Arc::downgrade(&self.readers);
         let writer = self
             .index
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        writer.set_before_write(Arc::new(move || readers.end_all()));
+        writer.set_before_write(Arc::new(move || {
+            if let Some(readers) = readers.upgrade() {
+                readers.end_all();
+            }
+        }));
     }
 
     /// Ends the readers' open read transactions (those not in use right now; a reader in
@@ -397,6 +402,29 @@ mod tests {
             .unwrap()
             .files;
         assert_eq!(files, 2);
+    }
+
+    /// The readers close before the writer, whatever holds them, so the writer closing last
+    /// checkpoints and removes the WAL: a clean stop leaves the index one file.
+    #[test]
+    fn a_dropped_agent_state_leaves_no_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let writer = Index::open(&path, Journal::Wal).unwrap();
+        let reader = Index::open_reader(&path).unwrap();
+        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
+            .with_readers(vec![reader])
+            .with_read_batches();
+        let batch = Batch {
+            files: vec![file(1)],
+            ..Batch::default()
+        };
+        shared.writer().apply("test", &batch).unwrap();
+        assert!(shared.read_query(|q| q.index.counts()).is_some());
+        let wal = dir.path().join("index.sqlite-wal");
+        assert!(wal.exists());
+        drop(shared);
+        assert!(!wal.exists(), "the WAL outlived the agent's connections");
     }
 
     /// Paging through the rows at or under a directory gives exactly what one listing gives,
