@@ -292,6 +292,9 @@ fn watchman_measure(
     })
 }
 
+/// The name of the echo server's runtime threads, by which [`Echo::cpu`] finds them.
+const ECHO_THREAD: &str = "rd-bench-echo";
+
 /// A minimal tokio echo server on a Unix socket (the agent's kind of socket and runtime:
 /// two workers), for the socket's own limit: every line read is written back. Runs on its
 /// own threads in this process until dropped.
@@ -306,6 +309,7 @@ impl Echo {
         let _ = std::fs::remove_file(socket);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(ECHO_THREAD)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
@@ -336,6 +340,14 @@ impl Echo {
             socket: socket.to_owned(),
             runtime: Some(runtime),
         })
+    }
+}
+
+impl Echo {
+    /// user+system CPU of the echo server's threads so far (clock ticks' precision, as the
+    /// agent's CPU is read): the server's own cost, without the clients in this process.
+    pub fn cpu(&self) -> Duration {
+        crate::proc::threads_cpu(std::process::id(), ECHO_THREAD)
     }
 }
 

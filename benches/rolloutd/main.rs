@@ -441,13 +441,21 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         (median(&mut p50s), median(&mut p99s))
     };
     let mut echo_rates = Vec::new();
+    // The echo server's own CPU per request at 8 connections: what the socket and the
+    // runtime cost, the anchor for the agent's CPU per resolve.
+    let mut echo_cpu_8 = Duration::ZERO;
     for clients in [1usize, 8] {
-        let mut rates = Vec::new();
+        let (mut rates, mut cpus) = (Vec::new(), Vec::new());
         for _ in 0..o.runs {
+            let cpu0 = echo.cpu();
             let (done, took) = throughput(&echo.socket, &ids, clients, window, true)?;
+            cpus.push((echo.cpu() - cpu0) / done.max(1) as u32);
             rates.push(done as f64 / took.as_secs_f64());
         }
         echo_rates.push(median_f64(&mut rates));
+        if clients == 8 {
+            echo_cpu_8 = median(&mut cpus);
+        }
     }
     drop(echo);
 
@@ -494,6 +502,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
 
     // Throughput: closed loop, one request in flight per client.
     let mut our_rates = Vec::new();
+    let mut our_cpu_8 = Duration::ZERO;
     for clients in [1usize, 8, 64] {
         println!("throughput, {clients} client(s)…");
         let (mut rates, mut cpus) = (Vec::new(), Vec::new());
@@ -507,6 +516,10 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         phase_peaks.push(agent.peak_rss_kb());
         let rate = median_f64(&mut rates);
         our_rates.push(rate);
+        let cpu = median(&mut cpus);
+        if clients == 8 {
+            our_cpu_8 = cpu;
+        }
         let (target, met) = if clients == 8 {
             ("≥ 50,000 req/s", Some(rate >= 50_000.0))
         } else {
@@ -515,7 +528,7 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         report.row(
             &format!("throughput, {clients} client(s) (`thread/resolve`)"),
             format!("{rate:.0} req/s"),
-            format!("{}/req (agent)", fmt(median(&mut cpus))),
+            format!("{}/req (agent)", fmt(cpu)),
             mb(agent.peak_rss_kb()),
             target,
             met,
@@ -720,6 +733,15 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
             ),
         );
     }
+    report.anchor(
+        "socket echo, 8 connections: the echo server's CPU per request (its threads)",
+        fmt(echo_cpu_8),
+        format!(
+            "rolloutd CPU per resolve, 8 clients ({}) ÷ echo CPU per request = {}",
+            fmt(our_cpu_8),
+            ratio(our_cpu_8, echo_cpu_8)
+        ),
+    );
     report.anchor(
         &format!(
             "parse limit: read the head bytes the cold index reads ({:.0} MB, {:.1} KB/file), no parsing, warm cache, all cores",

@@ -282,7 +282,25 @@ impl Drop for Agent {
 }
 
 fn proc_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// user+system CPU of the threads of `pid` named `comm` (`/proc/PID/task/*/stat`).
+pub fn threads_cpu(pid: u32, comm: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let want = format!("({comm})");
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|stat| stat.contains(&want))
+        .filter_map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// utime + stime of one `stat` line.
+fn stat_cpu(stat: &str) -> Option<Duration> {
     // Fields after the `(comm)`, which may contain spaces.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -111,9 +111,9 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     let parking = Arc::clone(&shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // The requests a worker answers in a row share a reader's snapshot; it ends before
-        // the worker waits, so no snapshot outlives a burst of work.
-        .on_thread_park(move || parking.end_read_batches())
+        // The requests a worker answers share a reader's snapshot until a write passes it;
+        // one a write passed ends before the worker waits (and on the writer's commit).
+        .on_thread_park(move || parking.end_outdated_read_batches())
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;

@@ -188,6 +188,9 @@ pub struct Index {
     /// On a reader in WAL mode: the `writes` value read before its open read transaction
     /// began, while it holds one.
     batch: std::cell::Cell<Option<u64>>,
+    /// On the writer: called before each write transaction begins (see
+    /// [`Index::set_before_write`]).
+    before_write: Option<Arc<dyn Fn() + Send + Sync>>,
     /// The journal is a WAL (a reader's open snapshot then blocks no writer).
     wal: bool,
     /// On the writer: opened on a seal, without the full check (see `seal`).
@@ -295,6 +298,7 @@ impl Index {
             sink: None,
             writes: None,
             batch: std::cell::Cell::new(None),
+            before_write: None,
             wal: journal == Journal::Wal,
             sealed_at_open: sealed,
         })
@@ -309,6 +313,12 @@ impl Index {
     /// readers that keep a read transaction across requests ([`Index::begin_read_batch`]).
     pub fn set_write_counter(&mut self, writes: Arc<AtomicU64>) {
         self.writes = Some(writes);
+    }
+
+    /// Calls `f` before each write transaction begins, once `writes` is odd (the agent
+    /// ends its readers' kept snapshots there, so the write can restart the WAL).
+    pub fn set_before_write(&mut self, f: Arc<dyn Fn() + Send + Sync>) {
+        self.before_write = Some(f);
     }
 
     /// On a reader: reads from here on share one read transaction (one snapshot, and none
@@ -378,6 +388,7 @@ impl Index {
             sink: None,
             writes: None,
             batch: std::cell::Cell::new(None),
+            before_write: None,
             wal: journal.eq_ignore_ascii_case("wal"),
             sealed_at_open: false,
         })
@@ -526,6 +537,9 @@ impl Index {
         let counting = Counting(self.writes.as_deref());
         if let Some(w) = counting.0 {
             w.fetch_add(1, AtomicOrdering::SeqCst);
+        }
+        if let Some(before) = &self.before_write {
+            before();
         }
         let run = || -> rusqlite::Result<Vec<Change>> {
             // IMMEDIATE: the transaction reads before it writes, and a deferred one could

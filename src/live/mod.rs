@@ -49,7 +49,7 @@ pub struct Shared {
     /// when none could be opened, and then every query uses the writer. Declared before
     /// the writer so they close first: only a writer closing last checkpoints and removes
     /// the WAL file, leaving the index one self-contained file after a clean stop.
-    readers: Vec<Mutex<Index>>,
+    readers: Arc<Readers>,
     next_reader: AtomicUsize,
     /// The writer's count of write transactions (odd while one runs): a reader keeps its
     /// snapshot across requests only while this has not moved (see
@@ -79,6 +79,38 @@ pub struct Shared {
     pub changed: Arc<tokio::sync::Notify>,
 }
 
+/// The read-only query connections, shared with the writer's after-write hook.
+#[derive(Default)]
+struct Readers {
+    conns: Vec<Mutex<Index>>,
+    /// Per reader: the writer's count read before its snapshot was last taken or kept.
+    seen: Vec<AtomicU64>,
+}
+
+impl Readers {
+    /// Ends the open snapshots of the readers not in use.
+    fn end_all(&self) {
+        for conn in &self.conns {
+            if let Ok(r) = conn.try_lock() {
+                r.end_read_batch();
+            }
+        }
+    }
+
+    /// Ends the snapshots taken before the writer's count reached `writes` (a commit may be
+    /// missing from them), of the readers not in use. One in use is renewed by its next
+    /// query, or ended here when its worker parks.
+    fn end_outdated(&self, writes: u64) {
+        for (conn, seen) in self.conns.iter().zip(&self.seen) {
+            if seen.load(Ordering::SeqCst) != writes {
+                if let Ok(r) = conn.try_lock() {
+                    r.end_read_batch();
+                }
+            }
+        }
+    }
+}
+
 impl Shared {
     /// Wires `index` (the writer) to a publisher on a new notification channel; `observer`
     /// also sees every committed change (the agent follows archive moves with it).
@@ -97,7 +129,7 @@ impl Shared {
         Shared {
             homes,
             index: Mutex::new(index),
-            readers: Vec::new(),
+            readers: Arc::default(),
             next_reader: AtomicUsize::new(0),
             writes,
             batched: false,
@@ -116,7 +148,13 @@ impl Shared {
 
     /// Adds read-only connections for queries.
     pub fn with_readers(mut self, readers: Vec<Index>) -> Self {
-        self.readers = readers.into_iter().map(Mutex::new).collect();
+        self.readers = Arc::new(Readers {
+            seen: readers.iter().map(|_| AtomicU64::new(0)).collect(),
+            conns: readers.into_iter().map(Mutex::new).collect(),
+        });
+        if self.batched {
+            self.end_kept_before_writes();
+        }
         self
     }
 
@@ -126,17 +164,40 @@ impl Shared {
     /// each runtime worker before it parks.
     pub fn with_read_batches(mut self) -> Self {
         self.batched = true;
+        self.end_kept_before_writes();
         self
+    }
+
+    /// Before each write the writer ends the snapshots the readers keep (those not in use),
+    /// as their workers' parking used to: a snapshot held while a write begins keeps it
+    /// from restarting the WAL, which would then grow with every write.
+    fn end_kept_before_writes(&mut self) {
+        // Weak: the readers must close before the writer (see `readers`), not with it.
+        let readers = Arc::downgrade(&self.readers);
+        let writer = self
+            .index
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        writer.set_before_write(Arc::new(move || {
+            if let Some(readers) = readers.upgrade() {
+                readers.end_all();
+            }
+        }));
     }
 
     /// Ends the readers' open read transactions (those not in use right now; a reader in
     /// use is ended by its own thread before that one waits).
     pub fn end_read_batches(&self) {
-        for reader in &self.readers {
-            if let Ok(r) = reader.try_lock() {
-                r.end_read_batch();
-            }
-        }
+        self.readers.end_all();
+    }
+
+    /// Ends the open read transactions that may lack a commit (of the readers not in use
+    /// right now), before a worker waits. A snapshot no write has passed is kept: the next
+    /// request then needs none of SQLite's per-transaction locking and checks (the writer
+    /// ends it before its next write begins).
+    pub fn end_outdated_read_batches(&self) {
+        self.readers
+            .end_outdated(self.writes.load(Ordering::SeqCst));
     }
 
     /// Runs `f` on a reader connection. `None` when there is no reader, or when `f` needed
@@ -144,20 +205,29 @@ impl Shared {
     /// and the caller runs the query on the writer with [`Shared::query`]. Reads and stats
     /// only, so it is quick enough to run on the runtime's threads.
     pub fn read_query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Option<R> {
-        let n = self.readers.len();
+        let n = self.readers.conns.len();
         if n == 0 {
             return None;
         }
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let guard = (0..n)
-            .find_map(|k| self.readers[(start + k) % n].try_lock().ok())
+        let (at, guard) = (0..n)
+            .find_map(|k| {
+                let at = (start + k) % n;
+                self.readers.conns[at].try_lock().ok().map(|g| (at, g))
+            })
             .unwrap_or_else(|| {
-                self.readers[start % n]
+                let at = start % n;
+                let guard = self.readers.conns[at]
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (at, guard)
             });
         if self.batched {
+            // Read before the snapshot is taken: never newer than it, so a snapshot that
+            // may lack a commit is always seen as outdated.
+            let before = self.writes.load(Ordering::SeqCst);
             guard.begin_read_batch(&self.writes);
+            self.readers.seen[at].store(before, Ordering::SeqCst);
         }
         let homes = self.homes();
         let answer = f(&Queries {
@@ -290,6 +360,71 @@ mod tests {
         // Once the batch ends, the same holds from a fresh snapshot.
         shared.end_read_batches();
         assert_eq!(files(), 3);
+    }
+
+    /// A snapshot kept across requests must not be open when a write begins, even with no
+    /// query and no worker parking in between: it would keep the WAL from restarting and
+    /// being reclaimed.
+    #[test]
+    fn a_write_ends_the_kept_snapshots_it_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let writer = Index::open(&path, Journal::Wal).unwrap();
+        let reader = Index::open_reader(&path).unwrap();
+        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
+            .with_readers(vec![reader])
+            .with_read_batches();
+        let write = |n: u64| {
+            let batch = Batch {
+                files: vec![file(n)],
+                ..Batch::default()
+            };
+            shared.writer().apply("test", &batch).unwrap();
+        };
+        let probe = rusqlite::Connection::open(&path).unwrap();
+        let checkpoint_busy = || -> i64 {
+            probe
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .unwrap()
+        };
+        write(1);
+        let files = shared
+            .read_query(|q| q.index.counts())
+            .unwrap()
+            .unwrap()
+            .files;
+        assert_eq!(files, 1);
+        write(2);
+        assert_eq!(checkpoint_busy(), 0, "a kept snapshot was still open");
+        let files = shared
+            .read_query(|q| q.index.counts())
+            .unwrap()
+            .unwrap()
+            .files;
+        assert_eq!(files, 2);
+    }
+
+    /// The readers close before the writer, whatever holds them, so the writer closing last
+    /// checkpoints and removes the WAL: a clean stop leaves the index one file.
+    #[test]
+    fn a_dropped_agent_state_leaves_no_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let writer = Index::open(&path, Journal::Wal).unwrap();
+        let reader = Index::open_reader(&path).unwrap();
+        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
+            .with_readers(vec![reader])
+            .with_read_batches();
+        let batch = Batch {
+            files: vec![file(1)],
+            ..Batch::default()
+        };
+        shared.writer().apply("test", &batch).unwrap();
+        assert!(shared.read_query(|q| q.index.counts()).is_some());
+        let wal = dir.path().join("index.sqlite-wal");
+        assert!(wal.exists());
+        drop(shared);
+        assert!(!wal.exists(), "the WAL outlived the agent's connections");
     }
 
     /// Paging through the rows at or under a directory gives exactly what one listing gives,

@@ -13,6 +13,9 @@ use super::frame::{self, Line};
 /// Lines queued for a connection by other tasks.
 const OUT_QUEUE: usize = 256;
 
+/// The output buffer a connection keeps between writes.
+pub const OUT_BUFFER: usize = 4096;
+
 /// What reading gave.
 pub enum Frame {
     /// One line (without `\n`), not blank: in [`Connection::line`].
@@ -91,6 +94,42 @@ impl Connection {
     /// The line the last [`Frame::Request`] read.
     pub fn line(&self) -> &[u8] {
         &self.buf
+    }
+
+    /// True when the read buffer holds a whole non-blank line, which the next read returns
+    /// without waiting on the peer.
+    pub fn has_buffered_request(&self) -> bool {
+        // A line cut short by a cancelled read continues in the buffer.
+        let started = !self.complete && !self.buf.iter().all(u8::is_ascii_whitespace);
+        let mut blank = !started;
+        for &b in self.reader.buffer() {
+            if b == b'\n' {
+                if !blank {
+                    return true;
+                }
+            } else if !b.is_ascii_whitespace() {
+                blank = false;
+            }
+        }
+        false
+    }
+
+    /// Moves the lines other tasks queued onto `out`, in queue order.
+    pub fn take_queued(&mut self, out: &mut Vec<u8>) {
+        while let Ok(line) = self.queued.try_recv() {
+            frame::push_line(out, &line);
+        }
+    }
+
+    /// Writes `out` (whole lines) in one write and empties it, failed or not; a buffer
+    /// grown past [`OUT_BUFFER`] by a burst is given back.
+    pub async fn write_out(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let written = self.writer.write_all(out).await;
+        out.clear();
+        if out.capacity() > 4 * OUT_BUFFER {
+            *out = Vec::with_capacity(OUT_BUFFER);
+        }
+        written
     }
 
     /// Writes `line` and its newline in one write, after anything queued before it.

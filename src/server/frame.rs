@@ -221,6 +221,35 @@ pub fn response(id: &Value, result: &Result<Box<RawValue>, RpcError>) -> String 
     })
 }
 
+/// Appends the response line for a successful `result` and its newline to `out`: the
+/// envelope and the result serialized in place. `answer`'s error line instead when the
+/// result does not serialize.
+pub fn push_response<T: Serialize>(out: &mut Vec<u8>, id: &Value, result: &T) {
+    let start = out.len();
+    if matches!(id, Value::Number(_) | Value::String(_) | Value::Null) {
+        out.extend_from_slice(br#"{"jsonrpc":""#);
+        out.extend_from_slice(crate::protocol::JSONRPC.as_bytes());
+        out.extend_from_slice(br#"","id":"#);
+        if serde_json::to_writer(&mut *out, id).is_ok() {
+            out.extend_from_slice(br#","result":"#);
+            if serde_json::to_writer(&mut *out, result).is_ok() {
+                out.extend_from_slice(b"}\n");
+                return;
+            }
+        }
+        out.truncate(start);
+    }
+    let answer = serde_json::value::to_raw_value(result)
+        .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()));
+    push_line(out, &response(id, &answer));
+}
+
+/// Appends `line` and its newline to `out`.
+pub fn push_line(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+}
+
 /// An error response line (without the newline).
 pub fn error(id: &Value, e: RpcError) -> String {
     response(id, &Err(e))

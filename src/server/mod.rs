@@ -159,16 +159,25 @@ impl Handler {
         // One waiter for the connection's life, not one registered and dropped per request.
         let stop = self.shutdown.clone().cancelled_owned();
         tokio::pin!(stop);
+        // Lines to write, in order: the answers of the requests already read (pipelined
+        // requests are answered together, in one write) and lines other tasks queued.
+        let mut out: Vec<u8> = Vec::with_capacity(OUT_BUFFER);
         loop {
+            // Written once no complete request is left unread in the buffer: reading a
+            // buffered line never waits, so no answer waits on the peer.
+            if !out.is_empty()
+                && !self.conn.has_buffered_request()
+                && self.conn.write_out(&mut out).await.is_err()
+            {
+                break;
+            }
             let frame = tokio::select! {
                 biased;
                 () = &mut stop => break,
                 e = self.conn.next() => match e {
                     Event::Frame(f) => f,
                     Event::Queued(line) => {
-                        if self.conn.write_queued(line).await.is_err() {
-                            break;
-                        }
+                        frame::push_line(&mut out, &line);
                         continue;
                     }
                 },
@@ -185,9 +194,20 @@ impl Handler {
             match frame {
                 Frame::Request => {
                     last_request = Instant::now();
-                    if let Some(answer) = self.session.dispatch_inline(self.conn.line()).await {
-                        if self.conn.write_line(answer).await.is_err() {
+                    // What other tasks queued before this answer goes before it.
+                    self.conn.take_queued(&mut out);
+                    if let Dispatched::Later(id, command) =
+                        self.session.dispatch_now(self.conn.line(), &mut out)
+                    {
+                        // Applying may wait (the in-flight bound): what is answered goes
+                        // out first.
+                        if self.conn.write_out(&mut out).await.is_err() {
                             break;
+                        }
+                        if let Some(answer) = self.session.apply(id, command).await {
+                            if self.conn.write_line(answer).await.is_err() {
+                                break;
+                            }
                         }
                     }
                 }
@@ -197,7 +217,7 @@ impl Handler {
                         INVALID_REQUEST,
                         format!("request line exceeds {} bytes", frame::MAX_LINE),
                     );
-                    let _ = self.conn.write_line(frame::error(&Value::Null, e)).await;
+                    frame::push_line(&mut out, &frame::error(&Value::Null, e));
                     break;
                 }
             }
@@ -207,10 +227,17 @@ impl Handler {
                 self.limits.idle_timeout
             };
         }
+        // Answers already made are still sent (a stop answers what was read).
+        if !out.is_empty() {
+            let _ = self.conn.write_out(&mut out).await;
+        }
         self.session.finish().await;
         self.conn.close().await;
     }
 }
+
+/// The output buffer a connection keeps between writes (see [`Connection::write_out`]).
+const OUT_BUFFER: usize = connection::OUT_BUFFER;
 
 /// Longer than any connection lives: the idle timer of a subscribed connection.
 const FAR: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -218,6 +245,14 @@ const FAR: Duration = Duration::from_secs(10 * 365 * 86_400);
 fn deadline(from: Instant, after: Duration) -> Instant {
     from.checked_add(after.min(FAR))
         .unwrap_or_else(|| Instant::now() + FAR)
+}
+
+/// What [`Session::dispatch_now`] left to do.
+pub enum Dispatched {
+    /// Answered onto the output, or nothing to answer.
+    Done,
+    /// A command to run with [`Session::apply`], and the request's id.
+    Later(Option<Value>, ClientRequest),
 }
 
 /// What one connection's commands share, and the one dispatch path every request takes
@@ -252,24 +287,55 @@ impl Session {
     /// [`Session::dispatch`], but an answer ready at once is returned for the caller to
     /// write rather than queued (the connection's own task writes it, with no hop).
     pub async fn dispatch_inline(&self, line: &[u8]) -> Option<String> {
+        let mut out = Vec::new();
+        match self.dispatch_now(line, &mut out) {
+            Dispatched::Done => {
+                // Only JSON text went in; drop the newline the caller adds back.
+                out.pop();
+                String::from_utf8(out).ok().filter(|l| !l.is_empty())
+            }
+            Dispatched::Later(id, command) => self.apply(id, command).await,
+        }
+    }
+
+    /// One request line, as far as it goes without waiting: a parse error, or the answer
+    /// of a command a reader gives at once, is appended to `out` with its newline (nothing
+    /// for a request without an id); any other command is handed back for
+    /// [`Session::apply`].
+    pub fn dispatch_now(&self, line: &[u8], out: &mut Vec<u8>) -> Dispatched {
         let (id, command) = match frame::parse_command(line) {
             Some(parsed) => parsed,
             None => match frame::parse(line) {
                 Ok(r) => (r.id, ClientRequest::parse(&r.method, r.params)),
-                Err(bad) => return Some(frame::error(&bad.id, bad.error)),
+                Err(bad) => {
+                    frame::push_line(out, &frame::error(&bad.id, bad.error));
+                    return Dispatched::Done;
+                }
             },
         };
         let command = match command {
             Ok(c) => c,
-            Err(e) => return id.map(|id| frame::error(&id, e)),
+            Err(e) => {
+                if let Some(id) = id {
+                    frame::push_line(out, &frame::error(&id, e));
+                }
+                return Dispatched::Done;
+            }
         };
         self.cx
             .shared
             .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(result) = command.answer_at_once(&self.cx.shared) {
-            return id.map(|id| frame::response(&id, &result));
+        if command.answer_at_once_into(&self.cx.shared, id.as_ref(), out) {
+            return Dispatched::Done;
         }
+        Dispatched::Later(id, command)
+    }
+
+    /// Applies a command [`Session::dispatch_now`] handed back. A command not done after
+    /// one poll gets a task of its own (its answer is queued), so the connection keeps
+    /// reading; past `IN_FLIGHT` (64) of those, this waits.
+    pub async fn apply(&self, id: Option<Value>, command: ClientRequest) -> Option<String> {
         let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
             return None;
         };

@@ -66,23 +66,50 @@ impl ClientRequest {
 
 impl ClientRequest {
     /// The answer of a command that is index reads and stats only, when a reader gives it
-    /// at once: no future, task or permit for the commonest requests. `None` when the
-    /// command is another kind, or the reader could not answer it alone (a repair, a walk):
-    /// [`ClientRequest::apply`] then answers it, exactly as it would have.
-    pub fn answer_at_once(&self, shared: &Shared) -> Option<Answer> {
-        fn done<T: Serialize>(r: Result<T, QueryError>) -> Answer {
-            answer(&r.map_err(|e| RpcError::from(&e))?)
+    /// at once: no future, task or permit for the commonest requests. The response line
+    /// (and its newline) for `id` is serialized straight onto `out`, with no intermediate
+    /// result text. False, with nothing written, when the command is another kind, or the
+    /// reader could not answer it alone (a repair, a walk): [`ClientRequest::apply`] then
+    /// answers it, exactly as it would have.
+    pub fn answer_at_once_into(
+        &self,
+        shared: &Shared,
+        id: Option<&serde_json::Value>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        fn done<T: Serialize>(
+            r: Option<Result<T, QueryError>>,
+            id: Option<&serde_json::Value>,
+            out: &mut Vec<u8>,
+        ) -> bool {
+            let Some(r) = r else { return false };
+            if let Some(id) = id {
+                match r {
+                    Ok(v) => crate::server::frame::push_response(out, id, &v),
+                    Err(e) => crate::server::frame::push_line(
+                        out,
+                        &crate::server::frame::error(id, RpcError::from(&e)),
+                    ),
+                }
+            }
+            true
         }
         match self {
-            ClientRequest::ThreadResolve(p) => {
-                shared.read_query(|q| done(q.resolve_thread(&p.thread_id)))
+            ClientRequest::ThreadResolve(p) => done(
+                shared.read_query(|q| q.resolve_thread(&p.thread_id)),
+                id,
+                out,
+            ),
+            ClientRequest::ThreadCheckResume(p) => done(
+                shared.read_query(|q| q.check_resume(&p.thread_id, &p.path)),
+                id,
+                out,
+            ),
+            ClientRequest::PathResolve(p) => {
+                done(shared.read_query(|q| q.resolve_path(&p.path)), id, out)
             }
-            ClientRequest::ThreadCheckResume(p) => {
-                shared.read_query(|q| done(q.check_resume(&p.thread_id, &p.path)))
-            }
-            ClientRequest::PathResolve(p) => shared.read_query(|q| done(q.resolve_path(&p.path))),
-            ClientRequest::PathSame(p) => shared.read_query(|q| done(q.same(&p.a, &p.b))),
-            _ => None,
+            ClientRequest::PathSame(p) => done(shared.read_query(|q| q.same(&p.a, &p.b)), id, out),
+            _ => false,
         }
     }
 }
