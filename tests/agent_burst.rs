@@ -144,6 +144,19 @@ fn an_event_queue_overflow_triggers_a_full_reconcile_and_loses_nothing() {
         original.trim()
     );
     let rescans_before = agent.status()["rescans"].as_u64().unwrap();
+    // The burst's directories exist and are watched first, so its 20,000 files queue 20,000
+    // events. Made during the stop, the directories alone would queue fewer than 64, and the
+    // overflow would hang on the agent's own reads after it resumes (it did not always come).
+    for n in 0..40 {
+        let r = Rollout::new(
+            &tid(n),
+            &format!("2026-{:02}-{:02}T10:00:00.000Z", 1 + n % 10, 1 + n % 4),
+            "/w",
+            "p",
+        );
+        std::fs::create_dir_all(fx.home.join(r.day_dir())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
     // Stopped, the agent reads nothing, so the burst overflows its 64-event queue for sure.
     agent.signal(libc::SIGSTOP);
     let cont = Continue(agent.pid());
@@ -158,8 +171,11 @@ fn an_event_queue_overflow_triggers_a_full_reconcile_and_loses_nothing() {
     );
     let warnings = agent.log().matches("events were lost").count();
     println!("overflow: {rescans} full reconciles, {warnings} warnings in the log");
-    assert_eq!(
-        warnings, 1,
-        "the lost-events warning should come once per burst"
+    // Once per burst (`policy::losses_warn_once_per_burst`); the agent's own head reads
+    // after each reconcile (inotify's open events, which notify always asks for) can
+    // overflow a 64-event queue again, a later burst.
+    assert!(
+        warnings >= 1 && warnings as u64 <= rescans,
+        "{warnings} lost-events warnings for {rescans} full reconciles"
     );
 }

@@ -532,6 +532,16 @@ impl Watch {
             let due = self.vanished.take_due(now);
             self.apply(Vec::new(), due);
             if self.rescan_pending && self.backoff.allowed(now) {
+                // Lost events may include directories made meanwhile: every directory is
+                // watched again before the reconcile walks it.
+                if let Some(w) = watches.as_deref_mut() {
+                    if let Err(e) = w.add_trees() {
+                        if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                            self.force_poll = Some("the inotify watch limit was reached".into());
+                            return;
+                        }
+                    }
+                }
                 self.reconcile(true);
             }
             if now >= next_degraded_try {
@@ -745,6 +755,19 @@ impl Watches {
                     tracing::debug!(path = %dir.path().display(), error = %e, "cannot watch")
                 }
                 Ok(()) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches every directory of every tree again (those already watched keep their
+    /// watch).
+    fn add_trees(&mut self) -> notify::Result<()> {
+        for tree in self.trees.clone() {
+            match self.add_tree(&tree) {
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => return Err(e),
+                // A tree gone: the root check re-establishes the watches.
+                _ => {}
             }
         }
         Ok(())
