@@ -328,6 +328,16 @@ mod tests {
         }
     }
 
+    /// The agent's state on a new index at `path`: its writer and one reader, which keeps
+    /// its snapshot across queries.
+    fn with_one_reader(path: &std::path::Path) -> Shared {
+        let writer = Index::open(path, Journal::Wal).unwrap();
+        let reader = Index::open_reader(path).unwrap();
+        Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
+            .with_readers(vec![reader])
+            .with_read_batches()
+    }
+
     /// A reader keeps its snapshot between queries until its thread waits; a commit in
     /// between must still be seen by the next query (no `end_read_batches` here, as when a
     /// busy worker answers request after request).
@@ -335,11 +345,7 @@ mod tests {
     fn a_kept_snapshot_is_renewed_after_every_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let writer = Index::open(&path, Journal::Wal).unwrap();
-        let reader = Index::open_reader(&path).unwrap();
-        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
-            .with_readers(vec![reader])
-            .with_read_batches();
+        let shared = with_one_reader(&path);
         let files = || {
             shared
                 .read_query(|q| q.index.counts())
@@ -369,11 +375,7 @@ mod tests {
     fn a_write_ends_the_kept_snapshots_it_passed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let writer = Index::open(&path, Journal::Wal).unwrap();
-        let reader = Index::open_reader(&path).unwrap();
-        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
-            .with_readers(vec![reader])
-            .with_read_batches();
+        let shared = with_one_reader(&path);
         let write = |n: u64| {
             let batch = Batch {
                 files: vec![file(n)],
@@ -410,11 +412,7 @@ mod tests {
     fn a_dropped_agent_state_leaves_no_wal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
-        let writer = Index::open(&path, Journal::Wal).unwrap();
-        let reader = Index::open_reader(&path).unwrap();
-        let shared = Shared::new(Homes::new(&[PathBuf::from("/h")], &[]), writer, None)
-            .with_readers(vec![reader])
-            .with_read_batches();
+        let shared = with_one_reader(&path);
         let batch = Batch {
             files: vec![file(1)],
             ..Batch::default()
