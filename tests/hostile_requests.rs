@@ -401,3 +401,69 @@ fn a_client_that_never_reads_does_not_stall_the_others() {
     drop(hog);
     assert!(agent.status()["ready"] == true);
 }
+
+/// Every in-flight slot is taken by a `thread/wait`, one more request waits for a slot, and
+/// notifications fill the connection's outgoing queue: the waits' answers must still come
+/// (they are queued behind the notifications, which the connection has to keep writing
+/// while it waits for a slot, or nothing would ever move again).
+#[test]
+fn waits_filling_every_slot_are_answered_while_notifications_fill_the_queue() {
+    const SLOTS: u32 = 64;
+    const NOTICES: u32 = 400;
+    let (fx, agent) = world(0);
+    let waited = |k: u32| tid(10_000 + k);
+    let mut c = Raw::connect(&agent.socket);
+    c.send(request(0, "subscribe", json!({})).as_bytes())
+        .unwrap();
+    assert!(c.line().unwrap().contains("\"subscribed\":true"));
+    // One more wait than there are slots: the last waits for a slot.
+    let mut pipelined = String::new();
+    for k in 1..=SLOTS + 1 {
+        pipelined.push_str(&request(
+            k.into(),
+            "thread/wait",
+            json!({"threadId": waited(k), "timeoutMs": 120_000}),
+        ));
+    }
+    c.send(pipelined.as_bytes()).unwrap();
+    // Notifications of other threads, more than the queue holds, all published.
+    for n in 0..NOTICES {
+        fx.write_active(
+            &Rollout::new(&tid(20_000 + n), "2026-03-04T10:00:00.000Z", "/w", "p").base_len(100),
+        );
+    }
+    let last = tid(20_000 + NOTICES - 1);
+    common::agent::eventually("the notifying rollouts are indexed", || {
+        agent.call("thread/resolve", json!({"threadId": last})).ok()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for k in 1..=SLOTS + 1 {
+        fx.write_active(
+            &Rollout::new(&waited(k), "2026-03-05T10:00:00.000Z", "/w", "w").base_len(100),
+        );
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    let mut notices = 0u32;
+    let started = Instant::now();
+    while answered.len() < (SLOTS + 1) as usize && started.elapsed() < Duration::from_secs(60) {
+        let line = match c.line() {
+            Ok(l) => l,
+            Err(e) => panic!(
+                "{e}: {} of {} waits answered, {notices} notices",
+                answered.len(),
+                SLOTS + 1
+            ),
+        };
+        assert!(!line.is_empty(), "the connection closed");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        match v["id"].as_u64() {
+            Some(k) => {
+                assert_eq!(v["result"]["threadId"], waited(k as u32), "{line}");
+                answered.insert(k);
+            }
+            None => notices += 1,
+        }
+    }
+    assert_eq!(answered.len(), (SLOTS + 1) as usize, "{notices} notices");
+    assert!(notices >= 256, "the queue never filled: {notices} notices");
+}

@@ -91,6 +91,12 @@ impl Connection {
         }
     }
 
+    /// The next line another task queued (never `None` while the connection lives: it
+    /// holds a sender itself).
+    pub async fn next_queued(&mut self) -> Option<String> {
+        self.queued.recv().await
+    }
+
     /// The line the last [`Frame::Request`] read.
     pub fn line(&self) -> &[u8] {
         &self.buf
@@ -130,24 +136,6 @@ impl Connection {
             *out = Vec::with_capacity(OUT_BUFFER);
         }
         written
-    }
-
-    /// Writes `line` and its newline in one write, after anything queued before it.
-    pub async fn write_line(&mut self, line: String) -> std::io::Result<()> {
-        while let Ok(earlier) = self.queued.try_recv() {
-            self.write_one(earlier).await?;
-        }
-        self.write_one(line).await
-    }
-
-    /// Writes one line that came from the queue.
-    pub async fn write_queued(&mut self, line: String) -> std::io::Result<()> {
-        self.write_one(line).await
-    }
-
-    async fn write_one(&mut self, mut line: String) -> std::io::Result<()> {
-        line.push('\n');
-        self.writer.write_all(line.as_bytes()).await
     }
 
     /// The queue of outgoing lines (for commands answering later, and subscriptions).

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -199,15 +199,13 @@ impl Handler {
                     if let Dispatched::Later(id, command) =
                         self.session.dispatch_now(self.conn.line(), &mut out)
                     {
-                        // Applying may wait (the in-flight bound): what is answered goes
-                        // out first.
-                        if self.conn.write_out(&mut out).await.is_err() {
+                        let Some(permit) = self.reserve(&mut out).await else {
                             break;
-                        }
-                        if let Some(answer) = self.session.apply(id, command).await {
-                            if self.conn.write_line(answer).await.is_err() {
-                                break;
-                            }
+                        };
+                        if let Some(answer) = self.session.apply_reserved(permit, id, command) {
+                            // After what other tasks queued before it.
+                            self.conn.take_queued(&mut out);
+                            frame::push_line(&mut out, &answer);
                         }
                     }
                 }
@@ -233,6 +231,27 @@ impl Handler {
         }
         self.session.finish().await;
         self.conn.close().await;
+    }
+}
+
+impl Handler {
+    /// An in-flight slot for a command to apply (`None`: stop, or the peer is gone). What
+    /// is answered goes out first, and lines queued meanwhile are written while waiting:
+    /// the tasks in flight hold their slots until their answers are queued, so a queue
+    /// left full would keep every slot taken and this wait would never end.
+    async fn reserve(&mut self, out: &mut Vec<u8>) -> Option<OwnedSemaphorePermit> {
+        self.conn.write_out(out).await.ok()?;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                permit = self.session.reserve() => return permit,
+                Some(line) = self.conn.next_queued() => {
+                    frame::push_line(out, &line);
+                    self.conn.write_out(out).await.ok()?;
+                }
+            }
+        }
     }
 }
 
@@ -336,9 +355,23 @@ impl Session {
     /// one poll gets a task of its own (its answer is queued), so the connection keeps
     /// reading; past `IN_FLIGHT` (64) of those, this waits.
     pub async fn apply(&self, id: Option<Value>, command: ClientRequest) -> Option<String> {
-        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-            return None;
-        };
+        let permit = self.reserve().await?;
+        self.apply_reserved(permit, id, command)
+    }
+
+    /// One of the `IN_FLIGHT` slots (waits while all are taken; `None` once closed). A
+    /// slot is held until the command's answer is queued.
+    pub async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.in_flight).acquire_owned().await.ok()
+    }
+
+    /// [`Session::apply`] with a slot already reserved.
+    pub fn apply_reserved(
+        &self,
+        permit: OwnedSemaphorePermit,
+        id: Option<Value>,
+        command: ClientRequest,
+    ) -> Option<String> {
         let cx = self.cx.clone();
         let mut answer = Box::pin(async move { command.apply(&cx).await });
         // Most answers come from a reader without waiting on anything: answer those here.
