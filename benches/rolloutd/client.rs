@@ -3,27 +3,32 @@
 //! keeps the figures about the agent.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
+
+/// No read may hang the bench.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Conn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     line: String,
     next_id: u64,
+    timeout: Duration,
 }
 
 impl Conn {
     pub fn connect(socket: &Path) -> std::io::Result<Conn> {
         let stream = UnixStream::connect(socket)?;
-        // No read may hang the bench.
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
         Ok(Conn {
             reader: BufReader::with_capacity(64 << 10, stream.try_clone()?),
             writer: stream,
             line: String::with_capacity(4096),
             next_id: 1,
+            timeout: READ_TIMEOUT,
         })
     }
 
@@ -64,6 +69,9 @@ impl Conn {
     /// The next line (a response or a notification).
     pub fn read_line(&mut self) -> Result<&str, String> {
         self.line.clear();
+        if self.reader.buffer().is_empty() {
+            self.wait_readable()?;
+        }
         match self.reader.read_line(&mut self.line) {
             Ok(0) => Err("agent closed the connection".into()),
             Ok(_) => Ok(self.line.as_str()),
@@ -71,8 +79,32 @@ impl Conn {
         }
     }
 
-    pub fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+    pub fn set_read_timeout(&mut self, t: Duration) -> std::io::Result<()> {
+        self.timeout = t;
         self.reader.get_ref().set_read_timeout(Some(t))
+    }
+
+    /// Waits in `poll` until the answer is there, as an event-loop client waits, not in a
+    /// blocking `read`: a reader blocked on the socket is woken a second time, for nothing,
+    /// when the server takes the request off the socket (the freed space wakes every
+    /// sleeper on it), and that wake-up would be billed to the server's CPU.
+    fn wait_readable(&self) -> Result<(), String> {
+        let mut fd = libc::pollfd {
+            fd: self.reader.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = self.timeout.as_millis().min(i32::MAX as u128) as i32;
+        for _ in 0..100 {
+            // SAFETY: one valid pollfd, for the socket this connection owns.
+            match unsafe { libc::poll(&mut fd, 1, ms) } {
+                0 => return Err("read: timed out".into()),
+                n if n > 0 => return Ok(()),
+                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+                _ => return Err(format!("poll: {}", std::io::Error::last_os_error())),
+            }
+        }
+        Err("poll: interrupted 100 times".into())
     }
 
     /// The request `resolve` sends, answered by anything that answers with its id (the echo
