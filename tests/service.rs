@@ -107,6 +107,56 @@ fn readiness_after_first_reconcile_then_watchdog_and_stopping() {
     assert!(!log.contains('\u{1b}'), "{log}");
 }
 
+/// A manager that stops reading its notify socket (stalled, or a `NOTIFY_SOCKET` leaked
+/// from another service) must stall nothing: the agent starts, serves, pings and stops as
+/// usual, and says once that it cannot notify.
+#[test]
+fn a_manager_that_never_reads_its_notify_socket_stalls_nothing() {
+    let fx = fixture_with(3);
+    let mut c = fx.cmd();
+    // Pings every 100 ms, from the runtime: a blocking send would take a worker at once.
+    c.env("WATCHDOG_USEC", "200000").arg("run");
+    let mut agent = Agent::spawn_stalled(c, fx.socket(), fx.root.join("agent.log"));
+    common::agent::eventually_within("the agent is ready and answers", READY_DEADLINE, || {
+        agent
+            .call("index/status", json!({}))
+            .ok()
+            .filter(|s| s["ready"] == json!(true))
+    });
+    // A change, and many requests on two connections while the pings keep failing.
+    fx.write_active(&Rollout::new(&tid(7), "2026-11-21T19:02:43.635Z", "/w", "t").base_len(64));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = agent.client();
+            std::thread::spawn(move || {
+                (0..200)
+                    .filter(|i| {
+                        client
+                            .call("thread/resolve", json!({"threadId": tid(i % 3)}))
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200, "every request answered");
+    }
+    common::agent::eventually("the change is indexed", || {
+        agent
+            .call("thread/resolve", json!({"threadId": tid(7)}))
+            .ok()
+    });
+    let status = terminate(&mut agent);
+    assert!(status.success(), "{status}; stderr:\n{}", agent.log());
+    let log = agent.log();
+    assert_eq!(
+        log.matches("cannot notify the service manager").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn socket_activation_serves_the_passed_socket_and_keeps_it() {
     use std::os::fd::AsRawFd;

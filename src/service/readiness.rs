@@ -3,6 +3,8 @@
 //! of `WatchdogSec`, and `STOPPING=1` on the way out. Outside systemd (no `NOTIFY_SOCKET`)
 //! every call is a no-op.
 
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,10 @@ use crate::live::Shared;
 
 /// The least time between two refreshes of the `STATUS=` line after the agent is ready.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How long `READY=1` is retried while the manager's queue is full.
+const READY_PATIENCE: Duration = Duration::from_secs(2);
+/// The pause between two tries.
+const RETRY: Duration = Duration::from_millis(20);
 
 /// The agent's connection to the service manager.
 #[derive(Debug)]
@@ -40,11 +46,29 @@ impl Notifier {
         self.watchdog.filter(|_| self.enabled)
     }
 
-    fn send(&self, states: &[NotifyState<'_>]) {
+    /// Sends `states` in one datagram, never blocking: a manager that does not read (a
+    /// stalled one, or a `NOTIFY_SOCKET` leaked from another service) must not stall the
+    /// thread that reports. While its queue is full (10 datagrams by default) the line is
+    /// retried for up to `patience`, then dropped.
+    fn send(&self, states: &[NotifyState<'_>], patience: Duration) {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
+        let mut msg = String::new();
+        for s in states {
+            msg.push_str(&s.to_string());
+            msg.push('\n');
+        }
+        let started = std::time::Instant::now();
+        let sent = loop {
+            match send_now(&msg) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && started.elapsed() < patience => {
+                    std::thread::sleep(RETRY);
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = sent {
             // Once: a manager that went away would otherwise flood the log.
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "cannot notify the service manager");
@@ -54,21 +78,32 @@ impl Notifier {
 
     /// Before the first reconcile.
     pub fn starting(&self, homes: usize) {
-        self.send(&[NotifyState::Status(&format!(
-            "indexing {homes} Codex home(s)"
-        ))]);
+        self.send(
+            &[NotifyState::Status(&format!(
+                "indexing {homes} Codex home(s)"
+            ))],
+            Duration::ZERO,
+        );
     }
 
     /// After the first reconcile: `READY=1` and the counts in one datagram.
     pub fn ready(&self, shared: &Shared) {
-        self.send(&[
-            NotifyState::Ready,
-            NotifyState::Status(&status_line(shared)),
-        ]);
+        // The one line the manager waits for: worth a short wait (this is the watcher's
+        // thread, not the runtime's).
+        self.send(
+            &[
+                NotifyState::Ready,
+                NotifyState::Status(&status_line(shared)),
+            ],
+            READY_PATIENCE,
+        );
     }
 
     pub fn stopping(&self) {
-        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        self.send(
+            &[NotifyState::Stopping, NotifyState::Status("stopping")],
+            Duration::ZERO,
+        );
     }
 
     /// Pings the watchdog from the runtime, so a wedged runtime stops the pings and systemd
@@ -81,7 +116,7 @@ impl Notifier {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.send(&[NotifyState::Watchdog]);
+            self.send(&[NotifyState::Watchdog], Duration::ZERO);
         }
     }
 
@@ -104,7 +139,7 @@ impl Notifier {
                 continue;
             };
             if line != last {
-                self.send(&[NotifyState::Status(&line)]);
+                self.send(&[NotifyState::Status(&line)], Duration::ZERO);
                 last = line;
             }
         }
@@ -130,4 +165,36 @@ pub fn status_line(shared: &Shared) -> String {
         ),
         Err(e) => format!("ready; counts unavailable: {e}"),
     }
+}
+
+/// One datagram to `$NOTIFY_SOCKET`, without blocking (`sd_notify::notify` blocks while the
+/// manager's queue is full).
+fn send_now(msg: &str) -> io::Result<()> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let addr = notify_addr(&path)?;
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    let sent = sock.send_to_addr(msg.as_bytes(), &addr)?;
+    if sent != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "incomplete datagram",
+        ));
+    }
+    Ok(())
+}
+
+/// A path, or `@name` for a Linux abstract socket, as systemd writes it.
+fn notify_addr(path: &std::ffi::OsStr) -> io::Result<SocketAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::ffi::OsStrExt;
+        if let Some(name) = path.as_bytes().strip_prefix(b"@") {
+            return SocketAddr::from_abstract_name(name);
+        }
+    }
+    SocketAddr::from_pathname(std::path::Path::new(path))
 }

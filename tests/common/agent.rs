@@ -84,9 +84,25 @@ impl Agent {
         Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"))
     }
 
+    /// As [`Agent::spawn_command`], for a service manager that has stopped reading: the
+    /// notify socket's queue is full before the agent starts, so no datagram of the
+    /// agent's can be delivered.
+    pub fn spawn_stalled(c: std::process::Command, socket: PathBuf, log: PathBuf) -> Agent {
+        Agent::spawn_inner(c, socket, log, true)
+    }
+
     /// Spawns a prepared `run` command serving `socket`, its stderr appended to `log`, its
     /// `NOTIFY_SOCKET` set to a socket of ours.
-    pub fn spawn_command(mut c: std::process::Command, socket: PathBuf, log: PathBuf) -> Agent {
+    pub fn spawn_command(c: std::process::Command, socket: PathBuf, log: PathBuf) -> Agent {
+        Agent::spawn_inner(c, socket, log, false)
+    }
+
+    fn spawn_inner(
+        mut c: std::process::Command,
+        socket: PathBuf,
+        log: PathBuf,
+        stalled_manager: bool,
+    ) -> Agent {
         let notify_dir = tempfile::Builder::new()
             .prefix("rolloutd-notify-")
             .tempdir()
@@ -102,6 +118,18 @@ impl Agent {
         std::fs::set_permissions(notify_dir.path(), std::fs::Permissions::from_mode(0o711))
             .unwrap();
         std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o622)).unwrap();
+        if stalled_manager {
+            let filler = UnixDatagram::unbound().unwrap();
+            filler.set_nonblocking(true).unwrap();
+            let mut queued = 0;
+            while queued < 100_000 && filler.send_to(b"X-FILLER=1\n", &notify_path).is_ok() {
+                queued += 1;
+            }
+            assert!(
+                queued > 0 && queued < 100_000,
+                "the notify queue did not fill"
+            );
+        }
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
