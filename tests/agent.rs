@@ -795,3 +795,35 @@ fn a_stopped_agent_leaves_its_index_whole_and_sealed() {
         assert!(seal.exists(), "no seal after idling {idle_ms} ms");
     }
 }
+
+/// Another process holding a read of the index (a CLI, an `sqlite3` shell) when the agent
+/// stops: the closing checkpoint cannot finish, so the agent leaves no seal rather than
+/// wait out the index's 5 s busy timeout, and the next start checks the file and serves.
+#[test]
+fn a_stop_does_not_wait_for_another_processs_read_of_the_index() {
+    let fx = Fixture::new();
+    fx.write_active(&rollout(7));
+    let mut agent = Agent::start(&fx);
+    // A write after the reader's snapshot, so the checkpoint has frames it must wait for.
+    let reader = rusqlite::Connection::open(&fx.index).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM files;")
+        .unwrap();
+    fx.write_active(&rollout(8));
+    eventually("the new rollout is indexed", || {
+        agent
+            .call("thread/resolve", json!({"threadId": tid(8)}))
+            .ok()
+    });
+    let (status, took) = agent.stop();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the stop waited {took:?} for another process's read"
+    );
+    let seal = PathBuf::from(format!("{}.sealed", fx.index.display()));
+    assert!(!seal.exists(), "sealed while a reader held frames back");
+    drop(reader);
+    let agent = Agent::start(&fx);
+    assert_eq!(agent.status()["counts"]["threads"], json!(2));
+}

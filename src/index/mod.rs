@@ -198,6 +198,8 @@ pub struct Index {
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the closing checkpoint waits for other processes' reads.
+const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// SQLite's default WAL auto-checkpoint interval, in pages.
 const DEFAULT_AUTOCHECKPOINT: u32 = 1000;
@@ -988,6 +990,9 @@ impl Drop for Index {
             return;
         }
         if self.wal {
+            // Another process's open read (a CLI, an sqlite3 shell) would hold the stop for
+            // the whole busy timeout; without the seal the next open only checks the file.
+            let _ = self.conn.busy_timeout(CLOSE_BUSY_TIMEOUT);
             // (busy, frames in the log, frames checkpointed): all of it, and none left.
             let done = self
                 .conn
