@@ -109,13 +109,15 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
             let mut reader = head::ReusedBufReader::new(&mut counting, buf, 64 << 10);
             head::read_head_into(&mut reader, limits, line)
         }),
-        Compression::Zstd => match zstd::stream::read::Decoder::new(&mut counting) {
-            Ok(decoder) => with_buffers(|buf, line| {
+        Compression::Zstd => with_dctx(|dctx| {
+            let input =
+                std::io::BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), &mut counting);
+            let decoder = zstd::stream::read::Decoder::with_context(input, dctx);
+            with_buffers(|buf, line| {
                 let mut reader = head::ReusedBufReader::new(decoder, buf, 64 << 10);
                 head::read_head_into(&mut reader, limits, line)
-            }),
-            Err(e) => Err(head::HeadError::Io(e)),
-        },
+            })
+        }),
     };
     let head = result.map_err(|e| match e {
         head::HeadError::Bad(kind, detail) => BadFile::new(path, kind, detail),
@@ -151,6 +153,35 @@ fn with_buffers<T>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> T) -> T {
             out
         }
         Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+thread_local! {
+    /// Each reading thread's zstd decompression context: creating one per file (~100 KB of
+    /// tables) cost more than decoding the head.
+    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's zstd context (a fresh one if it is in use). The decoder
+/// resets its session first, so nothing of an earlier file is carried over.
+fn with_dctx(
+    f: impl FnOnce(&mut zstd::zstd_safe::DCtx<'static>) -> Result<RolloutHead, head::HeadError>,
+) -> Result<RolloutHead, head::HeadError> {
+    let fresh = || {
+        zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
+            head::HeadError::Io(std::io::Error::other("cannot create a zstd context"))
+        })
+    };
+    DCTX.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            let dctx = match &mut *slot {
+                Some(dctx) => dctx,
+                None => slot.insert(fresh()?),
+            };
+            f(dctx)
+        }
+        Err(_) => f(&mut fresh()?),
     })
 }
 
