@@ -54,6 +54,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// What [`thread_change`] gives for a thread that had no file and now has `file`.
+    pub fn materialized(file: IndexedFile) -> Change {
+        Change::Thread {
+            kind: ThreadChange::Materialized,
+            file: Box::new(file),
+            previous_path: None,
+        }
+    }
+
     /// The thread concerned, if any.
     pub fn thread_id(&self) -> Option<&str> {
         match self {

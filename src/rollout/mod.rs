@@ -109,9 +109,9 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
             let mut reader = head::ReusedBufReader::new(&mut counting, buf, 64 << 10);
             head::read_head_into(&mut reader, limits, line)
         }),
-        Compression::Zstd => with_dctx(|dctx| {
+        Compression::Zstd => with_dctx(|dctx, inbuf| {
             let input =
-                std::io::BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), &mut counting);
+                head::ReusedBufReader::new(&mut counting, inbuf, zstd::zstd_safe::DCtx::in_size());
             let decoder = zstd::stream::read::Decoder::with_context(input, dctx);
             with_buffers(|buf, line| {
                 let mut reader = head::ReusedBufReader::new(decoder, buf, 64 << 10);
@@ -156,32 +156,36 @@ fn with_buffers<T>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> T) -> T {
     })
 }
 
+type Dctx = zstd::zstd_safe::DCtx<'static>;
+
 thread_local! {
-    /// Each reading thread's zstd decompression context: creating one per file (~100 KB of
-    /// tables) cost more than decoding the head.
-    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
-        const { std::cell::RefCell::new(None) };
+    /// Each reading thread's zstd decompression context and compressed-input buffer:
+    /// creating them per file (~100 KB of tables, a 128 KB buffer) cost more than decoding
+    /// the head.
+    static ZSTD: std::cell::RefCell<(Option<Dctx>, Vec<u8>)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
 }
 
-/// Runs `f` with this thread's zstd context (a fresh one if it is in use). The decoder
-/// resets its session first, so nothing of an earlier file is carried over.
+/// Runs `f` with this thread's zstd context and input buffer (fresh ones if they are in
+/// use). The decoder resets its session first, so nothing of an earlier file is carried over.
 fn with_dctx(
-    f: impl FnOnce(&mut zstd::zstd_safe::DCtx<'static>) -> Result<RolloutHead, head::HeadError>,
+    f: impl FnOnce(&mut Dctx, &mut Vec<u8>) -> Result<RolloutHead, head::HeadError>,
 ) -> Result<RolloutHead, head::HeadError> {
     let fresh = || {
-        zstd::zstd_safe::DCtx::try_create().ok_or_else(|| {
+        Dctx::try_create().ok_or_else(|| {
             head::HeadError::Io(std::io::Error::other("cannot create a zstd context"))
         })
     };
-    DCTX.with(|cell| match cell.try_borrow_mut() {
+    ZSTD.with(|cell| match cell.try_borrow_mut() {
         Ok(mut slot) => {
-            let dctx = match &mut *slot {
+            let (dctx, inbuf) = &mut *slot;
+            let dctx = match dctx {
                 Some(dctx) => dctx,
-                None => slot.insert(fresh()?),
+                None => dctx.insert(fresh()?),
             };
-            f(dctx)
+            f(dctx, inbuf)
         }
-        Err(_) => f(&mut fresh()?),
+        Err(_) => f(&mut fresh()?, &mut Vec::new()),
     })
 }
 
