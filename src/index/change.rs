@@ -358,4 +358,13 @@ mod tests {
             Some(ProblemChange::Cleared)
         );
     }
+
+    #[test]
+    fn a_materialized_change_is_what_thread_change_gives() {
+        let f = file("/h/sessions/a", false, Compression::None, 7);
+        assert_eq!(
+            Some(Change::materialized(f.clone())),
+            thread_change(None, Some(&f))
+        );
+    }
 }
