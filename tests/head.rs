@@ -233,3 +233,41 @@ fn a_compressed_head_is_bounded_after_decompression() {
     assert_eq!(i.head.title.as_deref(), Some("small zst"));
     assert!(i.bytes_read <= std::fs::metadata(&p).unwrap().len());
 }
+
+/// Each reading thread keeps one zstd context: a file left mid-frame (truncated, corrupt, or
+/// a head that stopped early) must not leak into the next file read on that thread.
+#[test]
+fn a_zstd_context_is_reused_afresh_after_a_bad_or_unfinished_frame() {
+    let fx = Fixture::new();
+    let limits = HeadLimits::default();
+    let good = Rollout::new(
+        &tid(0x60),
+        "2026-11-21T12:00:00.000Z",
+        "/w",
+        "after the bad ones",
+    );
+    let good_path = fx.write_active_zst(&good);
+    let whole = std::fs::read(&good_path).unwrap();
+    let cut = Rollout::new(&tid(0x61), "2026-11-21T12:00:01.000Z", "/w", "cut");
+    let cut_path = fx.write_active_zst(&cut);
+    std::fs::write(&cut_path, &whole[..whole.len() / 3]).unwrap();
+    let junk = Rollout::new(&tid(0x62), "2026-11-21T12:00:02.000Z", "/w", "junk");
+    let junk_path = fx.write_active_zst(&junk);
+    let mut garbled = whole.clone();
+    for b in garbled.iter_mut().skip(20).take(40) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&junk_path, &garbled).unwrap();
+
+    for bad in [&cut_path, &junk_path] {
+        let err = inspect(bad, &limits).unwrap_err();
+        assert_eq!(
+            err.kind,
+            rolloutd::rollout::ProblemKind::CorruptCompression,
+            "{err}"
+        );
+        let i = inspect(&good_path, &limits).unwrap();
+        assert_eq!(i.head.title.as_deref(), Some("after the bad ones"));
+        assert_eq!(i.head.thread_id, tid(0x60).to_string());
+    }
+}

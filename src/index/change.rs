@@ -54,6 +54,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// What [`thread_change`] gives for a thread that had no file and now has `file`.
+    pub fn materialized(file: IndexedFile) -> Change {
+        Change::Thread {
+            kind: ThreadChange::Materialized,
+            file: Box::new(file),
+            previous_path: None,
+        }
+    }
+
     /// The thread concerned, if any.
     pub fn thread_id(&self) -> Option<&str> {
         match self {
@@ -347,6 +356,15 @@ mod tests {
         assert_eq!(
             is(problem_change(Some(&row("a")), None)),
             Some(ProblemChange::Cleared)
+        );
+    }
+
+    #[test]
+    fn a_materialized_change_is_what_thread_change_gives() {
+        let f = file("/h/sessions/a", false, Compression::None, 7);
+        assert_eq!(
+            Some(Change::materialized(f.clone())),
+            thread_change(None, Some(&f))
         );
     }
 }

@@ -1080,7 +1080,11 @@ fn apply_in(conn: &Connection, batch: &Batch) -> rusqlite::Result<Vec<Change>> {
             }
             _ => true,
         };
-        changes.extend(thread_changes(before, after.as_ref(), before_kept));
+        match (before, after) {
+            // The common case of a cold index: the state moves into its change, uncopied.
+            (None, Some(after)) => changes.push(Change::materialized(after)),
+            (before, after) => changes.extend(thread_changes(before, after.as_ref(), before_kept)),
+        }
     }
     if !revived.is_empty() {
         conn.prepare_cached(
@@ -1171,11 +1175,19 @@ fn new_threads_after(
         .map(|p| p.path.to_string_lossy())
         .chain(batch.removed.iter().map(|p| p.to_string_lossy()))
         .collect();
-    let mut last: HashMap<Cow<'_, str>, &IndexedFile> = HashMap::with_capacity(batch.files.len());
-    for f in &batch.files {
-        last.insert(f.path.to_string_lossy(), f);
-    }
-    for (key, f) in last {
+    // The last file at each path: a stable sort by stored path text keeps the batch's order
+    // among equal paths (cheaper than a map of every path; a batch is mostly sorted already).
+    let mut last: Vec<(Cow<'_, str>, &IndexedFile)> = batch
+        .files
+        .iter()
+        .map(|f| (f.path.to_string_lossy(), f))
+        .collect();
+    last.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last = last.into_iter().peekable();
+    while let Some((key, f)) = last.next() {
+        if last.peek().is_some_and(|(next, _)| *next == key) {
+            continue;
+        }
         if before.contains_key(f.thread_id()) || dropped.contains(&key) {
             continue;
         }
@@ -1194,12 +1206,31 @@ fn new_threads_after(
 /// A file as its row reads back ([`file_from_row`] of what [`write_in`] wrote): paths as
 /// their stored text, the start time at the millisecond precision of `created_at_ms`.
 fn as_stored(f: &IndexedFile) -> IndexedFile {
-    let mut stored = f.clone();
-    stored.path = PathBuf::from(path_text(&f.path));
-    stored.home = PathBuf::from(path_text(&f.home));
-    stored.stamp.kind = FileKind::File;
-    stored.head.timestamp = f.created_at_ms().and_then(timestamp_of_ms);
-    stored
+    let h = &f.head;
+    IndexedFile {
+        path: PathBuf::from(path_text(&f.path)),
+        home: PathBuf::from(path_text(&f.home)),
+        stamp: Stamp {
+            kind: FileKind::File,
+            ..f.stamp
+        },
+        archived: f.archived,
+        compression: f.compression,
+        // Built field by field: a clone would copy the paths and timestamp only to drop them.
+        head: RolloutHead {
+            thread_id: h.thread_id.clone(),
+            thread_id_as_written: h.thread_id_as_written.clone(),
+            timestamp: f.created_at_ms().and_then(timestamp_of_ms),
+            cwd: h.cwd.clone(),
+            originator: h.originator.clone(),
+            cli_version: h.cli_version.clone(),
+            source: h.source.clone(),
+            model_provider: h.model_provider.clone(),
+            forked_from_id: h.forked_from_id.clone(),
+            git_branch: h.git_branch.clone(),
+            title: h.title.clone(),
+        },
+    }
 }
 
 /// The `session_meta.timestamp` a row gives back for its `created_at_ms`.

@@ -196,6 +196,129 @@ fn parse_session_meta(line: &[u8]) -> Result<RolloutHead, HeadError> {
             format!("first line is not UTF-8 ({e})"),
         )
     })?;
+    if let Some(head) = session_meta_cut(text) {
+        return Ok(head);
+    }
+    parse_session_meta_full(text)
+}
+
+/// Strings at least this long (content bytes) are cut by [`cut_long_strings`]: longer than
+/// any field name, so a cut key is never one serde knows.
+const CUT_MIN: usize = 256;
+
+/// What a cut string holds instead: a head value containing it came from a cut string.
+const CUT_MARK: &str = "rolloutd:cut-string";
+
+/// The common case of [`parse_session_meta`] without serde scanning the ~21 KB of
+/// `base_instructions` byte by byte: the line's long strings are cut to [`CUT_MARK`] first
+/// (a memchr scan), then the short line is parsed. `None` when the full parse must decide.
+///
+/// Exact: the cut line has the same tokens as the line, only the content of some strings
+/// differs, and each cut string is one serde accepts in every mode (no control character,
+/// only valid escapes, no surrogate `\u` escape), so serde accepts one line where it accepts
+/// the other. A string's content only reaches the head as a value, which then holds the mark:
+/// such a head is not used. Cut keys are longer than any known field, so unknown either way.
+fn session_meta_cut(text: &str) -> Option<RolloutHead> {
+    let cut = cut_long_strings(text)?;
+    let MetaEnvelope {
+        kind,
+        payload: Some(meta),
+    } = serde_json::from_str::<MetaEnvelope>(&cut).ok()?
+    else {
+        return None;
+    };
+    if kind != "session_meta" {
+        return None;
+    }
+    let head = head_from_meta(meta)?;
+    let marked = [
+        Some(&head.thread_id),
+        head.thread_id_as_written.as_ref(),
+        head.timestamp.as_ref(),
+        head.cwd.as_ref(),
+        head.originator.as_ref(),
+        head.cli_version.as_ref(),
+        head.source.as_ref(),
+        head.model_provider.as_ref(),
+        head.forked_from_id.as_ref(),
+        head.git_branch.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|v| v.contains(CUT_MARK));
+    (!marked).then_some(head)
+}
+
+/// `text` with the content of each string of [`CUT_MIN`] or more bytes replaced by
+/// [`CUT_MARK`]. `None` when nothing was cut, or when a string is not certainly valid for
+/// serde (a control character or a surrogate escape in a long string, a bad escape
+/// anywhere) or never ends: the full parse decides those.
+fn cut_long_strings(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0; // bytes of `text` before this are in `out`
+    let mut at = 0;
+    while let Some(open) = memchr::memchr(b'"', &bytes[at..]).map(|i| at + i) {
+        let start = open + 1;
+        let end = string_end(bytes, start)?;
+        if end - start >= CUT_MIN {
+            if has_control_byte(&bytes[start..end]) {
+                return None;
+            }
+            let o = out.get_or_insert_with(|| String::with_capacity(1024));
+            o.push_str(&text[copied..start]);
+            o.push_str(CUT_MARK);
+            copied = end;
+        }
+        at = end + 1;
+    }
+    let mut o = out?;
+    o.push_str(&text[copied..]);
+    Some(o)
+}
+
+/// Whether `b` holds a byte below 0x20 (serde rejects those raw in a string). Folded a
+/// chunk at a time, without an early exit per byte, so that it vectorizes.
+fn has_control_byte(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &x| any | (x < 0x20)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&x| x < 0x20)
+}
+
+/// The index of the `"` closing the string whose content starts at `start`; `None` if it
+/// does not close or holds an escape that is not certainly valid in every serde mode.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut at = start;
+    loop {
+        let i = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+        if bytes[i] == b'"' {
+            return Some(i);
+        }
+        match *bytes.get(i + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at = i + 2,
+            b'u' => {
+                let hex = std::str::from_utf8(bytes.get(i + 2..i + 6)?).ok()?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let unit = u16::from_str_radix(hex, 16).ok()?;
+                // A surrogate is valid or not depending on its pair and on the mode.
+                if (0xD800..=0xDFFF).contains(&unit) {
+                    return None;
+                }
+                at = i + 6;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The `session_meta` parse that names exactly what is wrong with a line.
+fn parse_session_meta_full(text: &str) -> Result<RolloutHead, HeadError> {
     if let Ok(MetaEnvelope {
         kind,
         payload: Some(meta),
@@ -299,24 +422,28 @@ fn field<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> Option<
     }
 }
 
+// Strings borrow from the line where they hold no escape: these are parsed for every
+// candidate line, and allocating each cost more than the parse.
 #[derive(Deserialize)]
-struct CompletedItem {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    content: Vec<ContentPart>,
+struct CompletedItem<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    content: Vec<ContentPart<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Passthrough {
-    content_item_kinds: Option<Vec<String>>,
+struct Passthrough<'a> {
+    #[serde(borrow)]
+    content_item_kinds: Option<Vec<Cow<'a, str>>>,
 }
 
 #[derive(Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
+struct ContentPart<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// Codex puts injected context before this marker in a user message; the prompt follows it.
@@ -340,23 +467,32 @@ fn user_prompt(line: &[u8]) -> Option<String> {
     // Each shape names a user (`user_message`, `UserMessage`, `"role":"user"`); a line
     // without that text, and without an escape that could spell it, is none of them, and
     // is not parsed (most lines before the prompt).
-    let finder = |needle: &[u8]| memchr::memmem::find(line, needle).is_some();
-    if !finder(b"user") && !finder(b"User") && memchr::memchr(b'\\', line).is_none() {
+    static USER: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b"user"),
+                memchr::memmem::Finder::new(b"User"),
+            ]
+        });
+    let finder = |i: usize| USER[i].find(line).is_some();
+    if !finder(0) && !finder(1) && memchr::memchr(b'\\', line).is_none() {
         return None;
     }
     let parsed: PromptLine = serde_json::from_slice(line).ok()?;
     let payload = parsed.payload?;
     let text = match (parsed.kind.as_ref(), payload.kind.as_ref()) {
-        ("event_msg", "user_message") => serde_json::from_str(payload.message?.get()).ok()?,
+        ("event_msg", "user_message") => {
+            serde_json::from_str::<Cow<str>>(payload.message?.get()).ok()?
+        }
         ("event_msg", "item_completed") => {
             let item: CompletedItem = serde_json::from_str(payload.item?.get()).ok()?;
             if item.kind != "UserMessage" {
                 return None;
             }
-            join_text(&item.content)
+            return clean_prompt(&join_text(&item.content));
         }
         ("response_item", "message") => {
-            let role: Option<String> = field(payload.role)?;
+            let role: Option<Cow<str>> = field(payload.role)?;
             if role.as_deref() != Some("user") {
                 return None;
             }
@@ -369,20 +505,27 @@ fn user_prompt(line: &[u8]) -> Option<String> {
                     return None;
                 }
             }
-            join_text(&content)
+            return clean_prompt(&join_text(&content));
         }
         _ => return None,
     };
     clean_prompt(&text)
 }
 
-fn join_text(parts: &[ContentPart]) -> String {
-    let texts: Vec<&str> = parts
+fn join_text<'a>(parts: &'a [ContentPart<'a>]) -> Cow<'a, str> {
+    let mut texts = parts
         .iter()
         .filter(|p| p.kind.ends_with("text"))
-        .filter_map(|p| p.text.as_deref())
-        .collect();
-    texts.join("\n")
+        .filter_map(|p| p.text.as_deref());
+    match (texts.next(), texts.next()) {
+        (None, _) => Cow::Borrowed(""),
+        (Some(one), None) => Cow::Borrowed(one),
+        (Some(first), Some(second)) => {
+            let mut all = vec![first, second];
+            all.extend(texts);
+            Cow::Owned(all.join("\n"))
+        }
+    }
 }
 
 fn clean_prompt(text: &str) -> Option<String> {
@@ -550,6 +693,109 @@ mod tests {
     fn passthrough_kinds_mark_harness_messages() {
         let line = r#"{"type":"response_item","payload":{"type":"message","role":"user","content":[{"type":"input_text","text":"looks real"}],"internal_chat_message_metadata_passthrough":{"content_item_kinds":["environments.environment_context"]}}}"#;
         assert_eq!(head_of(&format!("{META}\n{line}\n")).unwrap().title, None);
+    }
+
+    /// `session_meta` lines with a long string (`x` repeated) at `{}`.
+    fn meta_with(long_at: &str) -> String {
+        let meta = format!(
+            r#"{{"timestamp":"2026-11-21T19:02:43.663Z","type":"session_meta","payload":{{"id":"01A1ff7d-4aab-7f60-bd31-0e4a5bf4615c","timestamp":"2026-11-21T19:02:43.635Z","cwd":"/w","originator":"codex_exec","cli_version":"0.169.0","source":{{"subagent":"review"}},"model_provider":"openai","base_instructions":{{"text":"{long_at}","provenance":{{"type":"model"}}}},"git":{{"branch":"main"}}}}}}"#
+        );
+        meta
+    }
+
+    fn long(s: &str) -> String {
+        format!("{}{s}{}", "x".repeat(300), "y".repeat(300))
+    }
+
+    /// The cut parse gives what the full parse gives, or nothing; returns whether it gave.
+    fn cut_agrees(text: &str) -> bool {
+        let full = parse_session_meta_full(text);
+        let cut = session_meta_cut(text);
+        if let Some(head) = &cut {
+            assert_eq!(Some(head), full.as_ref().ok(), "{text}");
+        }
+        assert_eq!(
+            format!("{:?}", parse_session_meta(text.as_bytes())),
+            format!("{full:?}"),
+            "{text}"
+        );
+        cut.is_some()
+    }
+
+    #[test]
+    fn long_strings_are_cut_exactly() {
+        // Used: what serde accepts in every mode, the long string in no value the head keeps.
+        for text in [
+            meta_with(&long("")),
+            meta_with(&long(r#"\"quoted\""#)),
+            meta_with(&long(r"\\")),
+            meta_with(&format!("{}\\\\", long(""))),
+            meta_with(&long(r"\n\t\r\b\f\/\u0041\u00e9\uFFFF")),
+            meta_with(&long("é中😀")),
+            // A long key is unknown to serde whether cut or not.
+            meta_with(&long("")).replacen(r#""git""#, &format!(r#""{}":1,"git""#, long("")), 1),
+            // The key text inside other strings changes nothing.
+            meta_with(&long(r#"\",\"base_instructions\":\""#)).replacen(
+                r#""cwd":"/w""#,
+                r#""cwd":"/w \"base_instructions\":\"x\"""#,
+                1,
+            ),
+        ] {
+            assert!(cut_agrees(&text), "{text}");
+        }
+        // Not used: the full parse decides (and agrees, being the one parse).
+        for text in [
+            // Raw control characters and bad escapes: serde rejects the line.
+            meta_with(&long("\t")),
+            meta_with(&long("\u{1}")),
+            meta_with(&long(r"\x")),
+            meta_with(&long(r"\u12")),
+            meta_with(&long(r"\u12g4")),
+            meta_with(&long(r"\")),
+            // Surrogate escapes: valid or not by mode and pairing.
+            meta_with(&long(r"\ud83d\ude00")),
+            meta_with(&long(r"\ud83d")),
+            meta_with(&long(r"\uDC00")),
+            // A long value the head keeps.
+            meta_with("").replacen(r#""cwd":"/w""#, &format!(r#""cwd":"{}""#, long("")), 1),
+            meta_with("").replacen(
+                r#"{"subagent":"review"}"#,
+                &format!(r#"{{"subagent":"{}"}}"#, long("")),
+                1,
+            ),
+            meta_with("").replacen(
+                r#""branch":"main""#,
+                &format!(r#""branch":"{}""#, long("")),
+                1,
+            ),
+            // Duplicate keys: serde rejects a known one twice.
+            meta_with(&long("")).replacen(r#""cwd":"/w""#, r#""cwd":"/w","cwd":"/v""#, 1),
+            meta_with(&long("")).replacen(
+                r#""type":"session_meta""#,
+                r#""type":"session_meta","type":"x""#,
+                1,
+            ),
+            // A string that never ends, trailing bytes, not a session_meta.
+            meta_with(&long("")).replace(r#""}"#, ""),
+            meta_with(&long("")) + "x",
+            meta_with(&long("")).replacen("session_meta", "event_msg", 1),
+            meta_with(&long("")).replacen(r#""id":"01A1ff7d-4aab-7f60-bd31-0e4a5bf4615c","#, "", 1),
+            // Nothing long: nothing to cut.
+            meta_with("short"),
+        ] {
+            assert!(!cut_agrees(&text), "{text}");
+        }
+        // Unknown duplicate keys are ignored by both.
+        let dup = meta_with(&long("")).replacen(
+            r#""git""#,
+            &format!(r#""base_instructions":"{}","git""#, long("")),
+            1,
+        );
+        assert!(cut_agrees(&dup));
+        // A value that holds the mark's text itself is not cut-from, but is left to the full
+        // parse (so the mark cannot be mistaken).
+        let marked = meta_with(&long("")).replacen("/w", CUT_MARK, 1);
+        assert!(!cut_agrees(&marked));
     }
 
     #[test]

@@ -109,13 +109,15 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
             let mut reader = head::ReusedBufReader::new(&mut counting, buf, 64 << 10);
             head::read_head_into(&mut reader, limits, line)
         }),
-        Compression::Zstd => match zstd::stream::read::Decoder::new(&mut counting) {
-            Ok(decoder) => with_buffers(|buf, line| {
+        Compression::Zstd => with_dctx(|dctx, inbuf| {
+            let input =
+                head::ReusedBufReader::new(&mut counting, inbuf, zstd::zstd_safe::DCtx::in_size());
+            let decoder = zstd::stream::read::Decoder::with_context(input, dctx);
+            with_buffers(|buf, line| {
                 let mut reader = head::ReusedBufReader::new(decoder, buf, 64 << 10);
                 head::read_head_into(&mut reader, limits, line)
-            }),
-            Err(e) => Err(head::HeadError::Io(e)),
-        },
+            })
+        }),
     };
     let head = result.map_err(|e| match e {
         head::HeadError::Bad(kind, detail) => BadFile::new(path, kind, detail),
@@ -151,6 +153,39 @@ fn with_buffers<T>(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> T) -> T {
             out
         }
         Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+type Dctx = zstd::zstd_safe::DCtx<'static>;
+
+thread_local! {
+    /// Each reading thread's zstd decompression context and compressed-input buffer:
+    /// creating them per file (~100 KB of tables, a 128 KB buffer) cost more than decoding
+    /// the head.
+    static ZSTD: std::cell::RefCell<(Option<Dctx>, Vec<u8>)> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
+/// Runs `f` with this thread's zstd context and input buffer (fresh ones if they are in
+/// use). The decoder resets its session first, so nothing of an earlier file is carried over.
+fn with_dctx(
+    f: impl FnOnce(&mut Dctx, &mut Vec<u8>) -> Result<RolloutHead, head::HeadError>,
+) -> Result<RolloutHead, head::HeadError> {
+    let fresh = || {
+        Dctx::try_create().ok_or_else(|| {
+            head::HeadError::Io(std::io::Error::other("cannot create a zstd context"))
+        })
+    };
+    ZSTD.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            let (dctx, inbuf) = &mut *slot;
+            let dctx = match dctx {
+                Some(dctx) => dctx,
+                None => dctx.insert(fresh()?),
+            };
+            f(dctx, inbuf)
+        }
+        Err(_) => f(&mut fresh()?, &mut Vec::new()),
     })
 }
 
