@@ -67,12 +67,33 @@ pub trait Progress: Sync {
 
 impl Progress for () {}
 
+/// Told of each directory a reconcile's walk is about to list, before it lists it (the
+/// watcher watches it there: a file made in it meanwhile is then either listed or reported
+/// by the watch), and of each rollout-named directory it does not descend into.
+pub trait DirObserver {
+    fn before_listing(&self, _dir: &Path) {}
+    fn not_descending(&self, _dir: &Path) {}
+}
+
+impl DirObserver for () {}
+
 /// Brings the index in line with every configured home.
 pub fn reconcile<A: IndexAccess>(
     homes: &Homes,
     index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
+) -> Result<ReconcileSummary, IndexError> {
+    reconcile_observed(homes, index, limits, progress, &())
+}
+
+/// As [`reconcile`], telling `dirs` of each directory the walk lists, before it lists it.
+pub fn reconcile_observed<A: IndexAccess>(
+    homes: &Homes,
+    index: &A,
+    limits: &HeadLimits,
+    progress: &dyn Progress,
+    dirs: &dyn DirObserver,
 ) -> Result<ReconcileSummary, IndexError> {
     index.with(|i| i.require_writer("reconciling"))?;
     let started = Instant::now();
@@ -81,7 +102,15 @@ pub fn reconcile<A: IndexAccess>(
     let bulk = index.with(Index::begin_bulk_load)?;
     let walked = (|| {
         for home in &homes.homes {
-            reconcile_home(homes, home, &roots, index, limits, progress, &mut summary)?;
+            reconcile_home(
+                homes,
+                home,
+                (&roots, dirs),
+                index,
+                limits,
+                progress,
+                &mut summary,
+            )?;
         }
         Ok::<(), IndexError>(())
     })();
@@ -125,7 +154,7 @@ const PAGE: usize = 1024;
 fn reconcile_home<A: IndexAccess>(
     homes: &Homes,
     home: &Home,
-    roots: &[PathBuf],
+    (roots, dirs): (&[PathBuf], &dyn DirObserver),
     index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
@@ -134,7 +163,7 @@ fn reconcile_home<A: IndexAccess>(
     let mut rows = RowCursor::new(&home.real);
     let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
     let mut old_problem_seen = vec![false; old_problems.len()];
-    let mut walk = SortedWalk::new(home, roots);
+    let mut walk = SortedWalk::new(home, roots, dirs);
     let mut walk_problems: Vec<ProblemRow> = Vec::new();
     let mut problem_paths: HashSet<PathBuf> = HashSet::new();
     // Rollout-named symlinks: their targets are out of the walk's order, so they are taken
@@ -703,7 +732,7 @@ fn walk_each(
     f: &mut dyn FnMut(Found),
 ) {
     for area in [Area::Sessions, Area::Archived] {
-        AreaWalk::new(home, roots, area, None, wanted, sorted).for_each(&mut *f);
+        AreaWalk::new(home, roots, area, None, wanted, sorted, &()).for_each(&mut *f);
     }
 }
 
@@ -725,7 +754,7 @@ pub fn discover_under(
         } else {
             continue;
         };
-        AreaWalk::new(home, roots, area, Some(start), &|_| true, false)
+        AreaWalk::new(home, roots, area, Some(start), &|_| true, false, &())
             .for_each(|f| collect(f, &mut found));
     }
     found
@@ -756,6 +785,8 @@ struct AreaWalk<'a> {
     wanted: &'a dyn Fn(&str) -> bool,
     /// `None` when the directory does not exist (normal: Codex makes these on first use).
     entries: Option<Entries>,
+    /// Told of the sorted walk's directories (the unsorted walk's are not).
+    dirs: &'a dyn DirObserver,
 }
 
 /// A walk's directory entries: walkdir's, or sorted in path byte order by [`SortedDirs`].
@@ -779,7 +810,7 @@ enum Listed {
 }
 
 impl Entries {
-    fn next(&mut self) -> Option<Listed> {
+    fn next(&mut self, dirs: &dyn DirObserver) -> Option<Listed> {
         match self {
             Entries::Unsorted(walk) => loop {
                 return Some(match walk.next()? {
@@ -800,7 +831,7 @@ impl Entries {
                     }
                 });
             },
-            Entries::Sorted(walk) => walk.next(),
+            Entries::Sorted(walk) => walk.next(dirs),
         }
     }
 
@@ -853,8 +884,9 @@ impl SortedDirs {
         Ok(entries)
     }
 
-    fn next(&mut self) -> Option<Listed> {
+    fn next(&mut self, dirs: &dyn DirObserver) -> Option<Listed> {
         if let Some(dir) = self.descend.take() {
+            dirs.before_listing(&dir);
             match SortedDirs::read(&dir) {
                 Ok(entries) => self.stack.push(entries),
                 Err(error) => return Some(Listed::Failed { path: dir, error }),
@@ -888,6 +920,7 @@ impl<'a> AreaWalk<'a> {
         start: Option<PathBuf>,
         wanted: &'a dyn Fn(&str) -> bool,
         sorted: bool,
+        dirs: &'a dyn DirObserver,
     ) -> Self {
         let archived = area == Area::Archived;
         let dir = start.or_else(|| canonicalize(&area_dir(home, area)).ok());
@@ -909,6 +942,7 @@ impl<'a> AreaWalk<'a> {
             archived,
             wanted,
             entries,
+            dirs,
         }
     }
 
@@ -930,7 +964,7 @@ impl Iterator for AreaWalk<'_> {
 
     fn next(&mut self) -> Option<Found> {
         loop {
-            let (path, file_type, entry) = match self.entries.as_mut()?.next()? {
+            let (path, file_type, entry) = match self.entries.as_mut()?.next(self.dirs)? {
                 Listed::Entry {
                     path,
                     file_type,
@@ -951,6 +985,9 @@ impl Iterator for AreaWalk<'_> {
                 if named {
                     if let Some(entries) = self.entries.as_mut() {
                         entries.skip_current_dir();
+                        if matches!(entries, Entries::Sorted(_)) {
+                            self.dirs.not_descending(&path);
+                        }
                     }
                     return self.problem(BadFile::new(
                         &path,
@@ -982,8 +1019,8 @@ struct SortedWalk<'a> {
 }
 
 impl<'a> SortedWalk<'a> {
-    fn new(home: &'a Home, roots: &'a [PathBuf]) -> Self {
-        let area = |a| AreaWalk::new(home, roots, a, None, &|_| true, true).peekable();
+    fn new(home: &'a Home, roots: &'a [PathBuf], dirs: &'a dyn DirObserver) -> Self {
+        let area = |a| AreaWalk::new(home, roots, a, None, &|_| true, true, dirs).peekable();
         SortedWalk {
             areas: [area(Area::Sessions), area(Area::Archived)],
         }
@@ -1167,7 +1204,7 @@ mod tests {
         }
         let home = Home::new(&home_dir, &[]);
         let roots = vec![home.real.clone()];
-        let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots)
+        let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots, &())
             .filter_map(|f| match f {
                 Found::Plain(c, _) => Some(c.path),
                 _ => None,
