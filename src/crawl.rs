@@ -70,7 +70,7 @@ impl Progress for () {}
 /// Told of each directory a reconcile's walk is about to list, before it lists it (the
 /// watcher watches it there: a file made in it meanwhile is then either listed or reported
 /// by the watch), and of each rollout-named directory it does not descend into.
-pub trait DirObserver {
+pub trait DirObserver: Sync {
     fn before_listing(&self, _dir: &Path) {}
     fn not_descending(&self, _dir: &Path) {}
 }
@@ -163,7 +163,6 @@ fn reconcile_home<A: IndexAccess>(
     let mut rows = RowCursor::new(&home.real);
     let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
     let mut old_problem_seen = vec![false; old_problems.len()];
-    let mut walk = SortedWalk::new(home, roots, dirs);
     let mut walk_problems: Vec<ProblemRow> = Vec::new();
     let mut problem_paths: HashSet<PathBuf> = HashSet::new();
     // Rollout-named symlinks: their targets are out of the walk's order, so they are taken
@@ -216,11 +215,39 @@ fn reconcile_home<A: IndexAccess>(
             progress.advanced(n);
             Ok::<(), IndexError>(())
         };
+        // The walk runs on a thread of its own, a few pages ahead (directory listing, sorting
+        // and one path per file are about half of an unchanged reconcile's work), while
+        // this thread pages through the rows (the index is this thread's alone) and merges.
+        let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Vec<Found>>(2);
+        scope.spawn(move || {
+            let mut walk = SortedWalk::new(home, roots, dirs);
+            loop {
+                let page: Vec<Found> = walk.by_ref().take(PAGE).collect();
+                let last = page.len() < PAGE;
+                if found_tx.send(page).is_err() || last {
+                    return; // walked, or the merge failed and stopped listening
+                }
+            }
+        });
+        let mut walk = found_rx.into_iter().flatten();
+        // Stamps are compared on all cores while this thread merges on, rather than waiting
+        // for each page's stats. Results come back in order, a few pages behind.
+        let (stats, stat_rx) = std::sync::mpsc::channel::<Vec<Paired>>();
+        let (compared_tx, compared_rx) = std::sync::mpsc::channel::<Vec<(Candidate, bool)>>();
+        scope.spawn(move || {
+            for paired in stat_rx {
+                if compared_tx.send(compare_stamps(paired)).is_err() {
+                    return; // the writer failed and stopped listening
+                }
+            }
+        });
         let mut in_flight = 0usize;
+        let mut stats_in_flight = 0usize;
+        let mut walked = false;
         let mut to_read: Vec<Candidate> = Vec::with_capacity(PAGE);
         let mut chunk: Vec<(Candidate, Option<std::fs::DirEntry>)> = Vec::with_capacity(PAGE);
         loop {
-            while chunk.len() < PAGE {
+            while !walked && chunk.len() < PAGE {
                 match walk.next() {
                     None => break,
                     Some(Found::Plain(c, entry)) if !problem_paths.contains(&c.path) => {
@@ -234,44 +261,40 @@ fn reconcile_home<A: IndexAccess>(
                     }
                 }
             }
-            if chunk.is_empty() {
-                break;
-            }
-            summary.seen += chunk.len() as u64;
-            progress.found(chunk.len() as u64);
-            let mut paired = Vec::with_capacity(chunk.len());
-            for (c, entry) in chunk.drain(..) {
-                while let Some((row, _)) = rows.peek(index)? {
-                    if bytes(row) >= bytes(&c.path) {
-                        break;
+            walked |= chunk.len() < PAGE;
+            if !chunk.is_empty() {
+                summary.seen += chunk.len() as u64;
+                progress.found(chunk.len() as u64);
+                let mut paired = Vec::with_capacity(chunk.len());
+                for (c, entry) in chunk.drain(..) {
+                    while let Some((row, _)) = rows.peek(index)? {
+                        if bytes(row) >= bytes(&c.path) {
+                            break;
+                        }
+                        unmatched.extend(rows.pop());
                     }
-                    unmatched.extend(rows.pop());
+                    let before = match rows.peek(index)? {
+                        Some((row, _)) if row == &c.path => rows.pop().map(|(_, s)| s),
+                        _ => None,
+                    };
+                    if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
+                        old_problem_seen[i] = true;
+                    }
+                    paired.push((c, entry, before));
                 }
-                let before = match rows.peek(index)? {
-                    Some((row, _)) if row == &c.path => rows.pop().map(|(_, s)| s),
-                    _ => None,
-                };
-                if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
-                    old_problem_seen[i] = true;
-                }
-                paired.push((c, entry, before));
+                let _ = stats.send(paired);
+                stats_in_flight += 1;
             }
-            // Only files with a row are compared (a new file is read whatever its stamp),
-            // on all cores.
-            let compared: Vec<(Candidate, bool)> = paired
-                .into_par_iter()
-                .map(|(c, entry, before)| {
-                    let same = before.is_some_and(|b| {
-                        // Listed as a file, not a symlink: its own stat is the one to compare.
-                        let now = match entry {
-                            Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
-                            None => Stamp::of(&c.path),
-                        };
-                        now.is_ok_and(|now| now.unchanged(&b))
-                    });
-                    (c, same)
-                })
-                .collect();
+            if stats_in_flight == 0 {
+                break; // walked, and every page compared
+            }
+            if !walked && stats_in_flight <= 2 {
+                continue;
+            }
+            let Ok(compared) = compared_rx.recv() else {
+                break; // the comparing thread panicked: the scope passes it on
+            };
+            stats_in_flight -= 1;
             let mut unchanged = 0;
             for (c, same) in compared {
                 if same {
@@ -295,6 +318,7 @@ fn reconcile_home<A: IndexAccess>(
                 }
             }
         }
+        drop(stats);
         if !to_read.is_empty() {
             let _ = jobs.send(to_read);
         }
@@ -398,6 +422,28 @@ fn reconcile_home<A: IndexAccess>(
             )
         })
         .map(drop)
+}
+
+/// A listed file, its directory entry, and its row's stamp if it has a row.
+type Paired = (Candidate, Option<std::fs::DirEntry>, Option<Stamp>);
+
+/// Which files are unchanged, on all cores. Only files with a row are compared (a new file
+/// is read whatever its stamp).
+fn compare_stamps(paired: Vec<Paired>) -> Vec<(Candidate, bool)> {
+    paired
+        .into_par_iter()
+        .map(|(c, entry, before)| {
+            let same = before.is_some_and(|b| {
+                // Listed as a file, not a symlink: its own stat is the one to compare.
+                let now = match entry {
+                    Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
+                    None => Stamp::of(&c.path),
+                };
+                now.is_ok_and(|now| now.unchanged(&b))
+            });
+            (c, same)
+        })
+        .collect()
 }
 
 /// A path's bytes, the order of the walk and of the index's keys (SQLite's BINARY order).

@@ -680,13 +680,16 @@ impl Watch {
             return true;
         };
         let watching = WatchAsListed {
-            watches: std::cell::RefCell::new(watches),
-            limit: std::cell::Cell::new(false),
+            watches: std::sync::Mutex::new(watches),
+            limit: Default::default(),
         };
         let walked = self.reconcile(is_rescan, &watching);
-        let mut limit = watching.limit.get();
+        let mut limit = watching.limit.load(Ordering::Relaxed);
         if !walked && !limit {
-            let w = watching.watches.into_inner();
+            let w = watching
+                .watches
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             limit = w
                 .add_trees()
                 .is_err_and(|e| matches!(e.kind, notify::ErrorKind::MaxFilesWatch));
@@ -829,15 +832,21 @@ impl Watches {
 /// by the watch, one made before is listed. A directory the walk does not descend into is
 /// watched whole, as [`Watches::add_tree`] would have.
 struct WatchAsListed<'w> {
-    watches: std::cell::RefCell<&'w mut Watches>,
+    /// Locked by the walk's thread only.
+    watches: std::sync::Mutex<&'w mut Watches>,
     /// The kernel refused more watches; no more are tried.
-    limit: std::cell::Cell<bool>,
+    limit: std::sync::atomic::AtomicBool,
 }
 
 impl WatchAsListed<'_> {
     fn add(&self, dir: &Path, whole: bool) {
-        let mut w = self.watches.borrow_mut();
-        if self.limit.get() || !w.trees.iter().any(|t| dir.starts_with(t) && dir != t) {
+        let mut w = self
+            .watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.limit.load(Ordering::Relaxed)
+            || !w.trees.iter().any(|t| dir.starts_with(t) && dir != t)
+        {
             return;
         }
         let added = if whole {
@@ -846,7 +855,9 @@ impl WatchAsListed<'_> {
             w.watcher.watch(dir, RecursiveMode::NonRecursive)
         };
         match added {
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => self.limit.set(true),
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                self.limit.store(true, Ordering::Relaxed)
+            }
             // Gone meanwhile: the walk finds it gone too.
             Err(e) => tracing::debug!(path = %dir.display(), error = %e, "cannot watch"),
             Ok(()) => {}
