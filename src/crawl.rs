@@ -215,9 +215,9 @@ fn reconcile_home<A: IndexAccess>(
             progress.advanced(n);
             Ok::<(), IndexError>(())
         };
-        // The walk runs on a thread of its own, a few pages ahead (directory listing, sorting
-        // and one path per file are about half of an unchanged reconcile's work), while
-        // this thread pages through the rows (the index is this thread's alone) and merges.
+        // The walk runs on a thread of its own, a few pages ahead (listing, sorting and a
+        // path per file were about half of this thread's work), while this thread pages
+        // through the rows (the index is this thread's alone) and merges.
         let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Vec<Found>>(2);
         scope.spawn(move || {
             let mut walk = SortedWalk::new(home, roots, dirs);
