@@ -67,12 +67,33 @@ pub trait Progress: Sync {
 
 impl Progress for () {}
 
+/// Told of each directory a reconcile's walk is about to list, before it lists it (the
+/// watcher watches it there: a file made in it meanwhile is then either listed or reported
+/// by the watch), and of each rollout-named directory it does not descend into.
+pub trait DirObserver: Sync {
+    fn before_listing(&self, _dir: &Path) {}
+    fn not_descending(&self, _dir: &Path) {}
+}
+
+impl DirObserver for () {}
+
 /// Brings the index in line with every configured home.
 pub fn reconcile<A: IndexAccess>(
     homes: &Homes,
     index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
+) -> Result<ReconcileSummary, IndexError> {
+    reconcile_observed(homes, index, limits, progress, &())
+}
+
+/// As [`reconcile`], telling `dirs` of each directory the walk lists, before it lists it.
+pub fn reconcile_observed<A: IndexAccess>(
+    homes: &Homes,
+    index: &A,
+    limits: &HeadLimits,
+    progress: &dyn Progress,
+    dirs: &dyn DirObserver,
 ) -> Result<ReconcileSummary, IndexError> {
     index.with(|i| i.require_writer("reconciling"))?;
     let started = Instant::now();
@@ -81,7 +102,15 @@ pub fn reconcile<A: IndexAccess>(
     let bulk = index.with(Index::begin_bulk_load)?;
     let walked = (|| {
         for home in &homes.homes {
-            reconcile_home(homes, home, &roots, index, limits, progress, &mut summary)?;
+            reconcile_home(
+                homes,
+                home,
+                (&roots, dirs),
+                index,
+                limits,
+                progress,
+                &mut summary,
+            )?;
         }
         Ok::<(), IndexError>(())
     })();
@@ -125,7 +154,7 @@ const PAGE: usize = 1024;
 fn reconcile_home<A: IndexAccess>(
     homes: &Homes,
     home: &Home,
-    roots: &[PathBuf],
+    (roots, dirs): (&[PathBuf], &dyn DirObserver),
     index: &A,
     limits: &HeadLimits,
     progress: &dyn Progress,
@@ -134,7 +163,6 @@ fn reconcile_home<A: IndexAccess>(
     let mut rows = RowCursor::new(&home.real);
     let old_problems = index.with(|i| i.problem_paths_under(&home.real))?;
     let mut old_problem_seen = vec![false; old_problems.len()];
-    let mut walk = SortedWalk::new(home, roots);
     let mut walk_problems: Vec<ProblemRow> = Vec::new();
     let mut problem_paths: HashSet<PathBuf> = HashSet::new();
     // Rollout-named symlinks: their targets are out of the walk's order, so they are taken
@@ -208,11 +236,39 @@ fn reconcile_home<A: IndexAccess>(
             progress.advanced(n);
             Ok::<(), IndexError>(())
         };
+        // The walk runs on a thread of its own, a few pages ahead (listing, sorting and a
+        // path per file were about half of this thread's work), while this thread pages
+        // through the rows (the index is this thread's alone) and merges.
+        let (found_tx, found_rx) = std::sync::mpsc::sync_channel::<Vec<Found>>(2);
+        scope.spawn(move || {
+            let mut walk = SortedWalk::new(home, roots, dirs);
+            loop {
+                let page: Vec<Found> = walk.by_ref().take(PAGE).collect();
+                let last = page.len() < PAGE;
+                if found_tx.send(page).is_err() || last {
+                    return; // walked, or the merge failed and stopped listening
+                }
+            }
+        });
+        let mut walk = found_rx.into_iter().flatten();
+        // Stamps are compared on all cores while this thread merges on, rather than waiting
+        // for each page's stats. Results come back in order, a few pages behind.
+        let (stats, stat_rx) = std::sync::mpsc::channel::<Vec<Paired>>();
+        let (compared_tx, compared_rx) = std::sync::mpsc::channel::<Vec<(Candidate, bool)>>();
+        scope.spawn(move || {
+            for paired in stat_rx {
+                if compared_tx.send(compare_stamps(paired)).is_err() {
+                    return; // the writer failed and stopped listening
+                }
+            }
+        });
         let mut in_flight = 0usize;
+        let mut stats_in_flight = 0usize;
+        let mut walked = false;
         let mut to_read: Vec<Candidate> = Vec::with_capacity(PAGE);
         let mut chunk: Vec<(Candidate, Option<std::fs::DirEntry>)> = Vec::with_capacity(PAGE);
         loop {
-            while chunk.len() < PAGE {
+            while !walked && chunk.len() < PAGE {
                 match walk.next() {
                     None => break,
                     Some(Found::Plain(c, entry)) if !problem_paths.contains(&c.path) => {
@@ -226,44 +282,40 @@ fn reconcile_home<A: IndexAccess>(
                     }
                 }
             }
-            if chunk.is_empty() {
-                break;
-            }
-            summary.seen += chunk.len() as u64;
-            progress.found(chunk.len() as u64);
-            let mut paired = Vec::with_capacity(chunk.len());
-            for (c, entry) in chunk.drain(..) {
-                while let Some((row, _)) = rows.peek(index)? {
-                    if bytes(row) >= bytes(&c.path) {
-                        break;
+            walked |= chunk.len() < PAGE;
+            if !chunk.is_empty() {
+                summary.seen += chunk.len() as u64;
+                progress.found(chunk.len() as u64);
+                let mut paired = Vec::with_capacity(chunk.len());
+                for (c, entry) in chunk.drain(..) {
+                    while let Some((row, _)) = rows.peek(index)? {
+                        if bytes(row) >= bytes(&c.path) {
+                            break;
+                        }
+                        unmatched.extend(rows.pop());
                     }
-                    unmatched.extend(rows.pop());
+                    let before = match rows.peek(index)? {
+                        Some((row, _)) if row == &c.path => rows.pop().map(|(_, s)| s),
+                        _ => None,
+                    };
+                    if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
+                        old_problem_seen[i] = true;
+                    }
+                    paired.push((c, entry, before));
                 }
-                let before = match rows.peek(index)? {
-                    Some((row, _)) if row == &c.path => rows.pop().map(|(_, s)| s),
-                    _ => None,
-                };
-                if let Ok(i) = old_problems.binary_search_by(|p| bytes(p).cmp(bytes(&c.path))) {
-                    old_problem_seen[i] = true;
-                }
-                paired.push((c, entry, before));
+                let _ = stats.send(paired);
+                stats_in_flight += 1;
             }
-            // Only files with a row are compared (a new file is read whatever its stamp),
-            // on all cores.
-            let compared: Vec<(Candidate, bool)> = paired
-                .into_par_iter()
-                .map(|(c, entry, before)| {
-                    let same = before.is_some_and(|b| {
-                        // Listed as a file, not a symlink: its own stat is the one to compare.
-                        let now = match entry {
-                            Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
-                            None => Stamp::of(&c.path),
-                        };
-                        now.is_ok_and(|now| now.unchanged(&b))
-                    });
-                    (c, same)
-                })
-                .collect();
+            if stats_in_flight == 0 {
+                break; // walked, and every page compared
+            }
+            if !walked && stats_in_flight <= 2 {
+                continue;
+            }
+            let Ok(compared) = compared_rx.recv() else {
+                break; // the comparing thread panicked: the scope passes it on
+            };
+            stats_in_flight -= 1;
             let mut unchanged = 0;
             for (c, same) in compared {
                 if same {
@@ -287,6 +339,7 @@ fn reconcile_home<A: IndexAccess>(
                 }
             }
         }
+        drop(stats);
         if !to_read.is_empty() {
             let _ = jobs.send(to_read);
         }
@@ -390,6 +443,28 @@ fn reconcile_home<A: IndexAccess>(
             )
         })
         .map(drop)
+}
+
+/// A listed file, its directory entry, and its row's stamp if it has a row.
+type Paired = (Candidate, Option<std::fs::DirEntry>, Option<Stamp>);
+
+/// Which files are unchanged, on all cores. Only files with a row are compared (a new file
+/// is read whatever its stamp).
+fn compare_stamps(paired: Vec<Paired>) -> Vec<(Candidate, bool)> {
+    paired
+        .into_par_iter()
+        .map(|(c, entry, before)| {
+            let same = before.is_some_and(|b| {
+                // Listed as a file, not a symlink: its own stat is the one to compare.
+                let now = match entry {
+                    Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
+                    None => Stamp::of(&c.path),
+                };
+                now.is_ok_and(|now| now.unchanged(&b))
+            });
+            (c, same)
+        })
+        .collect()
 }
 
 /// A path's bytes, the order of the walk and of the index's keys (SQLite's BINARY order).
@@ -746,7 +821,7 @@ fn walk_each(
     f: &mut dyn FnMut(Found),
 ) {
     for area in [Area::Sessions, Area::Archived] {
-        AreaWalk::new(home, roots, area, None, wanted, sorted).for_each(&mut *f);
+        AreaWalk::new(home, roots, area, None, wanted, sorted, &()).for_each(&mut *f);
     }
 }
 
@@ -768,7 +843,7 @@ pub fn discover_under(
         } else {
             continue;
         };
-        AreaWalk::new(home, roots, area, Some(start), &|_| true, false)
+        AreaWalk::new(home, roots, area, Some(start), &|_| true, false, &())
             .for_each(|f| collect(f, &mut found));
     }
     found
@@ -799,6 +874,8 @@ struct AreaWalk<'a> {
     wanted: &'a dyn Fn(&str) -> bool,
     /// `None` when the directory does not exist (normal: Codex makes these on first use).
     entries: Option<Entries>,
+    /// Told of the sorted walk's directories (the unsorted walk's are not).
+    dirs: &'a dyn DirObserver,
 }
 
 /// A walk's directory entries: walkdir's, or sorted in path byte order by [`SortedDirs`].
@@ -822,7 +899,7 @@ enum Listed {
 }
 
 impl Entries {
-    fn next(&mut self) -> Option<Listed> {
+    fn next(&mut self, dirs: &dyn DirObserver) -> Option<Listed> {
         match self {
             Entries::Unsorted(walk) => loop {
                 return Some(match walk.next()? {
@@ -843,7 +920,7 @@ impl Entries {
                     }
                 });
             },
-            Entries::Sorted(walk) => walk.next(),
+            Entries::Sorted(walk) => walk.next(dirs),
         }
     }
 
@@ -896,8 +973,9 @@ impl SortedDirs {
         Ok(entries)
     }
 
-    fn next(&mut self) -> Option<Listed> {
+    fn next(&mut self, dirs: &dyn DirObserver) -> Option<Listed> {
         if let Some(dir) = self.descend.take() {
+            dirs.before_listing(&dir);
             match SortedDirs::read(&dir) {
                 Ok(entries) => self.stack.push(entries),
                 Err(error) => return Some(Listed::Failed { path: dir, error }),
@@ -931,6 +1009,7 @@ impl<'a> AreaWalk<'a> {
         start: Option<PathBuf>,
         wanted: &'a dyn Fn(&str) -> bool,
         sorted: bool,
+        dirs: &'a dyn DirObserver,
     ) -> Self {
         let archived = area == Area::Archived;
         let dir = start.or_else(|| canonicalize(&area_dir(home, area)).ok());
@@ -952,6 +1031,7 @@ impl<'a> AreaWalk<'a> {
             archived,
             wanted,
             entries,
+            dirs,
         }
     }
 
@@ -973,7 +1053,7 @@ impl Iterator for AreaWalk<'_> {
 
     fn next(&mut self) -> Option<Found> {
         loop {
-            let (path, file_type, entry) = match self.entries.as_mut()?.next()? {
+            let (path, file_type, entry) = match self.entries.as_mut()?.next(self.dirs)? {
                 Listed::Entry {
                     path,
                     file_type,
@@ -994,6 +1074,9 @@ impl Iterator for AreaWalk<'_> {
                 if named {
                     if let Some(entries) = self.entries.as_mut() {
                         entries.skip_current_dir();
+                        if matches!(entries, Entries::Sorted(_)) {
+                            self.dirs.not_descending(&path);
+                        }
                     }
                     return self.problem(BadFile::new(
                         &path,
@@ -1025,8 +1108,8 @@ struct SortedWalk<'a> {
 }
 
 impl<'a> SortedWalk<'a> {
-    fn new(home: &'a Home, roots: &'a [PathBuf]) -> Self {
-        let area = |a| AreaWalk::new(home, roots, a, None, &|_| true, true).peekable();
+    fn new(home: &'a Home, roots: &'a [PathBuf], dirs: &'a dyn DirObserver) -> Self {
+        let area = |a| AreaWalk::new(home, roots, a, None, &|_| true, true, dirs).peekable();
         SortedWalk {
             areas: [area(Area::Sessions), area(Area::Archived)],
         }
@@ -1210,7 +1293,7 @@ mod tests {
         }
         let home = Home::new(&home_dir, &[]);
         let roots = vec![home.real.clone()];
-        let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots)
+        let listed: Vec<PathBuf> = SortedWalk::new(&home, &roots, &())
             .filter_map(|f| match f {
                 Found::Plain(c, _) => Some(c.path),
                 _ => None,

@@ -994,6 +994,35 @@ fn archive_into_a_directory_made_at_once_is_archived() {
     assert_eq!(folded(&feed.snapshot(), &a).map(|s| s.path), Some(to));
 }
 
+/// Directories that existed before the start are watched by the first reconcile's walk
+/// (not by a walk of their own): a rollout written in any of them afterwards, at every
+/// depth and in a directory the walk found empty, is announced.
+#[test]
+fn rollouts_in_directories_that_existed_at_the_start_are_announced() {
+    let fx = Fixture::new();
+    let (_, before) = place(&fx, 40);
+    let cases = [
+        ("sessions/2031/08/01", 41),
+        ("sessions/2031/08/02/deeper", 42),
+        ("archived_sessions/by-hand/2031", 43),
+    ];
+    for (rel, _) in cases {
+        std::fs::create_dir_all(fx.home.join(rel)).unwrap();
+    }
+    let agent = Agent::start(&fx);
+    let feed = Feed::start(&agent);
+    let day = before.parent().unwrap().to_owned();
+    let r = rollout(44);
+    std::fs::write(day.join(r.file_name()), r.jsonl()).unwrap();
+    feed.wait_for("thread/materialized", &r.id);
+    for (rel, n) in cases {
+        let r = rollout(n);
+        std::fs::write(fx.home.join(rel).join(r.file_name()), r.jsonl()).unwrap();
+        feed.wait_for("thread/materialized", &r.id);
+        assert_eq!(feed.methods_for(&r.id), ["thread/materialized"], "{rel}");
+    }
+}
+
 /// Directories made while the agent runs are watched themselves: a rollout written into a
 /// new year/month/day tree well after the tree settled (so no walk of the new directory
 /// finds it) is announced, at every depth, in `sessions/` and in a new archive subdirectory.

@@ -279,7 +279,16 @@ impl Shared {
     /// A full reconcile after the first: counted, and announced as `index/rescanned` after
     /// the changes it made (which the publisher announced as it committed them).
     pub fn rescan(&self) -> Result<ReconcileSummary, IndexError> {
-        let summary = crawl::reconcile(&self.homes(), &self.index, &self.limits, &())?;
+        self.rescan_observed(&())
+    }
+
+    /// As [`Shared::rescan`], telling `dirs` of each directory the walk lists.
+    pub fn rescan_observed(
+        &self,
+        dirs: &dyn crawl::DirObserver,
+    ) -> Result<ReconcileSummary, IndexError> {
+        let summary =
+            crawl::reconcile_observed(&self.homes(), &self.index, &self.limits, &(), dirs)?;
         self.rescans.fetch_add(1, Ordering::Relaxed);
         let _ = self.events.send(Notification::Rescanned(Rescanned {
             summary: summary.clone(),
