@@ -18,7 +18,7 @@ pub mod policy;
 pub mod poll;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -185,8 +185,13 @@ enum Wake {
 
 type Events = mpsc::Receiver<Wake>;
 
+/// Events held for the watcher thread. It takes none while a reconcile runs (seconds on a
+/// large home), so the queue is bounded, as the kernel's is: past it a burst counts as lost
+/// events, and a full reconcile follows.
+const EVENT_QUEUE: usize = 16_384;
+
 /// The sender of the watcher's current event channel, for the stop signal.
-type Stopper = Arc<std::sync::Mutex<Option<mpsc::Sender<Wake>>>>;
+type Stopper = Arc<std::sync::Mutex<Option<mpsc::SyncSender<Wake>>>>;
 
 /// Starts the watcher thread; it runs the first reconcile, marks the agent ready, then
 /// applies changes until the shutdown token fires. Called inside a tokio runtime, a task
@@ -206,7 +211,8 @@ pub fn spawn(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(tx) = sender {
-                let _ = tx.send(Wake::Stop);
+                // A full queue wakes the thread anyway, and it checks the token each turn.
+                let _ = tx.try_send(Wake::Stop);
             }
         });
     }
@@ -230,6 +236,8 @@ struct Watch {
     /// Directory stamps of the polled homes, when any home is polled.
     poller: Option<DirPoller>,
     stopper: Stopper,
+    /// Set by notify's thread when an event found the queue full.
+    overflowed: Arc<AtomicBool>,
 }
 
 impl Watch {
@@ -245,6 +253,7 @@ impl Watch {
             vanished: Delayed::new(GONE_GRACE),
             recheck: Delayed::new(RECHECK_DELAY),
             poller: None,
+            overflowed: Arc::default(),
         }
     }
 
@@ -257,7 +266,7 @@ impl Watch {
             self.refresh_homes();
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
-            let (tx, rx) = mpsc::channel();
+            let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
             // Set before the token is checked again (the loop's condition, the pump's), so
             // a stop is never missed between the two.
             *self
@@ -286,7 +295,7 @@ impl Watch {
     /// Creates the watcher and adds the watches (event homes), or the directory poller
     /// (polled homes); failures are logged and leave polling or the periodic root check to
     /// catch up.
-    fn start(&mut self, homes: &Homes, tx: mpsc::Sender<Wake>) -> Option<Watches> {
+    fn start(&mut self, homes: &Homes, tx: mpsc::SyncSender<Wake>) -> Option<Watches> {
         let interval = self.opts.poll_interval;
         let mut per_home = Vec::with_capacity(homes.homes.len());
         for home in &homes.homes {
@@ -352,8 +361,19 @@ impl Watch {
         if polled == per_home.len() {
             return None;
         }
+        let overflowed = Arc::clone(&self.overflowed);
         let handler = move |r: notify::Result<notify::Event>| {
-            let _ = tx.send(Wake::Fs(r));
+            // notify always asks the kernel for opens too: the agent's own reads (a head
+            // per file while a reconcile runs) would fill the queue with events that change
+            // nothing.
+            if let Ok(e) = &r {
+                if !e.need_rescan() && !changes_content(&e.kind) {
+                    return;
+                }
+            }
+            if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(Wake::Fs(r)) {
+                overflowed.store(true, Ordering::Release);
+            }
         };
         let watcher: Box<dyn Watcher + Send> = match RecommendedWatcher::new(
             handler,
@@ -464,7 +484,11 @@ impl Watch {
             .flatten()
             .min()
             .unwrap_or(next_root_check);
-            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            let woke = rx.recv_timeout(wake.saturating_duration_since(Instant::now()));
+            if self.overflowed.swap(false, Ordering::AcqRel) {
+                self.request_rescan("the watcher's event queue overflowed");
+            }
+            match woke {
                 Ok(Wake::Stop) => return,
                 Ok(Wake::Fs(Ok(event))) => {
                     if event.need_rescan() {
@@ -835,7 +859,7 @@ struct WatchAsListed<'w> {
     /// Locked by the walk's thread only.
     watches: std::sync::Mutex<&'w mut Watches>,
     /// The kernel refused more watches; no more are tried.
-    limit: std::sync::atomic::AtomicBool,
+    limit: AtomicBool,
 }
 
 impl WatchAsListed<'_> {
