@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub first_request_timeout: Duration,
+    /// How long a query on a FUSE or network home may take before it is answered
+    /// `filesystemUnresponsive` (the filesystem may hang).
+    pub fs_timeout: Duration,
 }
 
 /// `[log]`.
@@ -151,6 +154,7 @@ struct FileServer {
     max_connections: Option<i64>,
     idle_timeout: Option<String>,
     first_request_timeout: Option<String>,
+    fs_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +167,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// `server.fs_timeout`: long enough for a slow network round trip, short enough that a
+/// client sees why it got no answer before it gives up itself.
+pub const DEFAULT_FS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
@@ -360,6 +367,16 @@ impl Config {
                 },
                 parse_interval,
             )?,
+            fs_timeout: layers.pick(
+                Key {
+                    name: "server.fs_timeout",
+                    flag: None,
+                    env: Some("ROLLOUTD_FS_TIMEOUT"),
+                    file: file.server.fs_timeout.as_deref().map(parse_interval),
+                    default: DEFAULT_FS_TIMEOUT,
+                },
+                parse_interval,
+            )?,
         };
         let log = LogConfig {
             level: layers.pick(
@@ -427,6 +444,7 @@ impl Config {
                     "server.max_connections" => json!(self.server.max_connections),
                     "server.idle_timeout" => duration(&self.server.idle_timeout),
                     "server.first_request_timeout" => duration(&self.server.first_request_timeout),
+                    "server.fs_timeout" => duration(&self.server.fs_timeout),
                     "log.level" => json!(self.log.level),
                     "codex_state.auto_repair" => json!(self.codex_state.auto_repair),
                     _ => serde_json::Value::Null,

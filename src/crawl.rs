@@ -778,16 +778,7 @@ fn problem_row(home: &Path, bad: BadFile) -> ProblemRow {
 /// Realpaths a followed symlink may point into: each home, and its rollout directories
 /// (which may themselves be symlinks elsewhere).
 pub fn allowed_roots(homes: &Homes) -> Vec<PathBuf> {
-    let mut roots = Vec::new();
-    for h in &homes.homes {
-        roots.push(h.real.clone());
-        for dir in [h.sessions_dir(), h.archived_dir()] {
-            if let Ok(real) = canonicalize(&dir) {
-                roots.push(real);
-            }
-        }
-    }
-    roots
+    homes.homes.iter().flat_map(|h| h.roots.clone()).collect()
 }
 
 /// Lists the rollout-named entries of a home whose file name passes `wanted`.

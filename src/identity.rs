@@ -222,6 +222,10 @@ pub struct Home {
     pub real: PathBuf,
     /// Every spelling, `real` first, without repeats.
     pub spellings: Vec<PathBuf>,
+    /// `real`, and the realpaths of its rollout directories that exist (either may be a
+    /// symlink elsewhere): where a link may point and stay inside the home. Resolved with
+    /// the rest, so using them never touches the home's filesystem (which may hang).
+    pub roots: Vec<PathBuf>,
 }
 
 impl Home {
@@ -246,10 +250,17 @@ impl Home {
             }
             i += 1;
         }
+        let mut roots = vec![real.clone()];
+        for dir in [SESSIONS_DIR, ARCHIVED_DIR] {
+            if let Ok(dir) = canonicalize(&real.join(dir)) {
+                roots.push(dir);
+            }
+        }
         Home {
             configured,
             real,
             spellings,
+            roots,
         }
     }
 

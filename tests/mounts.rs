@@ -587,3 +587,307 @@ fn a_local_home_beside_a_fuse_home_keeps_its_events() {
     sub.expect("thread/materialized", &behind.id);
     drop(agent);
 }
+
+/// A bindfs mount whose daemon runs in the foreground as the test's child, so the test can
+/// stop it (SIGSTOP): every call that reaches the mount then blocks, as on an sshfs with a
+/// dead link or a hard NFS mount. Dropping it continues the daemon and unmounts (lazily if
+/// the unmount does not finish in time), however the test ends.
+struct HungFuse {
+    daemon: std::process::Child,
+    point: PathBuf,
+}
+
+impl HungFuse {
+    fn mount(backing: &Path, point: &Path) -> Option<HungFuse> {
+        std::fs::create_dir_all(point).unwrap();
+        let daemon = match Command::new("bindfs")
+            .arg("-f")
+            .arg(backing)
+            .arg(point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(d) => d,
+            Err(e) => {
+                prerequisite_missing(&format!("cannot run bindfs: {e}"));
+                return None;
+            }
+        };
+        let fuse = HungFuse {
+            daemon,
+            point: point.to_owned(),
+        };
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*point.to_string_lossy()))
+        };
+        for _ in 0..500 {
+            if mounted() {
+                return Some(fuse);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        prerequisite_missing("bindfs did not mount within 10 s (is /dev/fuse there?)");
+        None
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child, not yet reaped (it is reaped on drop).
+        unsafe { libc::kill(self.daemon.id() as libc::pid_t, signal) };
+    }
+
+    /// Stops the daemon, and waits out the kernel's attribute cache (1 s) so that stats
+    /// reach the daemon and block.
+    fn hang(&self) {
+        self.signal(libc::SIGSTOP);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+
+    fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for HungFuse {
+    fn drop(&mut self) {
+        self.resume();
+        let bounded = |args: &[&str]| {
+            let Ok(mut c) = Command::new("umount").args(args).arg(&self.point).spawn() else {
+                return false;
+            };
+            for _ in 0..250 {
+                if let Ok(Some(s)) = c.try_wait() {
+                    return s.success();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            false
+        };
+        if !bounded(&[]) {
+            bounded(&["-l"]);
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// One request on a connection of its own, its answer within `limit` (else the test fails
+/// saying so: the agent did not answer).
+fn ask(
+    agent: &Agent,
+    method: &str,
+    params: serde_json::Value,
+    limit: Duration,
+) -> serde_json::Value {
+    let mut raw = common::agent::Raw::connect(&agent.socket);
+    raw.writer.set_read_timeout(Some(limit)).unwrap();
+    let started = std::time::Instant::now();
+    raw.send(common::agent::request(1, method, params).as_bytes())
+        .unwrap();
+    let line = raw
+        .line()
+        .unwrap_or_else(|e| panic!("{method}: no answer within {limit:?} ({e})"));
+    assert!(
+        !line.is_empty(),
+        "{method}: connection closed after {:?}",
+        started.elapsed()
+    );
+    serde_json::from_str(&line).unwrap()
+}
+
+use std::time::Duration;
+
+/// Generous: the deadlines below are 1 s (agent) and 3 s (CLI); a hang never answers.
+const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+fn reason(v: &serde_json::Value) -> &str {
+    v["error"]["data"]["reason"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
+    if !prerequisites("a hung FUSE home beside a local one", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let local = fx.home.clone();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let on_fuse = rollout(50);
+    let on_local = rollout(51);
+    place(&backing, &on_fuse);
+    place(&local, &on_local);
+    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+        return;
+    };
+    fx.extra_homes = vec![fuse.point.clone()];
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s").arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    let resolve = |id: &str| {
+        ask(
+            &agent,
+            "thread/resolve",
+            json!({"threadId": id}),
+            ANSWER_LIMIT,
+        )
+    };
+    assert!(resolve(&on_fuse.id)["result"].is_object());
+
+    fuse.hang();
+    // More requests than the runtime has workers: each gets the typed error, none wedges it.
+    for n in 0..3 {
+        let answer = resolve(&on_fuse.id);
+        assert_eq!(
+            reason(&answer),
+            "filesystemUnresponsive",
+            "request {n}: {answer}"
+        );
+        assert_eq!(
+            jpath(&answer["error"]["data"]["path"]),
+            fuse.point,
+            "{answer}"
+        );
+    }
+    let by_path = fuse.point.join(on_fuse.day_dir()).join(on_fuse.file_name());
+    let answer = ask(
+        &agent,
+        "path/resolve",
+        json!({"path": by_path}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    let answer = ask(
+        &agent,
+        "thread/checkResume",
+        json!({"threadId": on_fuse.id, "path": by_path}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    // An id nothing indexes means a walk of every home, the hung one included.
+    let answer = resolve(&tid(59));
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    // The rest of the agent answers.
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["counts"]["threads"], 2, "{status}");
+    let answer = resolve(&on_local.id);
+    assert_eq!(answer["result"]["threadId"], json!(on_local.id), "{answer}");
+    // The watcher keeps applying the local home's changes: the hung home's poll must not
+    // hold it.
+    let fresh = rollout(52);
+    place(&local, &fresh);
+    let waited = ask(
+        &agent,
+        "thread/wait",
+        json!({"threadId": fresh.id, "timeoutMs": 5000}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(waited["result"]["threadId"], json!(fresh.id), "{waited}");
+    // A page checks every thread against its file: with a home hung, the typed error.
+    let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
+    assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
+    // Written behind the mount while it hangs: found once it answers again.
+    let behind = rollout(53);
+    place(&backing, &behind);
+
+    fuse.resume();
+    common::agent::eventually("the home answers again once its filesystem does", || {
+        resolve(&on_fuse.id)["result"].is_object().then_some(())
+    });
+    let waited = ask(
+        &agent,
+        "thread/wait",
+        json!({"threadId": behind.id, "timeoutMs": 8000}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(waited["result"]["threadId"], json!(behind.id), "{waited}");
+    let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
+    assert_eq!(
+        list["result"]["threads"].as_array().map(Vec::len),
+        Some(4),
+        "{list}"
+    );
+
+    // A stop with a query blocked on the hung home stays within its budget (2 s).
+    fuse.hang();
+    assert_eq!(reason(&resolve(&on_fuse.id)), "filesystemUnresponsive");
+    let (status, took) = agent.stop();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?} with a hung home"
+    );
+    drop(agent);
+    drop(fuse);
+}
+
+#[test]
+fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
+    if !prerequisites("a hung FUSE home", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let r = rollout(60);
+    place(&backing, &r);
+    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+        return;
+    };
+    fx.home = fuse.point.clone();
+    fx.index();
+    let cli = |args: &[&str]| {
+        let mut c = fx.cmd();
+        c.env("ROLLOUTD_CLI_TIMEOUT", "3s").args(args);
+        common::Run::spawn(c, args)
+    };
+    let gave_up = |run: &common::Run| {
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr.contains(&*fuse.point.to_string_lossy()),
+            "the message does not name the home: {run:?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    };
+
+    // No agent: the direct path.
+    fuse.hang();
+    let run = cli(&["resolve", &r.id]);
+    gave_up(&run);
+    assert!(run.stderr.contains("does not respond"), "{run:?}");
+    let run = cli(&["--json", "resolve", &r.id]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.error_reason(), "filesystemUnresponsive", "{run:?}");
+    // `status` reads only the index's counts: an answer or the same failure, never a hang.
+    let run = cli(&["status"]);
+    assert!(matches!(run.code, 1 | 2), "{run:?}");
+
+    // With the agent: it answers the typed error, or the CLI's own deadline fires first.
+    fuse.resume();
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s").arg("run");
+    let agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    let mut agent = agent;
+    agent.wait_ready();
+    fuse.hang();
+    let run = cli(&["resolve", &r.id]);
+    gave_up(&run);
+    let run = cli(&["status"]);
+    assert!(matches!(run.code, 0 | 2), "{run:?}");
+    if run.code == 0 {
+        assert!(
+            !run.stderr.contains("did not answer"),
+            "the agent was wedged: {run:?}"
+        );
+    }
+    drop(agent);
+    drop(fuse);
+}

@@ -8,6 +8,7 @@
 
 mod backend;
 mod codex;
+mod deadline;
 mod docs;
 mod protocol;
 mod render;
@@ -186,6 +187,15 @@ pub fn main() -> ExitCode {
         crate::logging::init("warn");
     }
     let json = cli.global.json;
+    if cli.command.is_query() {
+        match deadline::from_env() {
+            Ok(limit) => deadline::arm(limit, json),
+            Err(e) => {
+                note(&e);
+                return ExitCode::from(2);
+            }
+        }
+    }
     let (text, code) = match run(cli) {
         Ok(answer) => {
             let text = if json {
@@ -278,6 +288,25 @@ fn absolutize(cli: &mut Cli) -> std::io::Result<()> {
     Ok(())
 }
 
+impl Command {
+    /// The query commands (and `config`), which answer under one deadline ([`deadline`]): not the agent
+    /// (`run`), `index` (a crawl takes as long as it takes), `wait` (its own `--timeout`),
+    /// `watch` (a stream) or the tools.
+    fn is_query(&self) -> bool {
+        matches!(
+            self,
+            Command::Status
+                | Command::Resolve { .. }
+                | Command::Same { .. }
+                | Command::CheckResume { .. }
+                | Command::List(_)
+                | Command::Problems
+                // `config show` loads the config, which stats every home.
+                | Command::Config(_)
+        )
+    }
+}
+
 /// A command that could not give an answer.
 pub struct Failure {
     pub reason: Cow<'static, str>,
@@ -336,7 +365,13 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         Command::Watch { thread_ids } => return watch(&socket, thread_ids),
         _ => {}
     }
+    // Named before loading the config, which stats them; the config's own list replaces it.
+    match std::env::var_os("CODEX_HOME") {
+        Some(home) if overrides.homes.is_empty() => deadline::homes(&[PathBuf::from(home)]),
+        _ => deadline::homes(&overrides.homes),
+    }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
+    deadline::homes(&config.homes);
     if let Command::Status = cli.command {
         return status(&socket, &config);
     }

@@ -57,6 +57,7 @@ pub fn run_agent(overrides: Overrides, socket: PathBuf) -> Result<Answer, Failur
             max_connections: config.server.max_connections,
             idle_timeout: config.server.idle_timeout,
             first_request_timeout: config.server.first_request_timeout,
+            fs_timeout: config.server.fs_timeout,
         },
     };
     crate::agent::run(opts).map_err(|e| failure("agent", e))?;

@@ -399,11 +399,34 @@ impl Index {
     /// A reader on this index's file that shares its degraded state: a query answered on
     /// the reader refuses an incomplete listing exactly as the writer would.
     pub fn open_reader_beside(&self) -> Result<Index, IndexError> {
+        self.reader_opener().open()
+    }
+
+    /// What opens more readers like [`Index::open_reader_beside`], without this connection.
+    pub fn reader_opener(&self) -> ReaderOpener {
+        ReaderOpener {
+            path: self.path.clone(),
+            degraded: Arc::clone(&self.degraded),
+        }
+    }
+}
+
+/// Opens read-only connections on one index, sharing its degraded state.
+#[derive(Clone)]
+pub struct ReaderOpener {
+    path: PathBuf,
+    degraded: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ReaderOpener {
+    pub fn open(&self) -> Result<Index, IndexError> {
         let mut reader = Index::open_reader(&self.path)?;
         reader.degraded = Arc::clone(&self.degraded);
         Ok(reader)
     }
+}
 
+impl Index {
     /// Opens an index another process owns (a running agent) without ever writing to it:
     /// queries verify against the files as usual and their cache writes are skipped. The
     /// owner alone writes, so it alone announces changes and none goes unannounced.

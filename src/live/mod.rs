@@ -1,6 +1,7 @@
 //! What the watcher, the server and readiness share, below all three: the homes, the index
 //! connections, the change publisher, the status counters and the one shutdown token.
 
+mod hang;
 mod publish;
 mod shutdown;
 
@@ -13,11 +14,12 @@ use tokio::sync::broadcast;
 
 use crate::crawl::{self, ReconcileSummary};
 use crate::identity::Homes;
-use crate::index::{Index, IndexError};
+use crate::index::{Index, IndexError, ReaderOpener};
 use crate::protocol::{Notification, Rescanned};
 use crate::query::Queries;
 use crate::rollout::HeadLimits;
 
+pub use hang::{reach, Exposure, GuardedHome, HangGuard, Probe};
 pub use publish::{ChangeObserver, Publisher};
 pub use shutdown::Shutdown;
 
@@ -77,7 +79,19 @@ pub struct Shared {
     /// Notified (one stored permit) after every committed write's changes: cheaper than a
     /// subscription for those who only refresh a summary.
     pub changed: Arc<tokio::sync::Notify>,
+    /// Homes whose filesystem may hang, and those with a query stuck.
+    pub hang: Arc<HangGuard>,
+    /// Threads queries on such homes may hold at once, stuck or not.
+    pub offload: Arc<tokio::sync::Semaphore>,
+    /// Read-only connections for those queries, apart from the runtime's: one stuck in a
+    /// hung filesystem must not take a connection the runtime's threads wait for.
+    offload_readers: Mutex<Vec<Index>>,
+    opener: Option<ReaderOpener>,
 }
+
+/// Queries on homes that may hang running at once; past it a query waits for a slot (within
+/// its deadline), so a hang cannot take more threads than this.
+pub const OFFLOADED_MAX: usize = 16;
 
 /// The read-only query connections, shared with the writer's after-write hook.
 #[derive(Default)]
@@ -143,11 +157,16 @@ impl Shared {
             watch: Mutex::new(WatchInfo::default()),
             started: Instant::now(),
             changed,
+            hang: Arc::default(),
+            offload: Arc::new(tokio::sync::Semaphore::new(OFFLOADED_MAX)),
+            offload_readers: Mutex::default(),
+            opener: None,
         }
     }
 
     /// Adds read-only connections for queries.
     pub fn with_readers(mut self, readers: Vec<Index>) -> Self {
+        self.opener = readers.first().map(Index::reader_opener);
         self.readers = Arc::new(Readers {
             seen: readers.iter().map(|_| AtomicU64::new(0)).collect(),
             conns: readers.into_iter().map(Mutex::new).collect(),
@@ -239,6 +258,42 @@ impl Shared {
             return None;
         }
         Some(answer)
+    }
+
+    /// [`Shared::read_query`] on a connection of its own (kept for the next such query, or
+    /// opened), for a query off the runtime's threads that may block for long. `None` as
+    /// there, or when no reader can be had.
+    pub fn offloaded_read_query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Option<R> {
+        let spare = self
+            .offload_readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let reader = match spare {
+            Some(r) => r,
+            None => match self.opener.as_ref()?.open() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no read-only connection for a query");
+                    return None;
+                }
+            },
+        };
+        let homes = self.homes();
+        let answer = f(&Queries {
+            homes: &homes,
+            index: &reader,
+            limits: self.limits,
+        });
+        let refused = reader.take_refused_write();
+        let mut spare = self
+            .offload_readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.len() < OFFLOADED_MAX {
+            spare.push(reader);
+        }
+        (!refused).then_some(answer)
     }
 
     /// Runs `f` with query access: the current homes and the writer connection.

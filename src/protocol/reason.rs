@@ -70,6 +70,8 @@ pub enum ErrorReason {
     // The agent.
     IndexError,
     Forbidden,
+    /// A home's FUSE or network filesystem did not answer within `server.fs_timeout`.
+    FilesystemUnresponsive,
     // Codex's state DB.
     SqliteError,
     IoError,
@@ -109,6 +111,7 @@ impl ErrorReason {
             ErrorReason::PermissionDenied => "permissionDenied",
             ErrorReason::IndexError => "indexError",
             ErrorReason::Forbidden => "forbidden",
+            ErrorReason::FilesystemUnresponsive => "filesystemUnresponsive",
             ErrorReason::SqliteError => "sqliteError",
             ErrorReason::IoError => "ioError",
             ErrorReason::Busy => "busy",

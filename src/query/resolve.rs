@@ -22,6 +22,28 @@ impl Queries<'_> {
         Ok(ThreadRecord::from_file(file, self.homes))
     }
 
+    /// Where the index has the files of a thread given by id or prefix, from the index alone
+    /// (nothing is stat'ed): what answering about it will look at first. `None` when the
+    /// answer needs a walk of the homes (nothing indexed matches); empty when it needs no
+    /// file at all (a bad id, an ambiguous prefix).
+    pub fn indexed_paths(&self, given: &str) -> Option<Vec<PathBuf>> {
+        let Ok(id) = normalize_id(given) else {
+            return Some(Vec::new());
+        };
+        let thread = if uuid::Uuid::try_parse(&id).is_ok() {
+            id
+        } else {
+            let mut matches = self.index.thread_ids_with_prefix(&id, 2).ok()?;
+            match matches.len() {
+                0 => return None,
+                1 => matches.remove(0),
+                _ => return Some(Vec::new()),
+            }
+        };
+        let rows = self.index.files_for_thread(&thread).ok()?;
+        (!rows.is_empty()).then(|| rows.into_iter().map(|r| r.path).collect())
+    }
+
     /// The verified, preferred file of a thread given by id or prefix.
     pub(super) fn thread_file(&self, given: &str) -> Result<IndexedFile, QueryError> {
         let id = normalize_id(given)?;

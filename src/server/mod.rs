@@ -35,6 +35,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A connection that has sent no request closes after this long (it holds a slot).
     pub first_request_timeout: Duration,
+    /// `server.fs_timeout`: the deadline of a query on a home that may hang.
+    pub fs_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +45,7 @@ impl Default for Limits {
             max_connections: 256,
             idle_timeout: Duration::from_secs(300),
             first_request_timeout: Duration::from_secs(10),
+            fs_timeout: crate::config::DEFAULT_FS_TIMEOUT,
         }
     }
 }

@@ -107,8 +107,13 @@ pub fn filesystem_name(path: &Path) -> String {
 /// The type of the mount holding `path` (the longest mount point above it) from
 /// `/proc/self/mountinfo`; `None` off Linux.
 fn mount_type(path: &Path) -> Option<String> {
+    mount_type_as_spelled(&canonicalize(path).unwrap_or_else(|_| path.to_owned()))
+}
+
+/// [`mount_type`] of `path` as spelled (nothing on its filesystem is touched, so it answers
+/// for a hung mount too): the longest mount point lexically above it.
+pub fn mount_type_as_spelled(path: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let path = canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut best: Option<(usize, String)> = None;
     for m in table.lines().filter_map(crate::identity::MountLine::parse) {
         let point = unescape_mount(m.mount_point);
@@ -238,6 +243,32 @@ struct Watch {
     stopper: Stopper,
     /// Set by notify's thread when an event found the queue full.
     overflowed: Arc<AtomicBool>,
+    /// Spellings of the homes whose filesystem did not answer this turn's probe: nothing
+    /// under them is touched (a call there may never return) until they answer again.
+    hung: Vec<PathBuf>,
+    /// What this thread would have done under those homes meanwhile.
+    held: Held,
+}
+
+/// Work under a home whose filesystem does not answer, put off until it does.
+#[derive(Default)]
+struct Held {
+    settled: Vec<PathBuf>,
+    recheck: Vec<PathBuf>,
+    vanished: Vec<PathBuf>,
+}
+
+/// Moves the paths under a spelling in `hung` to `held`; returns the rest.
+fn hold_back(hung: &[PathBuf], paths: Vec<PathBuf>, held: &mut Vec<PathBuf>) -> Vec<PathBuf> {
+    if hung.is_empty() {
+        return paths;
+    }
+    let (back, rest) = paths
+        .into_iter()
+        .partition(|p| hung.iter().any(|h| p.starts_with(h)));
+    let back: Vec<PathBuf> = back;
+    held.extend(back);
+    rest
 }
 
 impl Watch {
@@ -254,6 +285,8 @@ impl Watch {
             recheck: Delayed::new(RECHECK_DELAY),
             poller: None,
             overflowed: Arc::default(),
+            hung: Vec::new(),
+            held: Held::default(),
         }
     }
 
@@ -443,7 +476,9 @@ impl Watch {
                 Vec::new()
             }
         };
-        let changed = poll::round(poller, Instant::now(), now_ns, &mut known);
+        let hung = &self.hung;
+        let skip = |dir: &Path| hung.iter().any(|h| dir.starts_with(h));
+        let changed = poll::round(poller, Instant::now(), now_ns, &mut known, &skip);
         if !changed.is_empty() {
             tracing::debug!(paths = changed.len(), "polling found changes");
             settle.push(Instant::now(), changed);
@@ -468,8 +503,7 @@ impl Watch {
         // only by the reconcile that follows.
         let roots = root_paths(&self.shared.homes());
         while !self.shared.shutdown.is_cancelled() {
-            let rescan_at = self
-                .rescan_pending
+            let rescan_at = (self.rescan_pending && self.hung.is_empty())
                 .then(|| self.backoff.next_allowed())
                 .flatten();
             let wake = [
@@ -485,6 +519,7 @@ impl Watch {
             .min()
             .unwrap_or(next_root_check);
             let woke = rx.recv_timeout(wake.saturating_duration_since(Instant::now()));
+            self.probe_homes(&mut settle);
             if self.overflowed.swap(false, Ordering::AcqRel) {
                 self.request_rescan("the watcher's event queue overflowed");
             }
@@ -537,6 +572,7 @@ impl Watch {
             }
             let now = Instant::now();
             if let Some((first, paths)) = settle.take_due(now) {
+                let paths = hold_back(&self.hung, paths, &mut self.held.settled);
                 self.settled(paths);
                 self.shared
                     .last_lag_ms
@@ -549,6 +585,7 @@ impl Watch {
                 }
             }
             let due = self.recheck.take_due(now);
+            let due = hold_back(&self.hung, due, &mut self.held.recheck);
             if !due.is_empty() {
                 // Rows whose file is gone take the same path as a removal event.
                 for p in self.missing_under(due) {
@@ -556,8 +593,12 @@ impl Watch {
                 }
             }
             let due = self.vanished.take_due(now);
+            let due = hold_back(&self.hung, due, &mut self.held.vanished);
             self.apply(Vec::new(), due);
-            if self.rescan_pending && self.backoff.allowed(now) {
+            // A reconcile walks every home, and the root check stats them: both wait for
+            // every home to answer.
+            let all_answer = self.hung.is_empty();
+            if all_answer && self.rescan_pending && self.backoff.allowed(now) {
                 // Lost events may include directories made meanwhile: every directory is
                 // watched again before the reconcile walks it.
                 if let Some(w) = watches.as_deref_mut() {
@@ -572,11 +613,11 @@ impl Watch {
             }
             if now >= next_degraded_try {
                 next_degraded_try = now + DEGRADED_RETRY;
-                if self.shared.degraded().is_some() {
+                if all_answer && self.shared.degraded().is_some() {
                     self.reconcile(true, &());
                 }
             }
-            if now >= next_root_check {
+            if all_answer && now >= next_root_check {
                 next_root_check = now + ROOT_CHECK;
                 let homes = self.shared.homes();
                 if std::mem::take(&mut root_event)
@@ -589,6 +630,46 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// Probes the homes that may hang (FUSE, network: see [`crate::live::HangGuard`]) before
+    /// the turn touches them. The first time one does not answer, this waits out
+    /// `server.fs_timeout`; after that, until the stuck probe returns, not at all. When every
+    /// home answers again, what was held back is queued again.
+    fn probe_homes(&mut self, settle: &mut Settle) {
+        let guard = &self.shared.hang;
+        let hung: Vec<PathBuf> = if guard.any() {
+            guard
+                .all()
+                .into_iter()
+                .filter(|h| !guard.answers(h))
+                .flat_map(|h| h.spellings)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match (self.hung.is_empty(), hung.is_empty()) {
+            (true, false) => {
+                tracing::warn!(homes = ?hung, "a home's filesystem does not answer; its changes wait until it does, and the other homes' go on");
+            }
+            (false, true) => {
+                let held = std::mem::take(&mut self.held);
+                tracing::info!(
+                    paths = held.settled.len() + held.recheck.len() + held.vanished.len(),
+                    "every home's filesystem answers again; applying what waited"
+                );
+                let now = Instant::now();
+                settle.push(now, held.settled);
+                for p in held.recheck {
+                    self.recheck.push(now, p);
+                }
+                for p in held.vanished {
+                    self.vanished.push(now, p);
+                }
+            }
+            _ => {}
+        }
+        self.hung = hung;
     }
 
     /// A settled batch: present paths now; vanished ones after the rename grace; new
@@ -687,7 +768,7 @@ impl Watch {
             );
         }
         self.rescan_pending = true;
-        if self.backoff.allowed(now) {
+        if self.hung.is_empty() && self.backoff.allowed(now) {
             self.reconcile(true, &());
         }
     }
@@ -932,6 +1013,31 @@ fn native_backend() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_under_a_hung_home_are_held_back_and_the_rest_go_on() {
+        let hung = [PathBuf::from("/net/home")];
+        let mut held = Vec::new();
+        let rest = hold_back(
+            &hung,
+            vec![
+                PathBuf::from("/net/home/sessions/a"),
+                PathBuf::from("/local/sessions/b"),
+                PathBuf::from("/net/home2/c"),
+            ],
+            &mut held,
+        );
+        assert_eq!(
+            rest,
+            [
+                PathBuf::from("/local/sessions/b"),
+                PathBuf::from("/net/home2/c")
+            ]
+        );
+        assert_eq!(held, [PathBuf::from("/net/home/sessions/a")]);
+        let rest = hold_back(&[], vec![PathBuf::from("/net/home/x")], &mut held);
+        assert_eq!(rest, [PathBuf::from("/net/home/x")]);
+    }
 
     #[test]
     fn mount_points_are_unescaped() {

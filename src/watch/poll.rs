@@ -255,15 +255,20 @@ fn track_below(poller: &mut DirPoller, dir: &Path, nested: bool, depth: usize) {
 /// One round: stats the directories due at `now` and lists the changed ones. Returns the
 /// paths to apply: new entries (a new directory whole: applying it discovers what it holds)
 /// and entries gone since (`known` gives the index's paths at or under a directory).
-/// `now_ns` is the wall clock, to tell a stamp too recent to trust.
+/// `now_ns` is the wall clock, to tell a stamp too recent to trust. Directories `skip`
+/// names are not looked at this round (their home's filesystem does not answer).
 pub fn round(
     poller: &mut DirPoller,
     now: Instant,
     now_ns: i64,
     known: &mut dyn FnMut(&Path) -> Vec<PathBuf>,
+    skip: &dyn Fn(&Path) -> bool,
 ) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for dir in poller.take_due(now) {
+        if skip(&dir) {
+            continue;
+        }
         // Forgotten earlier in this round, with a parent that vanished.
         if !poller.is_tracked(&dir) {
             continue;
@@ -498,24 +503,38 @@ mod tests {
         track_tree(&mut p, &sessions, true);
         assert_eq!(p.len(), 4);
         let mut index: Vec<PathBuf> = Vec::new();
-        assert!(round(&mut p, step(&mut t), later, &mut |_| index.clone()).is_empty());
+        assert!(
+            round(&mut p, step(&mut t), later, &mut |_| index.clone(), &|_| {
+                false
+            })
+            .is_empty()
+        );
 
         std::fs::write(day.join(NAME), b"x").unwrap();
         std::fs::write(day.join("notes.txt"), b"x").unwrap();
         // The write may land in the tick the tree was stamped in: forced through the stamp.
         p.track(day.clone(), true, None);
         assert_eq!(
-            round(&mut p, step(&mut t), later, &mut |_| index.clone()),
+            round(&mut p, step(&mut t), later, &mut |_| index.clone(), &|_| {
+                false
+            }),
             vec![day.join(NAME)]
         );
         index.push(day.join(NAME));
-        assert!(round(&mut p, step(&mut t), later, &mut |_| index.clone()).is_empty());
+        assert!(
+            round(&mut p, step(&mut t), later, &mut |_| index.clone(), &|_| {
+                false
+            })
+            .is_empty()
+        );
 
         // Renamed away (archived): the indexed name is gone; a second file is new.
         std::fs::rename(day.join(NAME), tmp.path().join(NAME)).unwrap();
         std::fs::write(day.join(NAME2), b"x").unwrap();
         p.track(day.clone(), true, None);
-        let mut got = round(&mut p, step(&mut t), later, &mut |_| index.clone());
+        let mut got = round(&mut p, step(&mut t), later, &mut |_| index.clone(), &|_| {
+            false
+        });
         got.sort();
         assert_eq!(got, vec![day.join(NAME), day.join(NAME2)]);
 
@@ -524,13 +543,35 @@ mod tests {
         std::fs::create_dir(&next).unwrap();
         p.track(sessions.join("2026/11"), true, None);
         assert_eq!(
-            round(&mut p, step(&mut t), later, &mut |_| Vec::new()),
+            round(&mut p, step(&mut t), later, &mut |_| Vec::new(), &|_| false),
             vec![next.clone()]
         );
         assert!(p.is_tracked(&next));
         std::fs::remove_dir(&next).unwrap();
-        let got = round(&mut p, step(&mut t), later, &mut |_| Vec::new());
+        let got = round(&mut p, step(&mut t), later, &mut |_| Vec::new(), &|_| false);
         assert_eq!(got, vec![next.clone()]);
         assert!(!p.is_tracked(&next));
+    }
+
+    /// A directory the caller skips (its home does not answer) is not looked at, and its
+    /// change is reported at the next round that does look.
+    #[test]
+    fn a_skipped_directory_is_looked_at_by_the_next_round() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sessions = tmp.path().join("sessions");
+        let day = sessions.join("2026/11/29");
+        std::fs::create_dir_all(&day).unwrap();
+        let later = i64::MAX / 2;
+        let mut t = Instant::now();
+        let mut p = DirPoller::new(Duration::from_secs(2), t);
+        track_tree(&mut p, &sessions, true);
+        std::fs::write(day.join(NAME), b"x").unwrap();
+        p.track(day.clone(), true, None);
+        let hung = |d: &Path| d.starts_with(&sessions);
+        assert!(round(&mut p, step(&mut t), later, &mut |_| Vec::new(), &hung).is_empty());
+        assert_eq!(
+            round(&mut p, step(&mut t), later, &mut |_| Vec::new(), &|_| false),
+            vec![day.join(NAME)]
+        );
     }
 }

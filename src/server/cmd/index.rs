@@ -12,18 +12,24 @@ pub async fn status(cx: &Context) -> Answer {
     // Read before the counts: `ready: true` then promises counts that include the first
     // reconcile.
     let ready = shared.is_ready();
-    let s = Arc::clone(shared);
-    let (counts, index, degraded) = tokio::task::spawn_blocking(move || {
-        s.query(|q| {
-            (
-                q.index.counts(),
-                q.index.path().to_owned(),
-                q.index.degraded(),
-            )
-        })
-    })
-    .await
-    .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
+    // A reader first: the writer may be held by a query blocked on a hung home's filesystem,
+    // and the counts are index reads only.
+    let read = |q: &crate::query::Queries<'_>| {
+        (
+            q.index.counts(),
+            q.index.path().to_owned(),
+            q.index.degraded(),
+        )
+    };
+    let (counts, index, degraded) = match shared.read_query(read) {
+        Some(r) => r,
+        None => {
+            let s = Arc::clone(shared);
+            tokio::task::spawn_blocking(move || s.query(read))
+                .await
+                .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?
+        }
+    };
     let counts = counts.map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
     let watch = shared
         .watch

@@ -8,15 +8,17 @@ mod path;
 mod subscribe;
 mod thread;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::live::Shared;
-use crate::protocol::error::INDEX_ERROR;
-use crate::protocol::{ClientRequest, RpcError};
+use crate::live::{Exposure, Shared};
+use crate::protocol::error::{INDEX_ERROR, TIMEOUT};
+use crate::protocol::{ClientRequest, ErrorData, ErrorReason, RpcError};
 use crate::query::{Queries, QueryError};
 
 pub use subscribe::Subscription;
@@ -46,13 +48,17 @@ impl Context {
 impl ClientRequest {
     /// Runs the command.
     pub async fn apply(self, cx: &Context) -> Answer {
+        let at = At {
+            method: self.method(),
+            exposure: exposure(&cx.shared, &self),
+        };
         match self {
-            ClientRequest::ThreadResolve(p) => thread::resolve(cx, p).await,
-            ClientRequest::ThreadCheckResume(p) => thread::check_resume(cx, p).await,
-            ClientRequest::ThreadList(p) => thread::list(cx, p).await,
-            ClientRequest::ThreadWait(p) => thread::wait(cx, p).await,
-            ClientRequest::PathResolve(p) => path::resolve(cx, p).await,
-            ClientRequest::PathSame(p) => path::same(cx, p).await,
+            ClientRequest::ThreadResolve(p) => thread::resolve(cx, at, p).await,
+            ClientRequest::ThreadCheckResume(p) => thread::check_resume(cx, at, p).await,
+            ClientRequest::ThreadList(p) => thread::list(cx, at, p).await,
+            ClientRequest::ThreadWait(p) => thread::wait(cx, at, p).await,
+            ClientRequest::PathResolve(p) => path::resolve(cx, at, p).await,
+            ClientRequest::PathSame(p) => path::same(cx, at, p).await,
             ClientRequest::Subscribe(p) => subscribe::subscribe(cx, p),
             ClientRequest::Unsubscribe(_) => subscribe::unsubscribe(cx),
             ClientRequest::IndexStatus(_) => index::status(cx).await,
@@ -94,6 +100,10 @@ impl ClientRequest {
             }
             true
         }
+        if shared.hang.any() && !exposure(shared, self).is_empty() {
+            // It may touch a home whose filesystem can hang: never inline.
+            return false;
+        }
         match self {
             ClientRequest::ThreadResolve(p) => done(
                 shared.read_query(|q| q.resolve_thread(&p.thread_id)),
@@ -114,6 +124,12 @@ impl ClientRequest {
     }
 }
 
+/// The method being applied and the homes that can hang it may touch.
+pub struct At {
+    pub method: &'static str,
+    pub exposure: Exposure,
+}
+
 /// Serializes a result.
 pub fn answer<T: Serialize>(v: &T) -> Answer {
     serde_json::value::to_raw_value(v).map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))
@@ -121,19 +137,175 @@ pub fn answer<T: Serialize>(v: &T) -> Answer {
 
 /// Runs a query: first on a reader connection, in place (index reads and stats only, a few
 /// microseconds); when the answer needs a repair or a walk of the homes, again on the
-/// writer, on a blocking thread (queries may read files).
+/// writer, on a blocking thread (queries may read files). Homes that may hang are not
+/// expected here: see [`query_at`].
 pub async fn query<T: Serialize + Send + 'static>(
     shared: &Arc<Shared>,
     f: impl Fn(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, RpcError> {
-    let answer = match shared.read_query(&f) {
-        Some(answer) => answer,
-        None => {
-            let shared = Arc::clone(shared);
-            tokio::task::spawn_blocking(move || shared.query(f))
-                .await
-                .map_err(|e| RpcError::new(INDEX_ERROR, format!("query task failed: {e}")))?
+    query_at(shared, "query", Vec::new(), f).await
+}
+
+/// [`query`] for a request that may touch `exposure`, the homes that can hang. With none, as
+/// [`query`] always did (inline on a reader; a walk or repair on the writer, which may touch
+/// every home and so is bounded when some home can hang). Otherwise off the runtime's
+/// threads, under `server.fs_timeout`: see [`offloaded`].
+pub async fn query_at<T: Serialize + Send + 'static>(
+    shared: &Arc<Shared>,
+    method: &'static str,
+    exposure: Exposure,
+    f: impl Fn(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, RpcError> {
+    if exposure.is_empty() {
+        if let Some(answer) = shared.read_query(&f) {
+            return answer.map_err(|e| RpcError::from(&e));
         }
+        let all = shared.hang.all();
+        return offloaded(shared, method, all, move |s| s.query(&f)).await;
+    }
+    offloaded(shared, method, exposure, move |s| {
+        s.offloaded_read_query(&f).unwrap_or_else(|| s.query(&f))
+    })
+    .await
+}
+
+/// Runs `job` on a blocking thread. With homes that can hang exposed: at once
+/// `filesystemUnresponsive` when one has a query stuck, else the answer within
+/// `server.fs_timeout` or `filesystemUnresponsive` (the thread is left to finish; its homes
+/// count as stuck until it does).
+async fn offloaded<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    method: &'static str,
+    exposure: Exposure,
+    job: impl FnOnce(&Shared) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, RpcError> {
+    let failed =
+        |e: tokio::task::JoinError| RpcError::new(INDEX_ERROR, format!("query task failed: {e}"));
+    if exposure.is_empty() {
+        let s = Arc::clone(shared);
+        return tokio::task::spawn_blocking(move || job(&s))
+            .await
+            .map_err(failed)?
+            .map_err(|e| RpcError::from(&e));
+    }
+    if let Some((home, stuck_for)) = shared.hang.stuck_among(&exposure) {
+        let fs = home.filesystem.unwrap_or("network");
+        return Err(unresponsive(
+            &home.configured,
+            Duration::ZERO,
+            format!(
+                "{method}: the {fs} filesystem of home {} has not answered for {} ms (a query on it is still blocked); not trying it again until that one returns",
+                home.configured.display(),
+                stuck_for.as_millis()
+            ),
+        ));
+    }
+    let timeout = shared.hang.timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let started = std::time::Instant::now();
+    let expired = |exposure: &Exposure| {
+        let names: Vec<String> = exposure
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} ({})",
+                    h.configured.display(),
+                    h.filesystem.unwrap_or("network")
+                )
+            })
+            .collect();
+        let home = exposure.first().map(|h| h.configured.as_path());
+        unresponsive(
+            home.unwrap_or(Path::new("")),
+            started.elapsed(),
+            format!(
+                "{method}: no answer from the filesystem of home {} within {} ms; it may be hung (a stopped FUSE daemon, a lost network link)",
+                names.join(", "),
+                timeout.as_millis()
+            ),
+        )
     };
-    answer.map_err(|e| RpcError::from(&e))
+    let permit = match tokio::time::timeout_at(
+        deadline,
+        Arc::clone(&shared.offload).acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(RpcError::shutting_down()),
+        Err(_) => return Err(expired(&exposure)),
+    };
+    let probe = shared.hang.probe(exposure);
+    let (s, on_thread) = (Arc::clone(shared), Arc::clone(&probe));
+    let mut task = tokio::task::spawn_blocking(move || {
+        // A hung filesystem is found here, before the job takes a connection (the writer,
+        // for a walk) that the watcher and other queries would then wait for. One that hangs
+        // later, in the middle of the job, still holds it until it answers.
+        for home in on_thread.exposure() {
+            crate::live::reach(&home.configured);
+        }
+        let answer = job(&s);
+        on_thread.returned();
+        drop(permit);
+        answer
+    });
+    let joined = match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) if probe.expired() => {
+            tracing::warn!(homes = ?probe.exposure().iter().map(|h| &h.configured).collect::<Vec<_>>(), "a query is blocked on a home's filesystem");
+            return Err(expired(probe.exposure()));
+        }
+        // It returned just now.
+        Err(_) => task.await,
+    };
+    joined.map_err(failed)?.map_err(|e| RpcError::from(&e))
+}
+
+fn unresponsive(home: &Path, waited: Duration, message: String) -> RpcError {
+    RpcError {
+        code: TIMEOUT,
+        message,
+        data: Some(Box::new(ErrorData {
+            path: (!home.as_os_str().is_empty()).then(|| home.to_owned()),
+            waited_ms: Some(waited.as_millis() as u64),
+            ..ErrorData::new(ErrorReason::FilesystemUnresponsive)
+        })),
+    }
+}
+
+/// The homes that can hang a request may touch (empty: none, answer it inline).
+pub fn exposure(shared: &Shared, request: &ClientRequest) -> Exposure {
+    if !shared.hang.any() {
+        return Vec::new();
+    }
+    let mut out = match request {
+        ClientRequest::ThreadResolve(p) => thread_exposure(shared, &p.thread_id),
+        ClientRequest::ThreadWait(p) => thread_exposure(shared, &p.thread_id),
+        ClientRequest::ThreadCheckResume(p) => {
+            let mut e = thread_exposure(shared, &p.thread_id);
+            e.extend(shared.hang.for_paths([p.path.as_path()]));
+            e
+        }
+        ClientRequest::PathResolve(p) => shared.hang.for_paths([p.path.as_path()]),
+        ClientRequest::PathSame(p) => shared.hang.for_paths([p.a.as_path(), p.b.as_path()]),
+        // A page checks each thread against its file, wherever it is (and a `cwd` filter
+        // is canonicalized).
+        ClientRequest::ThreadList(_) => shared.hang.all(),
+        _ => Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|h| seen.insert(h.configured.clone()));
+    out
+}
+
+/// A thread's indexed files decide which homes answering about it touches; nothing indexed
+/// means a walk of every home.
+pub(super) fn thread_exposure(shared: &Shared, thread_id: &str) -> Exposure {
+    if !shared.hang.any() {
+        return Vec::new();
+    }
+    match shared.read_query(|q| q.indexed_paths(thread_id)).flatten() {
+        Some(paths) => shared.hang.for_paths(paths.iter().map(|p| p.as_path())),
+        None => shared.hang.all(),
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::{answer, query, Answer, Context};
+use super::{answer, query_at, Answer, At, Context};
 use crate::protocol::error::TIMEOUT;
 use crate::protocol::request::{
     ThreadCheckResumeParams, ThreadListParams, ThreadResolveParams, ThreadWaitParams,
@@ -13,15 +13,25 @@ use crate::protocol::request::{
 use crate::protocol::{ErrorData, ErrorReason, RpcError};
 use crate::query::{ListParams, QueryError};
 
-pub async fn resolve(cx: &Context, p: ThreadResolveParams) -> Answer {
-    answer(&query(&cx.shared, move |q| q.resolve_thread(&p.thread_id)).await?)
+pub async fn resolve(cx: &Context, at: At, p: ThreadResolveParams) -> Answer {
+    answer(
+        &query_at(&cx.shared, at.method, at.exposure, move |q| {
+            q.resolve_thread(&p.thread_id)
+        })
+        .await?,
+    )
 }
 
-pub async fn check_resume(cx: &Context, p: ThreadCheckResumeParams) -> Answer {
-    answer(&query(&cx.shared, move |q| q.check_resume(&p.thread_id, &p.path)).await?)
+pub async fn check_resume(cx: &Context, at: At, p: ThreadCheckResumeParams) -> Answer {
+    answer(
+        &query_at(&cx.shared, at.method, at.exposure, move |q| {
+            q.check_resume(&p.thread_id, &p.path)
+        })
+        .await?,
+    )
 }
 
-pub async fn list(cx: &Context, p: ThreadListParams) -> Answer {
+pub async fn list(cx: &Context, at: At, p: ThreadListParams) -> Answer {
     let params = ListParams {
         archived: p.archived.into(),
         cwd: p.cwd,
@@ -29,7 +39,7 @@ pub async fn list(cx: &Context, p: ThreadListParams) -> Answer {
         limit: p.limit,
         cursor: p.cursor,
     };
-    answer(&query(&cx.shared, move |q| q.list(&params)).await?)
+    answer(&query_at(&cx.shared, at.method, at.exposure, move |q| q.list(&params)).await?)
 }
 
 /// Longest wait granted; a client wanting longer calls again.
@@ -39,23 +49,38 @@ const RECHECK: Duration = Duration::from_millis(1000);
 
 /// Returns the record as soon as the thread's rollout is indexed, or times out with
 /// `data.reason = "notMaterialized"`.
-pub async fn wait(cx: &Context, p: ThreadWaitParams) -> Answer {
+pub async fn wait(cx: &Context, at: At, p: ThreadWaitParams) -> Answer {
     let shared = &cx.shared;
     let started = Instant::now();
     let deadline = started + Duration::from_millis(p.timeout_ms).min(MAX_WAIT);
     // Subscribe before the first check, so a rollout appearing in between is not missed.
     let mut events = shared.events.subscribe();
     let wanted = p.thread_id.to_ascii_lowercase();
+    let mut first = Some(at.exposure);
+    // A home that does not answer: the thread may be there, so the wait goes on (the other
+    // homes' changes still arrive) and, if it ends empty, this is the answer.
+    let mut unresponsive;
     loop {
         let id = p.thread_id.clone();
-        match query(shared, move |q| q.resolve_thread(&id)).await {
+        // Re-worked out each round: the thread's file may have moved to another home.
+        let exposure = match first.take() {
+            Some(e) => e,
+            None => super::thread_exposure(shared, &p.thread_id),
+        };
+        match query_at(shared, at.method, exposure, move |q| q.resolve_thread(&id)).await {
             Ok(record) => return answer(&record),
-            Err(e) if e.reason() == Some(ErrorReason::NotFound) => {}
+            Err(e) if e.reason() == Some(ErrorReason::NotFound) => unresponsive = None,
+            Err(e) if e.reason() == Some(ErrorReason::FilesystemUnresponsive) => {
+                unresponsive = Some(e);
+            }
             Err(e) => return Err(e),
         }
         let next_check = (Instant::now() + RECHECK).min(deadline);
         loop {
             if Instant::now() >= deadline {
+                if let Some(e) = unresponsive {
+                    return Err(e);
+                }
                 let lookup = RpcError::from(&QueryError::NotFound {
                     thread_id: p.thread_id.clone(),
                 });

@@ -1,0 +1,112 @@
+//! One deadline for a whole query command. A Codex home on a hung FUSE or network filesystem
+//! blocks any `stat` under it (loading the config canonicalizes every home; answering from
+//! the index stats the files) and such a call cannot be cancelled, so a watchdog thread
+//! ends the process instead: one line naming the home that does not answer, exit 2.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// The default deadline: more than the agent's 1 s to accept plus 5 s to answer, so the
+/// fallback to the index after a silent agent still fits.
+pub const DEFAULT: Duration = Duration::from_secs(10);
+
+/// The variable that changes it (a duration: `3s`, `500ms`).
+pub const ENV: &str = "ROLLOUTD_CLI_TIMEOUT";
+
+/// The homes the command looks at, for the message.
+static HOMES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Names the homes the command will look at (as configured), for the message at expiry.
+pub fn homes(homes: &[PathBuf]) {
+    *HOMES.lock().unwrap_or_else(PoisonError::into_inner) = homes.to_vec();
+}
+
+/// The deadline from the environment, else [`DEFAULT`].
+pub fn from_env() -> Result<Duration, String> {
+    match std::env::var(ENV) {
+        Ok(v) if !v.trim().is_empty() => humantime::parse_duration(v.trim())
+            .map_err(|e| format!("{ENV}={v:?} is not a duration: {e}"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(format!("{ENV} must be more than 0"))
+                } else {
+                    Ok(d)
+                }
+            }),
+        _ => Ok(DEFAULT),
+    }
+}
+
+/// Starts the watchdog: if the process still runs after `limit`, it prints why and exits 2
+/// (with `json`, the error document on stdout too).
+pub fn arm(limit: Duration, json: bool) {
+    let spawned = std::thread::Builder::new()
+        .name("deadline".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            let message = format!(
+                "gave up after {}: {}",
+                humantime::format_duration(limit),
+                why()
+            );
+            super::note(&message);
+            if json {
+                let doc = serde_json::json!({
+                    "error": {
+                        "reason": crate::protocol::ErrorReason::FilesystemUnresponsive.as_str(),
+                        "message": message,
+                    }
+                });
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stdout(),
+                    format!("{doc}\n").as_bytes(),
+                );
+            }
+            // The main thread may be blocked in the kernel on the hung mount: exit without
+            // waiting for it (a FUSE or NFS wait ends on the process's exit).
+            std::process::exit(2);
+        });
+    if let Err(e) = spawned {
+        super::note(&format!("warning: no deadline for this command: {e}"));
+    }
+}
+
+/// Which home does not answer: each is stat'ed on a thread of its own, and those still
+/// blocked after a moment are named, with their filesystem from the mount table.
+fn why() -> String {
+    let homes = HOMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let probes: Vec<_> = homes
+        .into_iter()
+        .map(|home| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let probe = home.clone();
+            let _ = std::thread::Builder::new().spawn(move || {
+                let _ = std::fs::symlink_metadata(&probe).and_then(|_| probe.canonicalize());
+                let _ = tx.send(());
+            });
+            (home, rx)
+        })
+        .collect();
+    let wait_until = std::time::Instant::now() + Duration::from_millis(300);
+    let hung: Vec<String> = probes
+        .into_iter()
+        .filter(|(_, rx)| {
+            rx.recv_timeout(wait_until.saturating_duration_since(std::time::Instant::now()))
+                .is_err()
+        })
+        .map(|(home, _)| {
+            let fs = crate::watch::mount_type_as_spelled(&home)
+                .unwrap_or_else(|| "unknown filesystem".to_owned());
+            format!("{} ({fs})", home.display())
+        })
+        .collect();
+    if hung.is_empty() {
+        "no answer in time (a filesystem it reads may be hung)".to_owned()
+    } else {
+        format!(
+            "the filesystem of Codex home {} does not respond (a stopped FUSE daemon or a lost network mount?)",
+            hung.join(", ")
+        )
+    }
+}
