@@ -777,6 +777,9 @@ fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
     // The rest of the agent answers.
     let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
     assert_eq!(status["result"]["counts"]["threads"], 2, "{status}");
+    // A rescan walks every home: refused while one does not answer, never left blocked.
+    let rescan = ask(&agent, "index/rescan", json!({}), ANSWER_LIMIT);
+    assert_eq!(reason(&rescan), "filesystemUnresponsive", "{rescan}");
     let answer = resolve(&on_local.id);
     assert_eq!(answer["result"]["threadId"], json!(on_local.id), "{answer}");
     // The watcher keeps applying the local home's changes: the hung home's poll must not

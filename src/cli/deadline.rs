@@ -1,7 +1,7 @@
-//! One deadline for a whole query command. A Codex home on a hung FUSE or network filesystem
-//! blocks any `stat` under it (loading the config canonicalizes every home; answering from
-//! the index stats the files) and such a call cannot be cancelled, so a watchdog thread
-//! ends the process instead: one line naming the home that does not answer, exit 2.
+//! A deadline for query commands. A Codex home on a hung FUSE or network filesystem blocks
+//! any `stat` under it (loading the config canonicalizes every home; answering from the
+//! index stats the files) and such a call cannot be cancelled, so a watchdog thread ends the
+//! process instead: one line naming the home that does not answer, exit 2.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
@@ -38,17 +38,23 @@ pub fn from_env() -> Result<Duration, String> {
     }
 }
 
-/// Starts the watchdog: if the process still runs after `limit`, it prints why and exits 2
-/// (with `json`, the error document on stdout too).
+/// Starts the watchdog: each time `limit` passes with the command still running, it looks
+/// at the homes, and when one does not respond it prints why and exits 2 (with `json`, the
+/// error document on stdout too). A command that is only slow (a first index of a large
+/// home, without the agent) is left to finish.
 pub fn arm(limit: Duration, json: bool) {
     let spawned = std::thread::Builder::new()
         .name("deadline".into())
-        .spawn(move || {
+        .spawn(move || loop {
             std::thread::sleep(limit);
+            let hung = hung_homes();
+            if hung.is_empty() {
+                continue;
+            }
             let message = format!(
-                "gave up after {}: {}",
+                "gave up after {}: the filesystem of Codex home {} does not respond (a stopped FUSE daemon or a lost network mount?)",
                 humantime::format_duration(limit),
-                why()
+                hung.join(", ")
             );
             super::note(&message);
             if json {
@@ -72,9 +78,10 @@ pub fn arm(limit: Duration, json: bool) {
     }
 }
 
-/// Which home does not answer: each is stat'ed on a thread of its own, and those still
-/// blocked after a moment are named, with their filesystem from the mount table.
-fn why() -> String {
+/// The homes that do not respond, each with its filesystem from the mount table: each is
+/// listed on a thread of its own ([`crate::live::reach`]), and those still blocked after a
+/// moment are named.
+fn hung_homes() -> Vec<String> {
     let homes = HOMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let probes: Vec<_> = homes
         .into_iter()
@@ -82,14 +89,14 @@ fn why() -> String {
             let (tx, rx) = std::sync::mpsc::channel();
             let probe = home.clone();
             let _ = std::thread::Builder::new().spawn(move || {
-                let _ = std::fs::symlink_metadata(&probe).and_then(|_| probe.canonicalize());
+                crate::live::reach(&probe);
                 let _ = tx.send(());
             });
             (home, rx)
         })
         .collect();
     let wait_until = std::time::Instant::now() + Duration::from_millis(300);
-    let hung: Vec<String> = probes
+    probes
         .into_iter()
         .filter(|(_, rx)| {
             rx.recv_timeout(wait_until.saturating_duration_since(std::time::Instant::now()))
@@ -100,13 +107,5 @@ fn why() -> String {
                 .unwrap_or_else(|| "unknown filesystem".to_owned());
             format!("{} ({fs})", home.display())
         })
-        .collect();
-    if hung.is_empty() {
-        "no answer in time (a filesystem it reads may be hung)".to_owned()
-    } else {
-        format!(
-            "the filesystem of Codex home {} does not respond (a stopped FUSE daemon or a lost network mount?)",
-            hung.join(", ")
-        )
-    }
+        .collect()
 }

@@ -64,6 +64,29 @@ pub async fn status(cx: &Context) -> Answer {
 }
 
 pub async fn rescan(cx: &Context) -> Answer {
+    // A walk of every home holds the writer throughout: not started while a home that may
+    // hang does not answer (the watcher would wait behind it). It is not bounded by
+    // `server.fs_timeout` itself, as a large home takes longer.
+    if cx.shared.hang.any() {
+        let s = Arc::clone(&cx.shared);
+        let started = std::time::Instant::now();
+        let silent = tokio::task::spawn_blocking(move || {
+            s.hang.all().into_iter().find(|h| !s.hang.answers(h))
+        })
+        .await
+        .map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
+        if let Some(home) = silent {
+            return Err(super::unresponsive(
+                &home.configured,
+                started.elapsed(),
+                format!(
+                    "index/rescan: the {} filesystem of home {} does not answer; not rescanning until it does",
+                    home.filesystem.unwrap_or("network"),
+                    home.configured.display()
+                ),
+            ));
+        }
+    }
     let s = Arc::clone(&cx.shared);
     let summary = tokio::task::spawn_blocking(move || s.rescan())
         .await

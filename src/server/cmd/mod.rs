@@ -261,7 +261,8 @@ async fn offloaded<T: Send + 'static>(
     joined.map_err(failed)?.map_err(|e| RpcError::from(&e))
 }
 
-fn unresponsive(home: &Path, waited: Duration, message: String) -> RpcError {
+/// `filesystemUnresponsive` about `home`.
+pub(super) fn unresponsive(home: &Path, waited: Duration, message: String) -> RpcError {
     RpcError {
         code: TIMEOUT,
         message,
