@@ -120,9 +120,13 @@ impl HangGuard {
         out
     }
 
+    fn stuck(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (usize, Instant)>> {
+        self.stuck.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The first of `exposure` with a query stuck on it, and for how long.
     pub fn stuck_among(&self, exposure: &Exposure) -> Option<(GuardedHome, Duration)> {
-        let stuck = self.stuck.lock().unwrap_or_else(PoisonError::into_inner);
+        let stuck = self.stuck();
         exposure.iter().find_map(|h| {
             stuck
                 .get(&h.configured)
@@ -202,11 +206,7 @@ impl Probe {
             return false;
         }
         *state = ProbeState::Stuck;
-        let mut stuck = self
-            .guard
-            .stuck
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stuck = self.guard.stuck();
         for h in &self.exposure {
             let e = stuck
                 .entry(h.configured.clone())
@@ -224,11 +224,7 @@ impl Probe {
         if !was_stuck {
             return;
         }
-        let mut stuck = self
-            .guard
-            .stuck
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut stuck = self.guard.stuck();
         for h in &self.exposure {
             if let Some(e) = stuck.get_mut(&h.configured) {
                 e.0 = e.0.saturating_sub(1);

@@ -130,6 +130,17 @@ pub struct At {
     pub exposure: Exposure,
 }
 
+impl At {
+    /// The answer of `f`, run as [`query_at`] runs it for this request.
+    pub async fn answer<T: Serialize + Send + 'static>(
+        self,
+        cx: &Context,
+        f: impl Fn(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
+    ) -> Answer {
+        answer(&query_at(&cx.shared, self.method, self.exposure, f).await?)
+    }
+}
+
 /// Serializes a result.
 pub fn answer<T: Serialize>(v: &T) -> Answer {
     serde_json::value::to_raw_value(v).map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))

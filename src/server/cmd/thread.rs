@@ -14,21 +14,12 @@ use crate::protocol::{ErrorData, ErrorReason, RpcError};
 use crate::query::{ListParams, QueryError};
 
 pub async fn resolve(cx: &Context, at: At, p: ThreadResolveParams) -> Answer {
-    answer(
-        &query_at(&cx.shared, at.method, at.exposure, move |q| {
-            q.resolve_thread(&p.thread_id)
-        })
-        .await?,
-    )
+    at.answer(cx, move |q| q.resolve_thread(&p.thread_id)).await
 }
 
 pub async fn check_resume(cx: &Context, at: At, p: ThreadCheckResumeParams) -> Answer {
-    answer(
-        &query_at(&cx.shared, at.method, at.exposure, move |q| {
-            q.check_resume(&p.thread_id, &p.path)
-        })
-        .await?,
-    )
+    at.answer(cx, move |q| q.check_resume(&p.thread_id, &p.path))
+        .await
 }
 
 pub async fn list(cx: &Context, at: At, p: ThreadListParams) -> Answer {
@@ -39,7 +30,7 @@ pub async fn list(cx: &Context, at: At, p: ThreadListParams) -> Answer {
         limit: p.limit,
         cursor: p.cursor,
     };
-    answer(&query_at(&cx.shared, at.method, at.exposure, move |q| q.list(&params)).await?)
+    at.answer(cx, move |q| q.list(&params)).await
 }
 
 /// Longest wait granted; a client wanting longer calls again.
