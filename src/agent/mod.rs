@@ -109,7 +109,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
             .with_read_batches(),
     );
     shared.hang.set_timeout(opts.server.fs_timeout);
-    shared.hang.set_homes(guarded(&shared.homes()));
+    shared.hang.set_homes(watch::guarded(&shared.homes()));
     let parking = Arc::clone(&shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -238,31 +238,13 @@ fn reload(shared: &Shared, overrides: &Overrides, auto_repair: &AtomicBool) {
     match Config::load(overrides) {
         Ok(config) => {
             let homes = Homes::new(&config.homes, &config.aliases);
-            shared.hang.set_homes(guarded(&homes));
+            shared.hang.set_homes(watch::guarded(&homes));
             shared.set_homes(homes);
             auto_repair.store(config.codex_state.auto_repair, Ordering::Relaxed);
             tracing::info!(homes = ?config.homes, "config reloaded");
         }
         Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
     }
-}
-
-/// The homes as the hang guard sees them: queries on those on FUSE or network filesystems
-/// (the ones the watcher polls) run under `server.fs_timeout`.
-fn guarded(homes: &Homes) -> Vec<crate::live::GuardedHome> {
-    homes
-        .homes
-        .iter()
-        .map(|h| {
-            let mut spellings = h.spellings.clone();
-            spellings.extend([h.configured.clone(), h.real.clone()]);
-            crate::live::GuardedHome {
-                configured: h.configured.clone(),
-                spellings,
-                filesystem: watch::network_filesystem(&h.real),
-            }
-        })
-        .collect()
 }
 
 struct SocketGuard(PathBuf);

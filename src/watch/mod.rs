@@ -104,6 +104,24 @@ pub fn filesystem_name(path: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The homes as the hang guard sees them: queries on those on FUSE or network filesystems
+/// (the ones the watcher polls) run under `server.fs_timeout`.
+pub fn guarded(homes: &Homes) -> Vec<crate::live::GuardedHome> {
+    homes
+        .homes
+        .iter()
+        .map(|h| {
+            let mut spellings = h.spellings.clone();
+            spellings.extend([h.configured.clone(), h.real.clone()]);
+            crate::live::GuardedHome {
+                configured: h.configured.clone(),
+                spellings,
+                filesystem: network_filesystem(&h.real),
+            }
+        })
+        .collect()
+}
+
 /// The type of the mount holding `path` (the longest mount point above it) from
 /// `/proc/self/mountinfo`; `None` off Linux.
 fn mount_type(path: &Path) -> Option<String> {
@@ -745,6 +763,9 @@ impl Watch {
                 tracing::info!(home = %new.configured.display(), from = %old.real.display(), to = %new.real.display(), "home moved");
             }
         }
+        // A home retargeted onto (or off) a FUSE or network filesystem changes how its
+        // queries are guarded.
+        self.shared.hang.set_homes(guarded(&fresh));
         self.shared.set_homes(fresh);
     }
 
