@@ -102,6 +102,10 @@ pub fn reconcile_observed<A: IndexAccess>(
     let bulk = index.with(Index::begin_bulk_load)?;
     let walked = (|| {
         for home in &homes.homes {
+            if let Some((dir, e)) = crate::identity::unavailable(home) {
+                tracing::warn!(home = %home.configured.display(), dir = %dir.display(), error = %e, "a home cannot be read (its filesystem fails, the directory is not missing): not reconciled, its rows are kept until it can be");
+                continue;
+            }
             reconcile_home(
                 homes,
                 home,

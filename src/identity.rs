@@ -162,12 +162,37 @@ fn birth_time_is_the_files(dev: u64) -> bool {
     kept
 }
 
+/// Whether an error from looking up a path says that nothing is there: not found, a
+/// component that is no longer a directory, or NFS's stale handle (deleted on the server).
+/// Other errors (`ENOTCONN` from a FUSE mount whose daemon died, `EIO`, `EACCES`) say the
+/// filesystem could not answer, not that the file is gone.
+pub fn is_absence(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ESTALE))
+}
+
+/// The first of a home's directories (itself, `sessions/`, `archived_sessions/`) that its
+/// filesystem fails to look up for another reason than absence ([`is_absence`]), with the
+/// error: such a home cannot be walked, and what is indexed under it is kept meanwhile.
+pub fn unavailable(home: &Home) -> Option<(PathBuf, std::io::Error)> {
+    [home.real.clone(), home.sessions_dir(), home.archived_dir()]
+        .into_iter()
+        .find_map(|dir| match std::fs::metadata(&dir) {
+            Err(e) if !is_absence(&e) => Some((dir, e)),
+            _ => None,
+        })
+}
+
 /// True when nothing answers to `path` as the index spells it. The index keeps a name that
 /// is not UTF-8 in its lossy spelling (`U+FFFD` for each bad byte), which no file has: such a
 /// spelling stands while its directory still lists a name that reads that way.
 pub fn is_gone(path: &Path) -> bool {
-    if std::fs::symlink_metadata(path).is_ok() {
-        return false;
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return false,
+        // The filesystem failed (a FUSE daemon that died, a lost network mount, an I/O
+        // error): that says nothing about the file, which is kept until it can be seen.
+        Err(e) if !is_absence(&e) => return false,
+        Err(_) => {}
     }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return true;

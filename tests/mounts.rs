@@ -894,3 +894,88 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
     drop(agent);
     drop(fuse);
 }
+
+/// A FUSE daemon that dies (SIGKILL) leaves its mount answering `ENOTCONN`: the files are
+/// not gone, so nothing is removed; answers about them say why; all is back when it is
+/// mounted again.
+#[test]
+fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
+    if !prerequisites("a FUSE home whose daemon dies", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let local = fx.home.clone();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let on_fuse = rollout(70);
+    let on_local = rollout(71);
+    place(&backing, &on_fuse);
+    place(&local, &on_local);
+    let point = fx.root.join("fuse");
+    let Some(fuse) = HungFuse::mount(&backing, &point) else {
+        return;
+    };
+    fx.extra_homes = vec![point.clone()];
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s")
+        .env("ROLLOUTD_POLL_INTERVAL", "300ms")
+        .arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    let mut sub = agent.subscribe(None);
+    let resolve = |id: &str| {
+        ask(
+            &agent,
+            "thread/resolve",
+            json!({"threadId": id}),
+            ANSWER_LIMIT,
+        )
+    };
+    assert!(resolve(&on_fuse.id)["result"].is_object());
+
+    fuse.signal(libc::SIGKILL);
+    // The root check sees the home change and reconciles; a rescan asked for does too.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rescan = ask(&agent, "index/rescan", json!({}), ANSWER_LIMIT);
+    assert!(rescan["result"].is_object(), "{rescan}");
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["counts"]["threads"], 2, "{status}");
+    let answer = resolve(&on_fuse.id);
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not connected"),
+        "{answer}"
+    );
+    let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
+    assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
+    assert!(resolve(&on_local.id)["result"].is_object());
+    let problems = ask(&agent, "index/problems", json!({}), ANSWER_LIMIT);
+    assert_eq!(problems["result"]["problems"], json!([]), "{problems}");
+
+    // Mounted again (a new daemon): answered as before.
+    drop(fuse);
+    let Some(fuse) = HungFuse::mount(&backing, &point) else {
+        return;
+    };
+    common::agent::eventually("the thread answers once the home is mounted again", || {
+        resolve(&on_fuse.id)["result"].is_object().then_some(())
+    });
+    let _ = sub.expect_method("index/rescanned");
+    sub.client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while let Ok(m) = sub.client.read_message() {
+        sub.seen.push(m);
+    }
+    assert!(
+        !sub.seen.iter().any(|m| m["method"] == "thread/removed"),
+        "a thread was announced removed though no file was: {:#?}",
+        sub.seen
+    );
+    drop(agent);
+    drop(fuse);
+}

@@ -152,6 +152,13 @@ impl From<&QueryError> for RpcError {
             QueryError::BadParams(_) => (INVALID_PARAMS, ErrorData::new(ErrorReason::BadParams)),
             QueryError::Degraded { .. } => (INDEX_ERROR, ErrorData::new(ErrorReason::Degraded)),
             QueryError::Path { .. } => (NOT_FOUND, ErrorData::new(ErrorReason::Missing)),
+            QueryError::Unavailable { path, .. } => (
+                TIMEOUT,
+                ErrorData {
+                    path: Some(path.clone()),
+                    ..ErrorData::new(ErrorReason::FilesystemUnresponsive)
+                },
+            ),
             QueryError::Index(_) => (INDEX_ERROR, ErrorData::new(ErrorReason::IndexError)),
         };
         if let QueryError::Path {

@@ -94,8 +94,11 @@ impl Queries<'_> {
             if !seen.insert(row.head.thread_id.clone()) {
                 continue;
             }
-            if let Ok(file) = self.thread_file(&row.head.thread_id) {
-                threads.push(ThreadRecord::new(&file, self.homes));
+            match self.thread_file(&row.head.thread_id) {
+                Ok(file) => threads.push(ThreadRecord::new(&file, self.homes)),
+                // Not left out as if gone: the page would pass for complete.
+                Err(e @ QueryError::Unavailable { .. }) => return Err(e),
+                Err(_) => {}
             }
         }
         Ok(ListPage {

@@ -101,6 +101,10 @@ pub enum QueryError {
         /// For a missing path: the spelling or location where the file would be.
         would_be: Option<PathBuf>,
     },
+    /// The file's filesystem fails for another reason than absence (a FUSE mount whose
+    /// daemon died, a lost network mount): its row is kept until it can be read.
+    #[error("{}: its filesystem cannot be read ({error}); the thread stays indexed until it can", path.display())]
+    Unavailable { path: PathBuf, error: String },
     #[error(transparent)]
     Index(#[from] IndexError),
 }
@@ -115,6 +119,7 @@ impl QueryError {
             QueryError::BadPath { .. } => ErrorReason::BadPath,
             QueryError::BadParams(_) => ErrorReason::BadParams,
             QueryError::Degraded { .. } => ErrorReason::Degraded,
+            QueryError::Unavailable { .. } => ErrorReason::FilesystemUnresponsive,
             QueryError::Path { reason, .. } => (*reason).into(),
             QueryError::Index(_) => ErrorReason::IndexError,
         }

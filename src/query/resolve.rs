@@ -87,7 +87,12 @@ impl Queries<'_> {
         let rows = self.index.files_for_thread(thread_id)?;
         let had_rows = !rows.is_empty();
         let mut gone = Vec::new();
-        let mut found = self.first_verified(rows, thread_id, &mut gone)?;
+        let mut unavailable = None;
+        let mut found = self.first_verified(rows, thread_id, &mut gone, &mut unavailable)?;
+        if let (None, Some(e)) = (&found, unavailable.take()) {
+            // Its file is where the filesystem cannot be read: said so, and the row kept.
+            return Err(e);
+        }
         if found.is_none() {
             found = self
                 .walk_for(thread_id)?
@@ -106,7 +111,7 @@ impl Queries<'_> {
                 }
             }
             let rows = self.index.files_for_thread(thread_id)?;
-            found = self.first_verified(rows, thread_id, &mut gone)?;
+            found = self.first_verified(rows, thread_id, &mut gone, &mut unavailable)?;
         }
         if !gone.is_empty() {
             self.index
@@ -141,10 +146,11 @@ impl Queries<'_> {
         mut rows: Vec<IndexedFile>,
         thread_id: &str,
         gone: &mut Vec<PathBuf>,
+        unavailable: &mut Option<QueryError>,
     ) -> Result<Option<IndexedFile>, QueryError> {
         rows.sort_by(super::preference);
         for row in rows {
-            if let Some(file) = self.verify(row, gone)? {
+            if let Some(file) = self.verify(row, gone, unavailable)? {
                 if file.head.thread_id == thread_id {
                     return Ok(Some(file));
                 }
@@ -155,16 +161,28 @@ impl Queries<'_> {
 
     /// Checks a row against its file: unchanged stamp → the row; changed → re-read and
     /// rewritten; bad → recorded, `None`; gone → its path added to `gone` for the caller
-    /// to drop, `None`.
+    /// to drop, `None`; on a filesystem that fails (not absence: a dead FUSE mount's
+    /// `ENOTCONN`, `EIO`) → kept as it is, the error in `unavailable` (the first), `None`.
     fn verify(
         &self,
         row: IndexedFile,
         gone: &mut Vec<PathBuf>,
+        unavailable: &mut Option<QueryError>,
     ) -> Result<Option<IndexedFile>, QueryError> {
         match Stamp::of(&row.path) {
             Ok(now) if now.unchanged(&row.stamp) => return Ok(Some(row)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 gone.push(row.path);
+                return Ok(None);
+            }
+            Err(e)
+                if !crate::identity::is_absence(&e)
+                    && e.kind() != std::io::ErrorKind::PermissionDenied =>
+            {
+                unavailable.get_or_insert(QueryError::Unavailable {
+                    path: self.homes.display(&row.path),
+                    error: e.to_string(),
+                });
                 return Ok(None);
             }
             _ => {}
