@@ -163,12 +163,40 @@ fn birth_time_is_the_files(dev: u64) -> bool {
 }
 
 /// Whether an error from looking up a path says that nothing is there: not found, a
-/// component that is no longer a directory, or NFS's stale handle (deleted on the server).
+/// component that is no longer a directory, a symlink loop on the way, or NFS's stale handle
+/// (deleted on the server).
 /// Other errors (`ENOTCONN` from a FUSE mount whose daemon died, `EIO`, `EACCES`) say the
 /// filesystem could not answer, not that the file is gone.
 pub fn is_absence(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
-        || matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ESTALE))
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTDIR | libc::ESTALE | libc::ELOOP)
+        )
+}
+
+/// Whether an error says the filesystem itself fails (a FUSE mount whose daemon died, a
+/// lost network mount, a failing disk), so nothing can be said about the file.
+pub fn is_filesystem_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOTCONN
+                | libc::EIO
+                | libc::ETIMEDOUT
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::ESHUTDOWN
+                | libc::EREMOTEIO
+                | libc::ENOLINK
+        )
+    )
 }
 
 /// The first of a home's directories (itself, `sessions/`, `archived_sessions/`) that its

@@ -952,6 +952,17 @@ fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
     );
     let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
     assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
+    // By path too: neither `missing` nor `notRollout`.
+    let by_path = point.join(on_fuse.day_dir()).join(on_fuse.file_name());
+    let answer = ask(&agent, "path/resolve", json!({"path": by_path}), ANSWER_LIMIT);
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    let answer = ask(
+        &agent,
+        "thread/checkResume",
+        json!({"threadId": on_fuse.id, "path": by_path}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
     assert!(resolve(&on_local.id)["result"].is_object());
     let problems = ask(&agent, "index/problems", json!({}), ANSWER_LIMIT);
     assert_eq!(problems["result"]["problems"], json!([]), "{problems}");

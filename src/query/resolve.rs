@@ -175,10 +175,7 @@ impl Queries<'_> {
                 gone.push(row.path);
                 return Ok(None);
             }
-            Err(e)
-                if !crate::identity::is_absence(&e)
-                    && e.kind() != std::io::ErrorKind::PermissionDenied =>
-            {
+            Err(e) if identity::is_filesystem_failure(&e) => {
                 unavailable.get_or_insert(QueryError::Unavailable {
                     path: self.homes.display(&row.path),
                     error: e.to_string(),
@@ -324,6 +321,8 @@ impl Queries<'_> {
             }
             // A dangling symlink or a path that cannot be statted: reported as it is.
             Err(_) if std::fs::symlink_metadata(given).is_ok() => Some(given.to_owned()),
+            // Its filesystem fails (not absence): looked at as it is, so the answer says so.
+            Err(e) if identity::is_filesystem_failure(&e) => Some(given.to_owned()),
             Err(_) => {
                 alternatives.extend(self.homes.through_mount(given));
                 alternatives
@@ -403,6 +402,12 @@ fn normalize_id(given: &str) -> Result<String, QueryError> {
 }
 
 fn path_error(given: &Path, e: &std::io::Error) -> QueryError {
+    if identity::is_filesystem_failure(e) {
+        return QueryError::Unavailable {
+            path: given.to_owned(),
+            error: e.to_string(),
+        };
+    }
     bad_file_error(given, BadFile::from_io(given, e))
 }
 
