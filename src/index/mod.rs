@@ -623,6 +623,9 @@ impl Index {
             // The sort behind each index spills to a temporary file beyond the page cache,
             // rather than holding every key in memory (tens of MB at 500,000 threads).
             self.conn.execute_batch("PRAGMA temp_store=FILE")?;
+            // The rows are still in the WAL; copying them back overlaps the index builds
+            // instead of following them in the closing checkpoint.
+            let copying = self.wal.then(|| checkpoint_beside(&self.path)).flatten();
             let built = (|| {
                 let tx = rusqlite::Transaction::new_unchecked(
                     &self.conn,
@@ -633,6 +636,9 @@ impl Index {
                 }
                 tx.commit()
             })();
+            if let Some(Err(e)) = copying.map(std::thread::JoinHandle::join) {
+                tracing::debug!(panic = ?e, "the bulk load's background checkpoint panicked");
+            }
             self.conn.execute_batch(&format!(
                 "PRAGMA temp_store=MEMORY; \
                  PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT}; \
@@ -1010,6 +1016,36 @@ impl Drop for Index {
         }
         seal::leave(&self.path);
     }
+}
+
+/// Starts a passive checkpoint of the index at `path` on a thread of its own, over a
+/// connection of its own: it copies the frames committed so far from the WAL into the main
+/// file while the writer goes on (a passive checkpoint takes no lock a writer needs and never
+/// waits). Its failure is only logged: the writer's own checkpoints copy whatever it left.
+/// `None` when no thread could be started.
+fn checkpoint_beside(path: &Path) -> Option<std::thread::JoinHandle<()>> {
+    let path = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("rolloutd-ckpt".into())
+        .spawn(move || {
+            let run = || -> rusqlite::Result<(i64, i64)> {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })
+            };
+            match run() {
+                Ok((log, copied)) => tracing::debug!(log, copied, "background checkpoint"),
+                Err(e) => tracing::debug!(error = %e, "background checkpoint failed"),
+            }
+        });
+    spawned
+        .map_err(|e| tracing::debug!(error = %e, "no thread for the background checkpoint"))
+        .ok()
 }
 
 /// [`Index::apply`] inside its transaction.
