@@ -201,6 +201,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the closing checkpoint waits for other processes' reads.
 const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// The writer's page cache between reconciles, in KiB: its writes are a few rows at a time,
+/// and a larger cache would stay resident for the agent's whole life.
+const IDLE_CACHE_KIB: u32 = 512;
+/// The writer's page cache while a reconcile runs (SQLite's default), in KiB: a cold bulk
+/// load inserts into `files_thread` in random order.
+const RECONCILE_CACHE_KIB: u32 = 2000;
+
 /// SQLite's default WAL auto-checkpoint interval, in pages.
 const DEFAULT_AUTOCHECKPOINT: u32 = 1000;
 /// The interval during a bulk load (see [`Index::begin_bulk_load`]): 64 MB of WAL.
@@ -273,7 +280,9 @@ impl Index {
             Journal::Delete => "DELETE",
         };
         conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |_| Ok(()))?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{IDLE_CACHE_KIB};"
+        ))?;
         if !sealed {
             let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if check != "ok" {
@@ -572,6 +581,19 @@ impl Index {
                 Err(err(&self.path, action, e))
             }
         }
+    }
+
+    /// Sizes the writer's page cache for a reconcile (`true`) or for the writes between
+    /// reconciles (`false`); shrinking it frees the pages beyond the new size at once.
+    pub fn size_cache_for_reconcile(&self, reconciling: bool) -> Result<(), IndexError> {
+        let kib = if reconciling {
+            RECONCILE_CACHE_KIB
+        } else {
+            IDLE_CACHE_KIB
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA cache_size=-{kib}"))
+            .map_err(|e| err(&self.path, "sizing the page cache", e))
     }
 
     /// Prepares a reconcile's writes: when the index holds no row at all (a cold index), the
