@@ -99,6 +99,7 @@ pub fn reconcile_observed<A: IndexAccess>(
     let started = Instant::now();
     let mut summary = ReconcileSummary::default();
     let roots = allowed_roots(homes);
+    index.with(|i| i.size_cache_for_reconcile(true))?;
     let bulk = index.with(Index::begin_bulk_load)?;
     let walked = (|| {
         for home in &homes.homes {
@@ -124,7 +125,8 @@ pub fn reconcile_observed<A: IndexAccess>(
     } else {
         Ok(())
     };
-    walked.and(built)?;
+    let shrunk = index.with(|i| i.size_cache_for_reconcile(false));
+    walked.and(built).and(shrunk)?;
     // Rows of homes no longer configured (or no longer where the home's symlink points).
     let reals: Vec<PathBuf> = homes.homes.iter().map(|h| h.real.clone()).collect();
     let orphans = index.with(|i| i.paths_outside_homes(&reals))?;

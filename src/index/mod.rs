@@ -201,6 +201,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the closing checkpoint waits for other processes' reads.
 const CLOSE_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// The writer's page cache between reconciles, in KiB: its writes are a few rows at a time,
+/// and a larger cache would stay resident for the agent's whole life.
+const IDLE_CACHE_KIB: u32 = 512;
+/// The writer's page cache while a reconcile runs (SQLite's default), in KiB: a cold bulk
+/// load inserts into `files_thread` in random order.
+const RECONCILE_CACHE_KIB: u32 = 2000;
+
 /// SQLite's default WAL auto-checkpoint interval, in pages.
 const DEFAULT_AUTOCHECKPOINT: u32 = 1000;
 /// The interval during a bulk load (see [`Index::begin_bulk_load`]): 64 MB of WAL.
@@ -273,7 +280,9 @@ impl Index {
             Journal::Delete => "DELETE",
         };
         conn.query_row(&format!("PRAGMA journal_mode={mode}"), [], |_| Ok(()))?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-{IDLE_CACHE_KIB};"
+        ))?;
         if !sealed {
             let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
             if check != "ok" {
@@ -597,6 +606,19 @@ impl Index {
         }
     }
 
+    /// Sizes the writer's page cache for a reconcile (`true`) or for the writes between
+    /// reconciles (`false`); shrinking it frees the pages beyond the new size at once.
+    pub fn size_cache_for_reconcile(&self, reconciling: bool) -> Result<(), IndexError> {
+        let kib = if reconciling {
+            RECONCILE_CACHE_KIB
+        } else {
+            IDLE_CACHE_KIB
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA cache_size=-{kib}"))
+            .map_err(|e| err(&self.path, "sizing the page cache", e))
+    }
+
     /// Prepares a reconcile's writes: when the index holds no row at all (a cold index), the
     /// secondary indexes that no write reads ([`schema::DEFERRED_INDEXES`]) are dropped, to
     /// be built once from the sorted rows by [`Index::end_bulk_load`] instead of growing by
@@ -646,6 +668,9 @@ impl Index {
             // The sort behind each index spills to a temporary file beyond the page cache,
             // rather than holding every key in memory (tens of MB at 500,000 threads).
             self.conn.execute_batch("PRAGMA temp_store=FILE")?;
+            // The rows are still in the WAL; copying them back overlaps the index builds
+            // instead of following them in the closing checkpoint.
+            let copying = self.wal.then(|| checkpoint_beside(&self.path)).flatten();
             let built = (|| {
                 let tx = rusqlite::Transaction::new_unchecked(
                     &self.conn,
@@ -656,6 +681,9 @@ impl Index {
                 }
                 tx.commit()
             })();
+            if let Some(Err(e)) = copying.map(std::thread::JoinHandle::join) {
+                tracing::debug!(panic = ?e, "the bulk load's background checkpoint panicked");
+            }
             self.conn.execute_batch(&format!(
                 "PRAGMA temp_store=MEMORY; \
                  PRAGMA wal_autocheckpoint={DEFAULT_AUTOCHECKPOINT}; \
@@ -1033,6 +1061,36 @@ impl Drop for Index {
         }
         seal::leave(&self.path);
     }
+}
+
+/// Starts a passive checkpoint of the index at `path` on a thread of its own, over a
+/// connection of its own: it copies the frames committed so far from the WAL into the main
+/// file while the writer goes on (a passive checkpoint takes no lock a writer needs and never
+/// waits). Its failure is only logged: the writer's own checkpoints copy whatever it left.
+/// `None` when no thread could be started.
+fn checkpoint_beside(path: &Path) -> Option<std::thread::JoinHandle<()>> {
+    let path = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("rolloutd-ckpt".into())
+        .spawn(move || {
+            let run = || -> rusqlite::Result<(i64, i64)> {
+                let conn = Connection::open_with_flags(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(1)?, r.get(2)?))
+                })
+            };
+            match run() {
+                Ok((log, copied)) => tracing::debug!(log, copied, "background checkpoint"),
+                Err(e) => tracing::debug!(error = %e, "background checkpoint failed"),
+            }
+        });
+    spawned
+        .map_err(|e| tracing::debug!(error = %e, "no thread for the background checkpoint"))
+        .ok()
 }
 
 /// [`Index::apply`] inside its transaction.

@@ -16,7 +16,7 @@ pub type ChangeObserver = Box<dyn Fn(&Homes, &[Change]) + Send + Sync>;
 
 /// The index's change sink in the agent.
 pub struct Publisher {
-    events: broadcast::Sender<Notification>,
+    events: broadcast::Sender<Arc<Notification>>,
     homes: HomesCell,
     observer: Option<ChangeObserver>,
     /// Signalled after every publish, for listeners that only need "something changed".
@@ -25,7 +25,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(
-        events: broadcast::Sender<Notification>,
+        events: broadcast::Sender<Arc<Notification>>,
         homes: HomesCell,
         observer: Option<ChangeObserver>,
         changed: Arc<Notify>,
@@ -53,7 +53,7 @@ impl ChangeSink for Publisher {
         if self.events.receiver_count() > 0 {
             for change in changes {
                 // No receivers left is fine: nobody subscribed.
-                let _ = self.events.send(notification(change, &homes));
+                let _ = self.events.send(Arc::new(notification(change, &homes)));
             }
         }
         if let Some(observer) = &self.observer {

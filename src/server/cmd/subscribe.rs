@@ -61,13 +61,13 @@ pub fn unsubscribe(cx: &Context) -> Answer {
 /// Forwards notifications to one subscriber. A subscriber too slow for the bounded queue
 /// gets `index/lagged` and must re-read; the agent itself never waits for it.
 async fn forward(
-    mut events: broadcast::Receiver<Notification>,
+    mut events: broadcast::Receiver<std::sync::Arc<Notification>>,
     filter: Filter,
     out: mpsc::Sender<String>,
 ) {
     loop {
         let line = match events.recv().await {
-            Ok(n) if filter.wants(&n) => frame::notification(&n),
+            Ok(n) if filter.wants(&n) => frame::notification(&*n),
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 frame::notification(&LaggedMessage::Lagged(Lagged { missed }))
