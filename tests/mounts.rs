@@ -954,7 +954,12 @@ fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
     assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
     // By path too: neither `missing` nor `notRollout`.
     let by_path = point.join(on_fuse.day_dir()).join(on_fuse.file_name());
-    let answer = ask(&agent, "path/resolve", json!({"path": by_path}), ANSWER_LIMIT);
+    let answer = ask(
+        &agent,
+        "path/resolve",
+        json!({"path": by_path}),
+        ANSWER_LIMIT,
+    );
     assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
     let answer = ask(
         &agent,

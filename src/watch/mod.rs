@@ -206,17 +206,16 @@ enum Wake {
     Stop,
 }
 
-type Events = mpsc::Receiver<Box<Wake>>;
+type Events = mpsc::Receiver<Wake>;
 
 /// Events held for the watcher thread. It takes none while a reconcile runs (seconds on a
 /// large home), so the queue is bounded, as the kernel's is: past it a burst counts as lost
-/// events, and a full reconcile follows. The channel allocates and writes every slot when it
-/// is made, and holds them while the agent runs: a slot holds a boxed [`Wake`], 16 bytes
-/// rather than 64 (256 KB for the queue, not 1 MB).
-const EVENT_QUEUE: usize = 16_384;
+/// events, and a full reconcile follows. The channel allocates as events come and frees
+/// as they are taken, so an empty queue costs nothing; a full one holds ~10 MB.
+const EVENT_QUEUE: usize = 65_536;
 
 /// The sender of the watcher's current event channel, for the stop signal.
-type Stopper = Arc<std::sync::Mutex<Option<mpsc::SyncSender<Box<Wake>>>>>;
+type Stopper = Arc<std::sync::Mutex<Option<mpsc::Sender<Wake>>>>;
 
 /// Starts the watcher thread; it runs the first reconcile, marks the agent ready, then
 /// applies changes until the shutdown token fires. Called inside a tokio runtime, a task
@@ -236,8 +235,7 @@ pub fn spawn(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(tx) = sender {
-                // A full queue wakes the thread anyway, and it checks the token each turn.
-                let _ = tx.try_send(Box::new(Wake::Stop));
+                let _ = tx.send(Wake::Stop);
             }
         });
     }
@@ -261,6 +259,8 @@ struct Watch {
     /// Directory stamps of the polled homes, when any home is polled.
     poller: Option<DirPoller>,
     stopper: Stopper,
+    /// Events in the queue, counted by notify's thread and this one.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Set by notify's thread when an event found the queue full.
     overflowed: Arc<AtomicBool>,
     /// Spellings of the homes whose filesystem did not answer this turn's probe: nothing
@@ -304,6 +304,7 @@ impl Watch {
             vanished: Delayed::new(GONE_GRACE),
             recheck: Delayed::new(RECHECK_DELAY),
             poller: None,
+            queued: Arc::default(),
             overflowed: Arc::default(),
             hung: Vec::new(),
             held: Held::default(),
@@ -319,7 +320,9 @@ impl Watch {
             self.refresh_homes();
             let homes = self.shared.homes();
             let print = fingerprint(&homes);
-            let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
+            let (tx, rx) = mpsc::channel();
+            // Events of the previous channel are gone with it.
+            self.queued.store(0, Ordering::Release);
             // Set before the token is checked again (the loop's condition, the pump's), so
             // a stop is never missed between the two.
             *self
@@ -348,7 +351,7 @@ impl Watch {
     /// Creates the watcher and adds the watches (event homes), or the directory poller
     /// (polled homes); failures are logged and leave polling or the periodic root check to
     /// catch up.
-    fn start(&mut self, homes: &Homes, tx: mpsc::SyncSender<Box<Wake>>) -> Option<Watches> {
+    fn start(&mut self, homes: &Homes, tx: mpsc::Sender<Wake>) -> Option<Watches> {
         let interval = self.opts.poll_interval;
         let mut per_home = Vec::with_capacity(homes.homes.len());
         for home in &homes.homes {
@@ -415,6 +418,7 @@ impl Watch {
             return None;
         }
         let overflowed = Arc::clone(&self.overflowed);
+        let queued = Arc::clone(&self.queued);
         let handler = move |r: notify::Result<notify::Event>| {
             // notify always asks the kernel for opens too: the agent's own reads (a head
             // per file while a reconcile runs) would fill the queue with events that change
@@ -424,8 +428,11 @@ impl Watch {
                     return;
                 }
             }
-            if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(Box::new(Wake::Fs(r))) {
+            if queued.fetch_add(1, Ordering::AcqRel) >= EVENT_QUEUE {
+                queued.fetch_sub(1, Ordering::AcqRel);
                 overflowed.store(true, Ordering::Release);
+            } else if tx.send(Wake::Fs(r)).is_err() {
+                queued.fetch_sub(1, Ordering::AcqRel);
             }
         };
         let watcher: Box<dyn Watcher + Send> = match RecommendedWatcher::new(
@@ -543,7 +550,10 @@ impl Watch {
             if self.overflowed.swap(false, Ordering::AcqRel) {
                 self.request_rescan("the watcher's event queue overflowed");
             }
-            match woke.map(|w| *w) {
+            if let Ok(Wake::Fs(_)) = &woke {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            match woke {
                 Ok(Wake::Stop) => return,
                 Ok(Wake::Fs(Ok(event))) => {
                     if event.need_rescan() {
