@@ -463,6 +463,14 @@ fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
     common::agent::eventually("two threads indexed", || {
         (agent.status()["counts"]["threads"] == 2).then_some(())
     });
+    // A read snapshot held to the end pins the WAL: after a checkpoint SQLite would write
+    // the next frames over the old ones, needing no new space, and the agent would recover
+    // (rightly) in the middle of the test.
+    let pin = rusqlite::Connection::open(&fx.index).unwrap();
+    pin.execute_batch("BEGIN").unwrap();
+    let _: i64 = pin
+        .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+        .unwrap();
     fill(&state);
     for n in 0..40 {
         fx.write_active(&Rollout::new(
@@ -506,6 +514,7 @@ fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
         .call("thread/resolve", json!({ "threadId": tid(3) }))
         .unwrap();
     assert_eq!(rec["threadId"], tid(3));
+    drop(pin);
 }
 
 // Item 10: the rough edges.
