@@ -709,28 +709,61 @@ fn reason(v: &serde_json::Value) -> &str {
     v["error"]["data"]["reason"].as_str().unwrap_or("")
 }
 
+/// A local home with rollout `n + 1` and a bindfs home (the test's child, see [`HungFuse`])
+/// with rollout `n`, and an agent on both with a 1 s `server.fs_timeout`; `None` when the
+/// host cannot mount.
+struct Beside {
+    fx: Fixture,
+    backing: PathBuf,
+    fuse: HungFuse,
+    on_fuse: Rollout,
+    on_local: Rollout,
+    agent: Agent,
+}
+
+fn fuse_beside_local(n: u32, env: &[(&str, &str)]) -> Option<Beside> {
+    let mut fx = Fixture::new();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let (on_fuse, on_local) = (rollout(n), rollout(n + 1));
+    place(&backing, &on_fuse);
+    place(&fx.home, &on_local);
+    let fuse = HungFuse::mount(&backing, &fx.root.join("fuse"))?;
+    fx.extra_homes = vec![fuse.point.clone()];
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s")
+        .envs(env.iter().copied())
+        .arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    Some(Beside {
+        fx,
+        backing,
+        fuse,
+        on_fuse,
+        on_local,
+        agent,
+    })
+}
+
 #[test]
 fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
     if !prerequisites("a hung FUSE home beside a local one", &["bindfs"]) {
         return;
     }
     let _serial = serial();
-    let mut fx = Fixture::new();
-    let local = fx.home.clone();
-    let backing = fx.root.join("backing");
-    layout(&backing);
-    let on_fuse = rollout(50);
-    let on_local = rollout(51);
-    place(&backing, &on_fuse);
-    place(&local, &on_local);
-    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+    let Some(Beside {
+        fx,
+        backing,
+        fuse,
+        on_fuse,
+        on_local,
+        mut agent,
+    }) = fuse_beside_local(50, &[])
+    else {
         return;
     };
-    fx.extra_homes = vec![fuse.point.clone()];
-    let mut c = fx.cmd();
-    c.env("ROLLOUTD_FS_TIMEOUT", "1s").arg("run");
-    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
-    agent.wait_ready();
+    let local = fx.home.clone();
     let resolve = |id: &str| {
         ask(
             &agent,
@@ -904,25 +937,18 @@ fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
         return;
     }
     let _serial = serial();
-    let mut fx = Fixture::new();
-    let local = fx.home.clone();
-    let backing = fx.root.join("backing");
-    layout(&backing);
-    let on_fuse = rollout(70);
-    let on_local = rollout(71);
-    place(&backing, &on_fuse);
-    place(&local, &on_local);
-    let point = fx.root.join("fuse");
-    let Some(fuse) = HungFuse::mount(&backing, &point) else {
+    let Some(Beside {
+        backing,
+        fuse,
+        on_fuse,
+        on_local,
+        agent,
+        fx: _fx,
+    }) = fuse_beside_local(70, &[("ROLLOUTD_POLL_INTERVAL", "300ms")])
+    else {
         return;
     };
-    fx.extra_homes = vec![point.clone()];
-    let mut c = fx.cmd();
-    c.env("ROLLOUTD_FS_TIMEOUT", "1s")
-        .env("ROLLOUTD_POLL_INTERVAL", "300ms")
-        .arg("run");
-    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
-    agent.wait_ready();
+    let point = fuse.point.clone();
     let mut sub = agent.subscribe(None);
     let resolve = |id: &str| {
         ask(

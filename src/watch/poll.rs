@@ -488,19 +488,26 @@ mod tests {
         *t
     }
 
+    /// A `sessions/` tree with one day directory, tracked by a poller: the temporary
+    /// directory (kept alive by the caller), `sessions/`, the day, the poller, its clock.
+    fn tracked_tree() -> (tempfile::TempDir, PathBuf, PathBuf, DirPoller, Instant) {
+        let tmp = tempfile::tempdir().unwrap();
+        let sessions = tmp.path().join("sessions");
+        let day = sessions.join("2026/11/29");
+        std::fs::create_dir_all(&day).unwrap();
+        let t = Instant::now();
+        let mut p = DirPoller::new(Duration::from_secs(2), t);
+        track_tree(&mut p, &sessions, true);
+        (tmp, sessions, day, p, t)
+    }
+
     /// A round on a real directory tree: new files and new directories are reported, so are
     /// indexed files that vanished; an unchanged tree reports nothing. The wall clock is
     /// passed far ahead so no stamp counts as racy.
     #[test]
     fn a_round_reports_what_the_listing_adds_and_drops() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sessions = tmp.path().join("sessions");
-        let day = sessions.join("2026/11/29");
-        std::fs::create_dir_all(&day).unwrap();
+        let (tmp, sessions, day, mut p, mut t) = tracked_tree();
         let later = i64::MAX / 2;
-        let mut t = Instant::now();
-        let mut p = DirPoller::new(Duration::from_secs(2), t);
-        track_tree(&mut p, &sessions, true);
         assert_eq!(p.len(), 4);
         let mut index: Vec<PathBuf> = Vec::new();
         assert!(
@@ -557,14 +564,8 @@ mod tests {
     /// change is reported at the next round that does look.
     #[test]
     fn a_skipped_directory_is_looked_at_by_the_next_round() {
-        let tmp = tempfile::tempdir().unwrap();
-        let sessions = tmp.path().join("sessions");
-        let day = sessions.join("2026/11/29");
-        std::fs::create_dir_all(&day).unwrap();
+        let (_tmp, sessions, day, mut p, mut t) = tracked_tree();
         let later = i64::MAX / 2;
-        let mut t = Instant::now();
-        let mut p = DirPoller::new(Duration::from_secs(2), t);
-        track_tree(&mut p, &sessions, true);
         std::fs::write(day.join(NAME), b"x").unwrap();
         p.track(day.clone(), true, None);
         let hung = |d: &Path| d.starts_with(&sessions);
