@@ -100,8 +100,9 @@ impl ClientRequest {
             }
             true
         }
-        if shared.hang.any() && !exposure(shared, self).is_empty() {
-            // It may touch a home whose filesystem can hang: never inline.
+        if shared.hang.any() {
+            // Some home's filesystem can hang: [`ClientRequest::apply`] works out once which
+            // homes the request touches, and answers off the runtime's threads when needed.
             return false;
         }
         match self {
