@@ -283,10 +283,9 @@ fn hold_back(hung: &[PathBuf], paths: Vec<PathBuf>, held: &mut Vec<PathBuf>) -> 
     if hung.is_empty() {
         return paths;
     }
-    let (back, rest) = paths
+    let (back, rest): (Vec<PathBuf>, Vec<PathBuf>) = paths
         .into_iter()
         .partition(|p| hung.iter().any(|h| p.starts_with(h)));
-    let back: Vec<PathBuf> = back;
     held.extend(back);
     rest
 }
