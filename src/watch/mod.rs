@@ -800,6 +800,7 @@ impl Watch {
             );
         }
         self.rescan_pending = true;
+        self.backoff.lost(now);
         if self.hung.is_empty() && self.backoff.allowed(now) {
             self.reconcile(true, &());
         }

@@ -100,13 +100,19 @@ impl Delayed {
 }
 
 /// Full rescans after lost events: back-to-back rescans double the window up to `max`; a
-/// quiet period (four windows) resets it to `min`.
+/// quiet period (four windows) resets it to `min`. Events lost after the last rescan are
+/// caught up sooner once the losses stop: a quarter of the window after the last loss (at
+/// least `min`), so a storm that outlasts a few rescans is not followed by up to a whole
+/// window (a minute) of changes unseen, while a storm still losing events stays held to the
+/// window.
 #[derive(Debug)]
 pub struct RescanBackoff {
     min: Duration,
     max: Duration,
     window: Duration,
     last: Option<Instant>,
+    /// The last loss of events.
+    lost: Option<Instant>,
 }
 
 impl RescanBackoff {
@@ -116,12 +122,24 @@ impl RescanBackoff {
             max,
             window: min,
             last: None,
+            lost: None,
         }
+    }
+
+    /// Events were lost at `now` (a rescan is pending).
+    pub fn lost(&mut self, now: Instant) {
+        self.lost = Some(now);
     }
 
     /// When the next rescan may run.
     pub fn next_allowed(&self) -> Option<Instant> {
-        self.last.map(|t| t + self.window)
+        let last = self.last?;
+        let windowed = last + self.window;
+        let catch_up = self
+            .lost
+            .filter(|&lost| lost > last)
+            .map(|lost| lost + (self.window / 4).max(self.min));
+        Some(catch_up.map_or(windowed, |c| c.min(windowed)))
     }
 
     pub fn allowed(&self, now: Instant) -> bool {
@@ -241,6 +259,33 @@ mod tests {
         // Quiet for four windows: back to the minimum.
         b.ran(t0 + 100 * s);
         assert_eq!(b.next_allowed(), Some(t0 + 101 * s));
+    }
+
+    /// Losses that stop are caught up a quarter window after the last one; losses that go
+    /// on are held to the window.
+    #[test]
+    fn a_storm_that_stops_is_caught_up_within_a_quarter_window() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = RescanBackoff::new(s, 64 * s);
+        for at in [0, 1, 3, 7, 15] {
+            b.lost(t0 + at * s);
+            b.ran(t0 + at * s);
+        }
+        // The window is now 16 s: without a loss since, the next rescan waits it out.
+        assert_eq!(b.next_allowed(), Some(t0 + 31 * s));
+        // The storm goes on a little, then stops at 20 s: caught up 4 s later, not at 31 s.
+        b.lost(t0 + 16 * s);
+        b.lost(t0 + 20 * s);
+        assert_eq!(b.next_allowed(), Some(t0 + 24 * s));
+        assert!(!b.allowed(t0 + 23 * s));
+        assert!(b.allowed(t0 + 24 * s));
+        // Losses that go on push it back, never past the window.
+        b.lost(t0 + 29 * s);
+        assert_eq!(b.next_allowed(), Some(t0 + 31 * s));
+        // A loss before the last rescan is already caught up: the (doubled) window again.
+        b.ran(t0 + 31 * s);
+        assert_eq!(b.next_allowed(), Some(t0 + 63 * s));
     }
 
     #[test]
