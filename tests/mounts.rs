@@ -905,6 +905,29 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
     // `status` reads only the index's counts: an answer or the same failure, never a hang.
     let run = cli(&["status"]);
     assert!(matches!(run.code, 1 | 2), "{run:?}");
+    // The default home, `~/.codex` (no flag, no `$CODEX_HOME`), a symlink onto the mount:
+    // named too; `config show` (which stats no home) answers or gives up, never hangs.
+    let user = fx.root.join("other-user");
+    std::fs::create_dir_all(&user).unwrap();
+    std::os::unix::fs::symlink(&fuse.point, user.join(".codex")).unwrap();
+    let by_default = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rolloutd"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &user)
+            .env("XDG_RUNTIME_DIR", user.join("run"))
+            .env("ROLLOUTD_CLI_TIMEOUT", "3s")
+            .args(args);
+        common::Run::spawn(c, args)
+    };
+    let run = by_default(&["resolve", &r.id]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(".codex") && run.stderr.contains("does not respond"),
+        "{run:?}"
+    );
+    let run = by_default(&["config", "show"]);
+    assert!(matches!(run.code, 0 | 2), "{run:?}");
 
     // With the agent: it answers the typed error, or the CLI's own deadline fires first.
     fuse.resume();

@@ -344,6 +344,15 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         index: cli.global.index.clone(),
         ..Overrides::default()
     };
+    // The homes the deadline names, before the config (whose loading may already stat
+    // them) gives its own list: the flags', else `$CODEX_HOME`, else `~/.codex`.
+    let env_home = std::env::var_os("CODEX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".codex")));
+    match env_home {
+        Some(home) if overrides.homes.is_empty() => deadline::homes(&[home]),
+        _ => deadline::homes(&overrides.homes),
+    }
     match cli.command {
         Command::Run {
             watch_mode,
@@ -364,11 +373,6 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         Command::Wait { thread_id, timeout } => return wait(&socket, thread_id, timeout),
         Command::Watch { thread_ids } => return watch(&socket, thread_ids),
         _ => {}
-    }
-    // Named before loading the config, which stats them; the config's own list replaces it.
-    match std::env::var_os("CODEX_HOME") {
-        Some(home) if overrides.homes.is_empty() => deadline::homes(&[PathBuf::from(home)]),
-        _ => deadline::homes(&overrides.homes),
     }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
     deadline::homes(&config.homes);
