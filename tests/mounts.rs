@@ -709,6 +709,22 @@ fn reason(v: &serde_json::Value) -> &str {
     v["error"]["data"]["reason"].as_str().unwrap_or("")
 }
 
+/// `path/resolve` and `thread/checkResume` of `r`'s file under `point` both answer
+/// `filesystemUnresponsive`.
+fn by_path_unresponsive(agent: &Agent, point: &Path, r: &Rollout) {
+    let by_path = point.join(r.day_dir()).join(r.file_name());
+    let answer = ask(
+        agent,
+        "path/resolve",
+        json!({"path": by_path}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    let params = json!({"threadId": r.id, "path": by_path});
+    let answer = ask(agent, "thread/checkResume", params, ANSWER_LIMIT);
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+}
+
 /// A local home with rollout `n + 1` and a bindfs home (the test's child, see [`HungFuse`])
 /// with rollout `n`, and an agent on both with a 1 s `server.fs_timeout`; `None` when the
 /// host cannot mount.
@@ -789,21 +805,7 @@ fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
             "{answer}"
         );
     }
-    let by_path = fuse.point.join(on_fuse.day_dir()).join(on_fuse.file_name());
-    let answer = ask(
-        &agent,
-        "path/resolve",
-        json!({"path": by_path}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
-    let answer = ask(
-        &agent,
-        "thread/checkResume",
-        json!({"threadId": on_fuse.id, "path": by_path}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    by_path_unresponsive(&agent, &fuse.point, &on_fuse);
     // An id nothing indexes means a walk of every home, the hung one included.
     let answer = resolve(&tid(59));
     assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
@@ -1002,21 +1004,7 @@ fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
     let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
     assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
     // By path too: neither `missing` nor `notRollout`.
-    let by_path = point.join(on_fuse.day_dir()).join(on_fuse.file_name());
-    let answer = ask(
-        &agent,
-        "path/resolve",
-        json!({"path": by_path}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
-    let answer = ask(
-        &agent,
-        "thread/checkResume",
-        json!({"threadId": on_fuse.id, "path": by_path}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    by_path_unresponsive(&agent, &point, &on_fuse);
     assert!(resolve(&on_local.id)["result"].is_object());
     let problems = ask(&agent, "index/problems", json!({}), ANSWER_LIMIT);
     assert_eq!(problems["result"]["problems"], json!([]), "{problems}");
