@@ -41,7 +41,7 @@ impl Default for HangGuard {
             homes: RwLock::default(),
             any: AtomicBool::new(false),
             stuck: Mutex::default(),
-            timeout: RwLock::new(Duration::from_secs(2)),
+            timeout: RwLock::new(crate::config::DEFAULT_FS_TIMEOUT),
         }
     }
 }
