@@ -183,7 +183,7 @@ fn reconcile_home<A: IndexAccess>(
     // Heads are read on all cores while this thread walks, merges and writes: it hands
     // batches to a reader thread and writes what comes back, at most a few batches behind.
     std::thread::scope(|scope| -> Result<(), IndexError> {
-        let (jobs, job_rx) = std::sync::mpsc::channel::<Vec<Candidate>>();
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Vec<ToRead>>();
         let (done_tx, done) = std::sync::mpsc::channel::<ReadBatch>();
         // What the writer is done with is freed on another thread: the writer is the
         // pipeline's bottleneck, and freeing a batch's rows and changes cost it ~5 %.
@@ -193,8 +193,12 @@ fn reconcile_home<A: IndexAccess>(
             for chunk in job_rx {
                 let outcomes: Outcomes = chunk
                     .into_par_iter()
-                    .map(|c| {
-                        let o = rollout::inspect(&c.path, limits);
+                    .map(|(c, listed_file)| {
+                        let o = if listed_file {
+                            rollout::inspect_listed_file(&c.path, limits)
+                        } else {
+                            rollout::inspect(&c.path, limits)
+                        };
                         (c, o)
                     })
                     .collect();
@@ -260,7 +264,7 @@ fn reconcile_home<A: IndexAccess>(
         // Stamps are compared on all cores while this thread merges on, rather than waiting
         // for each page's stats. Results come back in order, a few pages behind.
         let (stats, stat_rx) = std::sync::mpsc::channel::<Vec<Paired>>();
-        let (compared_tx, compared_rx) = std::sync::mpsc::channel::<Vec<(Candidate, bool)>>();
+        let (compared_tx, compared_rx) = std::sync::mpsc::channel::<Vec<Compared>>();
         scope.spawn(move || {
             for paired in stat_rx {
                 if compared_tx.send(compare_stamps(paired)).is_err() {
@@ -271,7 +275,7 @@ fn reconcile_home<A: IndexAccess>(
         let mut in_flight = 0usize;
         let mut stats_in_flight = 0usize;
         let mut walked = false;
-        let mut to_read: Vec<Candidate> = Vec::with_capacity(PAGE);
+        let mut to_read: Vec<ToRead> = Vec::with_capacity(PAGE);
         let mut chunk: Vec<(Candidate, Option<std::fs::DirEntry>)> = Vec::with_capacity(PAGE);
         loop {
             while !walked && chunk.len() < PAGE {
@@ -323,11 +327,16 @@ fn reconcile_home<A: IndexAccess>(
             };
             stats_in_flight -= 1;
             let mut unchanged = 0;
-            for (c, same) in compared {
+            for Compared {
+                candidate,
+                unchanged: same,
+                listed_file,
+            } in compared
+            {
                 if same {
                     unchanged += 1;
                 } else {
-                    to_read.push(c);
+                    to_read.push((candidate, listed_file));
                 }
             }
             summary.unchanged += unchanged;
@@ -454,13 +463,30 @@ fn reconcile_home<A: IndexAccess>(
 /// A listed file, its directory entry, and its row's stamp if it has a row.
 type Paired = (Candidate, Option<std::fs::DirEntry>, Option<Stamp>);
 
+/// A file to read, and whether its listing said it is a regular file (see
+/// [`rollout::inspect_listed_file`]).
+type ToRead = (Candidate, bool);
+
+/// A listed file compared with its row.
+struct Compared {
+    candidate: Candidate,
+    /// It has a row and its stamp is the row's: nothing to read.
+    unchanged: bool,
+    /// Its directory entry's type says a regular file.
+    listed_file: bool,
+}
+
 /// Which files are unchanged, on all cores. Only files with a row are compared (a new file
 /// is read whatever its stamp).
-fn compare_stamps(paired: Vec<Paired>) -> Vec<(Candidate, bool)> {
+fn compare_stamps(paired: Vec<Paired>) -> Vec<Compared> {
     paired
         .into_par_iter()
         .map(|(c, entry, before)| {
-            let same = before.is_some_and(|b| {
+            let listed_file = entry
+                .as_ref()
+                .and_then(|e| e.file_type().ok())
+                .is_some_and(|t| t.is_file());
+            let unchanged = before.is_some_and(|b| {
                 // Listed as a file, not a symlink: its own stat is the one to compare.
                 let now = match entry {
                     Some(e) => e.metadata().map(|m| Stamp::from_metadata(&m)),
@@ -468,7 +494,11 @@ fn compare_stamps(paired: Vec<Paired>) -> Vec<(Candidate, bool)> {
                 };
                 now.is_ok_and(|now| now.unchanged(&b))
             });
-            (c, same)
+            Compared {
+                candidate: c,
+                unchanged,
+                listed_file,
+            }
         })
         .collect()
 }

@@ -271,3 +271,66 @@ fn a_zstd_context_is_reused_afresh_after_a_bad_or_unfinished_frame() {
         assert_eq!(i.head.thread_id, tid(0x60).to_string());
     }
 }
+
+/// A walk reads files its listing gave as regular without a stat of the path first; what
+/// took such a path since (a FIFO, a directory, a symlink, an empty or missing file) gets
+/// the answer a stat-first read gives, and a FIFO never blocks the read.
+#[test]
+fn a_listed_file_replaced_by_anything_is_answered_as_a_stat_first_read_would() {
+    use rolloutd::rollout::inspect_listed_file;
+    let fx = Fixture::new();
+    let limits = HeadLimits::default();
+    let kept = Rollout::new(&tid(0x70), "2026-11-21T13:00:00.000Z", "/w", "kept");
+    let target = fx.write_active(&kept);
+    let mut paths = Vec::new();
+    for (n, make) in [
+        "fifo", "dir", "symlink", "empty", "missing", "dangling", "plain",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = Rollout::new(
+            &tid(0x71 + n as u32),
+            "2026-11-21T13:00:00.000Z",
+            "/w",
+            make,
+        );
+        let p = fx.write_active(&r);
+        std::fs::remove_file(&p).unwrap();
+        match *make {
+            "fifo" => common::sys::mkfifo(&p, 0o644),
+            "dir" => std::fs::create_dir(&p).unwrap(),
+            "symlink" => std::os::unix::fs::symlink(&target, &p).unwrap(),
+            "empty" => std::fs::write(&p, b"").unwrap(),
+            "missing" => {}
+            "dangling" => std::os::unix::fs::symlink(p.with_extension("gone"), &p).unwrap(),
+            _ => {
+                fx.write_active(&r);
+            }
+        }
+        paths.push(p);
+    }
+    for p in &paths {
+        let started = Instant::now();
+        let listed = inspect_listed_file(p, &limits);
+        assert!(started.elapsed() < Duration::from_secs(5), "{p:?} blocked");
+        let stat_first = inspect(p, &limits);
+        match (&listed, &stat_first) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.head.thread_id, b.head.thread_id, "{p:?}");
+                assert_eq!(a.stamp, b.stamp, "{p:?}");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.kind, b.kind, "{p:?}: {a} / {b}"),
+            _ => panic!("{p:?}: listed {listed:?}, stat first {stat_first:?}"),
+        }
+    }
+    // The symlink is followed by both (as a walk's linked files are), the plain one read.
+    assert_eq!(
+        inspect_listed_file(&paths[2], &limits)
+            .unwrap()
+            .head
+            .thread_id,
+        tid(0x70).to_string()
+    );
+    assert!(inspect_listed_file(&paths[6], &limits).is_ok());
+}

@@ -85,15 +85,8 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
     if before.size == 0 {
         return Err(BadFile::new(path, ProblemKind::Empty, "file is empty"));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| BadFile::from_io(path, &e))?;
-    let opened = file
-        .metadata()
-        .map(|m| Stamp::from_metadata(&m))
-        .map_err(|e| BadFile::from_io(path, &e))?;
+    let file = open(path, 0).map_err(|e| BadFile::from_io(path, &e))?;
+    let opened = stamp_of(&file, path)?;
     if opened.id != before.id || opened.kind != FileKind::File {
         return Err(BadFile::new(
             path,
@@ -101,6 +94,47 @@ pub fn inspect(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
             "a different file took the path between stat and open",
         ));
     }
+    read_opened(path, file, opened, limits)
+}
+
+/// [`inspect`] of a path a directory listing gave as a regular file (its `d_type`, not a
+/// symlink): opened without a stat of the path first, which saves a lookup of the whole
+/// path per file when a walk reads every file. Whatever took the path since (a symlink, a
+/// FIFO, a directory) is refused by the open or the descriptor's stat and goes through
+/// [`inspect`], so the answer is the same.
+pub fn inspect_listed_file(path: &Path, limits: &HeadLimits) -> Result<Inspected, BadFile> {
+    let Ok(file) = open(path, libc::O_NOFOLLOW) else {
+        return inspect(path, limits);
+    };
+    let opened = stamp_of(&file, path)?;
+    if opened.kind != FileKind::File || opened.size == 0 {
+        return inspect(path, limits);
+    }
+    read_opened(path, file, opened, limits)
+}
+
+/// Opened for reading non-blocking (a FIFO that took the path cannot block the open), never
+/// as the controlling terminal.
+fn open(path: &Path, flags: i32) -> std::io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | flags)
+        .open(path)
+}
+
+fn stamp_of(file: &std::fs::File, path: &Path) -> Result<Stamp, BadFile> {
+    file.metadata()
+        .map(|m| Stamp::from_metadata(&m))
+        .map_err(|e| BadFile::from_io(path, &e))
+}
+
+/// The head of `file`, a regular file opened at `path` whose descriptor's stamp is `opened`.
+fn read_opened(
+    path: &Path,
+    file: std::fs::File,
+    opened: Stamp,
+    limits: &HeadLimits,
+) -> Result<Inspected, BadFile> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let compression = name::compression_of(file_name);
     let mut counting = head::CountingReader::new(file);
