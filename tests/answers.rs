@@ -442,6 +442,40 @@ fn fill(dir: &Path) {
     }
 }
 
+/// What a degraded agent answers: listings refused as `degraded` (by every reader), by the
+/// CLI too, and a status saying so. `Err` says which answer was not.
+fn degraded_answers(fx: &Fixture, agent: &Agent) -> Result<(), String> {
+    let refused = |r: &Result<Value, ClientError>| matches!(r, Err(ClientError::Rpc(e)) if e.reason().map(|r| r.as_str()) == Some("degraded"));
+    let all = agent.call("thread/list", json!({ "archived": "all" }));
+    if !refused(&all) {
+        return Err(format!("listing: {all:?}"));
+    }
+    for _ in 0..4 {
+        // Every reader in turn, not only the writer.
+        let page = agent.call("thread/list", json!({ "archived": "all", "limit": 1 }));
+        if !refused(&page) {
+            return Err(format!("full page: {page:?}"));
+        }
+    }
+    let list = fx.run(&["list"]);
+    if list.code == 0 || list.error_reason() != "degraded" {
+        return Err(format!("a listing must not pass as complete: {list:?}"));
+    }
+    let mut human = fx.cmd();
+    human.arg("list");
+    let human = common::Run::spawn(human, &["list"]);
+    if human.stdout.contains("no threads") {
+        return Err(format!("{human:?}"));
+    }
+    let mut status = fx.cmd();
+    status.arg("status");
+    let status = common::Run::spawn(status, &["status"]);
+    if !status.stdout.contains("degraded") {
+        return Err(format!("{status:?}"));
+    }
+    Ok(())
+}
+
 // Item 9: with the index's disk full from the start, a listing is refused as `degraded`
 // instead of answering "no threads", and the human status says degraded.
 #[test]
@@ -472,43 +506,35 @@ fn a_listing_from_an_index_that_cannot_be_written_is_refused_as_degraded() {
         .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
         .unwrap();
     fill(&state);
-    for n in 0..40 {
-        fx.write_active(&Rollout::new(
-            &tid(n),
-            "2026-11-21T10:00:00.000Z",
-            "/w",
-            &"p".repeat(2000),
-        ));
-    }
-    common::agent::eventually("the agent reports degraded", || {
-        (agent.status()["degraded"] == true).then_some(())
+    // The agent may recover, rightly, when SQLite finds room after all: a WAL restarted
+    // over old frames, or a file's slack beyond its last frame. An answer that is not
+    // `degraded` is a failure only while the agent still says it is degraded; after a
+    // recovery, more rollouts use up the room and the checks run again (bounded).
+    let mut written = 0;
+    let mut recoveries = Vec::new();
+    let passed = (0..5).any(|_| {
+        for n in written..written + 40 {
+            fx.write_active(&Rollout::new(
+                &tid(n),
+                "2026-11-21T10:00:00.000Z",
+                "/w",
+                &"p".repeat(2000),
+            ));
+        }
+        written += 40;
+        common::agent::eventually("the agent reports degraded", || {
+            (agent.status()["degraded"] == true).then_some(())
+        });
+        match degraded_answers(&fx, &agent) {
+            Ok(()) => true,
+            Err(e) if agent.status()["degraded"] == false => {
+                recoveries.push(e);
+                false
+            }
+            Err(e) => panic!("{e}"),
+        }
     });
-    let e = rpc_error(agent.call("thread/list", json!({ "archived": "all" })));
-    assert_eq!(e.reason().map(|r| r.as_str()), Some("degraded"), "{e:?}");
-    for _ in 0..4 {
-        // Every reader in turn, not only the writer.
-        let e = rpc_error(agent.call("thread/list", json!({ "archived": "all", "limit": 1 })));
-        assert_eq!(
-            e.reason().map(|r| r.as_str()),
-            Some("degraded"),
-            "full page: {e:?}"
-        );
-    }
-
-    let list = fx.run(&["list"]);
-    assert_ne!(
-        list.code, 0,
-        "a listing must not pass as complete: {list:?}"
-    );
-    assert_eq!(list.error_reason(), "degraded", "{list:?}");
-    let mut human = fx.cmd();
-    human.arg("list");
-    let human = common::Run::spawn(human, &["list"]);
-    assert!(!human.stdout.contains("no threads"), "{human:?}");
-    let mut status = fx.cmd();
-    status.arg("status");
-    let status = common::Run::spawn(status, &["status"]);
-    assert!(status.stdout.contains("degraded"), "{status:?}");
+    assert!(passed, "the agent kept recovering: {recoveries:#?}");
     // One thread by id still resolves, from the file.
     let rec = agent
         .call("thread/resolve", json!({ "threadId": tid(3) }))

@@ -88,7 +88,10 @@ impl Listener {
             let done = self.shutdown_complete.clone();
             tokio::spawn(async move {
                 if let Some(stream) = refuse_other_users(stream).await {
-                    Handler::new(shared, stream, limits, shutdown).run().await;
+                    match Handler::new(shared, stream, limits, shutdown) {
+                        Ok(handler) => handler.run().await,
+                        Err(e) => tracing::warn!(error = %e, "registering a connection failed"),
+                    }
                 }
                 drop((permit, done));
             });
@@ -141,15 +144,15 @@ impl Handler {
         stream: UnixStream,
         limits: Limits,
         shutdown: CancellationToken,
-    ) -> Self {
-        let conn = Connection::new(stream);
+    ) -> std::io::Result<Self> {
+        let conn = Connection::new(stream)?;
         let session = Session::new(shared, conn.sender());
-        Handler {
+        Ok(Handler {
             conn,
             session,
             limits,
             shutdown,
-        }
+        })
     }
 
     async fn run(mut self) {
