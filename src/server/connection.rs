@@ -3,12 +3,8 @@
 //! lines queued by other tasks (answers that waited, notifications) from one queue, in queue
 //! order, so lines never interleave and an answer never overtakes what was queued before it.
 
-use std::io::{Read, Write};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, BufReader, Interest, ReadBuf};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -38,7 +34,7 @@ pub enum Event {
 }
 
 async fn read_frame(
-    reader: &mut BufReader<Socket>,
+    reader: &mut BufReader<OwnedReadHalf>,
     buf: &mut Vec<u8>,
     complete: &mut bool,
 ) -> Frame {
@@ -59,137 +55,29 @@ async fn read_frame(
     }
 }
 
-/// A connection's socket, registered with the runtime for reading only. tokio's
-/// `UnixStream` asks epoll for both directions, so each time the peer reads an answer the
-/// socket turns writable again and wakes a runtime thread for nothing: a second wake-up
-/// per request. Writability is asked for only while a write waits on a peer that is not
-/// reading. Reads and writes never overlap (the connection's one task does both in turn).
-struct Socket {
-    /// `None` only if re-registering failed: the connection is then closed.
-    fd: Option<AsyncFd<std::os::unix::net::UnixStream>>,
-    /// Registered for writability too (a write is waiting on the peer).
-    writable: bool,
-}
-
-impl Socket {
-    fn new(stream: UnixStream) -> std::io::Result<Socket> {
-        // Non-blocking already, as tokio left it.
-        Ok(Socket {
-            fd: Some(register(stream.into_std()?, Interest::READABLE)?),
-            writable: false,
-        })
-    }
-
-    fn fd(&self) -> std::io::Result<&AsyncFd<std::os::unix::net::UnixStream>> {
-        self.fd
-            .as_ref()
-            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
-    }
-
-    /// Registers the socket again, for writability too or not.
-    fn register(&mut self, writable: bool) -> std::io::Result<()> {
-        if self.writable == writable {
-            return Ok(());
-        }
-        let stream = self.fd.take().ok_or(std::io::ErrorKind::NotConnected)?;
-        let interest = if writable {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        // A fresh registration reports what is ready now, so no edge is lost.
-        self.fd = Some(register(stream.into_inner(), interest)?);
-        self.writable = writable;
-        Ok(())
-    }
-
-    async fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        while !data.is_empty() {
-            let written = if self.writable {
-                let mut ready = self.fd()?.writable().await?;
-                match ready.try_io(|s| s.get_ref().write(data)) {
-                    Ok(r) => r,
-                    Err(_would_block) => continue,
-                }
-            } else {
-                self.fd()?.get_ref().write(data)
-            };
-            match written {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.register(true)?,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.register(false)
-    }
-
-    fn shutdown(&self) {
-        if let Ok(fd) = self.fd() {
-            let _ = fd.get_ref().shutdown(std::net::Shutdown::Write);
-        }
-    }
-}
-
-fn register(
-    stream: std::os::unix::net::UnixStream,
-    interest: Interest,
-) -> std::io::Result<AsyncFd<std::os::unix::net::UnixStream>> {
-    // SAFETY: the stream owns its descriptor, which stays open and the same until the
-    // `AsyncFd` (which owns the stream) is dropped or gives it back.
-    Ok(unsafe { AsyncFd::register_with_interest(stream, interest) }?)
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let fd = self.fd()?;
-        loop {
-            let mut ready = ready!(fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let wanted = unfilled.len();
-            match ready.try_io(|s| s.get_ref().read(unfilled)) {
-                Ok(Ok(n)) => {
-                    // A stream socket's read takes all it holds: a short one drained it,
-                    // so the next read waits for epoll rather than failing with EAGAIN
-                    // first (as tokio's own streams do).
-                    if n > 0 && n < wanted {
-                        ready.clear_ready();
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => {}
-            }
-        }
-    }
-}
-
 pub struct Connection {
-    reader: BufReader<Socket>,
+    reader: BufReader<OwnedReadHalf>,
     buf: Vec<u8>,
     /// True once `buf` holds a whole line; the next read starts a new one. A read cancelled
     /// mid-line (by a queued line to write) keeps what it took, so no byte is lost.
     complete: bool,
+    writer: OwnedWriteHalf,
     out: mpsc::Sender<String>,
     queued: mpsc::Receiver<String>,
 }
 
 impl Connection {
-    pub fn new(stream: UnixStream) -> std::io::Result<Connection> {
+    pub fn new(stream: UnixStream) -> Connection {
+        let (read, writer) = stream.into_split();
         let (out, queued) = mpsc::channel::<String>(OUT_QUEUE);
-        Ok(Connection {
-            reader: BufReader::new(Socket::new(stream)?),
+        Connection {
+            reader: BufReader::new(read),
             buf: Vec::new(),
             complete: false,
+            writer,
             out,
             queued,
-        })
+        }
     }
 
     /// The next non-blank line, or the next line another task queued, whichever comes
@@ -242,7 +130,7 @@ impl Connection {
     /// Writes `out` (whole lines) in one write and empties it, failed or not; a buffer
     /// grown past [`OUT_BUFFER`] by a burst is given back.
     pub async fn write_out(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
-        let written = self.reader.get_mut().write_all(out).await;
+        let written = self.writer.write_all(out).await;
         out.clear();
         if out.capacity() > 4 * OUT_BUFFER {
             *out = Vec::with_capacity(OUT_BUFFER);
@@ -260,21 +148,20 @@ impl Connection {
         let Connection {
             out,
             mut queued,
-            reader,
+            mut writer,
             ..
         } = self;
-        let mut socket = reader.into_inner();
         // Our own sender first: the queue then ends when the last task holding one is done.
         drop(out);
         let _ = tokio::time::timeout(std::time::Duration::from_millis(300), async {
             while let Some(mut line) = queued.recv().await {
                 line.push('\n');
-                if socket.write_all(line.as_bytes()).await.is_err() {
+                if writer.write_all(line.as_bytes()).await.is_err() {
                     break;
                 }
             }
         })
         .await;
-        socket.shutdown();
+        let _ = writer.shutdown().await;
     }
 }

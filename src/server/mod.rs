@@ -88,10 +88,7 @@ impl Listener {
             let done = self.shutdown_complete.clone();
             tokio::spawn(async move {
                 if let Some(stream) = refuse_other_users(stream).await {
-                    match Handler::new(shared, stream, limits, shutdown) {
-                        Ok(handler) => handler.run().await,
-                        Err(e) => tracing::warn!(error = %e, "registering a connection failed"),
-                    }
+                    Handler::new(shared, stream, limits, shutdown).run().await;
                 }
                 drop((permit, done));
             });
@@ -144,15 +141,15 @@ impl Handler {
         stream: UnixStream,
         limits: Limits,
         shutdown: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let conn = Connection::new(stream)?;
+    ) -> Self {
+        let conn = Connection::new(stream);
         let session = Session::new(shared, conn.sender());
-        Ok(Handler {
+        Handler {
             conn,
             session,
             limits,
             shutdown,
-        })
+        }
     }
 
     async fn run(mut self) {
