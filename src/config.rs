@@ -225,9 +225,21 @@ impl Config {
     /// Builds the effective configuration from `overrides`, the process environment and the
     /// config file.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
-        Config::load_with(overrides, &|k| {
-            std::env::var_os(k).filter(|v| !v.is_empty())
-        })
+        Config::load_resolving(overrides, &|p, _| std::fs::canonicalize(p).ok())
+    }
+
+    /// As [`Config::load`], with `realpath` telling two spellings of one home apart. It is
+    /// given `server.fs_timeout`: the agent bounds the call by it, as a home's filesystem may
+    /// hang, and takes `None` (no realpath) for a home that did not answer.
+    pub fn load_resolving(
+        overrides: &Overrides,
+        realpath: &dyn Fn(&Path, Duration) -> Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_with_realpath(
+            overrides,
+            &|k| std::env::var_os(k).filter(|v| !v.is_empty()),
+            realpath,
+        )
     }
 
     /// The config file in effect: `--config`, else the default location when it exists.
@@ -240,6 +252,14 @@ impl Config {
 
     /// As [`Config::load`], reading the environment through `env` (for tests).
     pub fn load_with(overrides: &Overrides, env: Env<'_>) -> Result<Config, ConfigError> {
+        Config::load_with_realpath(overrides, env, &|p, _| std::fs::canonicalize(p).ok())
+    }
+
+    fn load_with_realpath(
+        overrides: &Overrides,
+        env: Env<'_>,
+        realpath: &dyn Fn(&Path, Duration) -> Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
         let user_home = env("HOME").map(PathBuf::from);
         let file_path = Config::file_path(overrides, env);
         let file = match &file_path {
@@ -394,18 +414,20 @@ impl Config {
         // One home per directory: a second spelling of a home (a symlink to it) is kept as
         // an alias of the first, so its paths are still recognised.
         let mut aliases = aliases;
-        let mut deduped: Vec<PathBuf> = Vec::new();
+        // Each realpath is asked once: on a hung filesystem every ask may cost the timeout.
+        let mut deduped: Vec<(PathBuf, Option<PathBuf>)> = Vec::new();
         for h in homes {
-            let real = std::fs::canonicalize(&h).ok();
-            let twin = deduped
-                .iter()
-                .find(|d| **d == h || (real.is_some() && std::fs::canonicalize(d).ok() == real));
+            if deduped.iter().any(|(d, _)| *d == h) {
+                continue;
+            }
+            let real = realpath(&h, server.fs_timeout);
+            let twin = deduped.iter().find(|(_, r)| real.is_some() && *r == real);
             match twin {
-                Some(d) if *d == h => {}
-                Some(d) => aliases.push((d.clone(), h)),
-                None => deduped.push(h),
+                Some((d, _)) => aliases.push((d.clone(), h)),
+                None => deduped.push((h, real)),
             }
         }
+        let deduped: Vec<PathBuf> = deduped.into_iter().map(|(h, _)| h).collect();
         let mut origins = layers.origins;
         origins.push((
             "codex_state.auto_repair",

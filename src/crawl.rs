@@ -73,6 +73,11 @@ impl Progress for () {}
 pub trait DirObserver: Sync {
     fn before_listing(&self, _dir: &Path) {}
     fn not_descending(&self, _dir: &Path) {}
+    /// Whether the walk must leave `home` alone: its filesystem does not answer, and a call
+    /// there may never return. Its rows are kept, as an unavailable home's are.
+    fn leaves_alone(&self, _home: &Home) -> bool {
+        false
+    }
 }
 
 impl DirObserver for () {}
@@ -101,10 +106,18 @@ pub fn reconcile_observed<A: IndexAccess>(
     let roots = allowed_roots(homes);
     index.with(|i| i.size_cache_for_reconcile(true))?;
     let bulk = index.with(Index::begin_bulk_load)?;
+    // A home left out: its realpath may be unknown, so no row counts as an orphan this time.
+    let mut left_out = false;
     let walked = (|| {
         for home in &homes.homes {
+            if dirs.leaves_alone(home) {
+                tracing::warn!(home = %home.configured.display(), "a home's filesystem does not answer: not reconciled until it does, its rows are kept");
+                left_out = true;
+                continue;
+            }
             if let Some((dir, e)) = crate::identity::unavailable(home) {
                 tracing::warn!(home = %home.configured.display(), dir = %dir.display(), error = %e, "a home cannot be read (its filesystem fails, the directory is not missing): not reconciled, its rows are kept until it can be");
+                left_out = true;
                 continue;
             }
             reconcile_home(
@@ -129,7 +142,11 @@ pub fn reconcile_observed<A: IndexAccess>(
     walked.and(built).and(shrunk)?;
     // Rows of homes no longer configured (or no longer where the home's symlink points).
     let reals: Vec<PathBuf> = homes.homes.iter().map(|h| h.real.clone()).collect();
-    let orphans = index.with(|i| i.paths_outside_homes(&reals))?;
+    let orphans = if left_out {
+        Vec::new()
+    } else {
+        index.with(|i| i.paths_outside_homes(&reals))?
+    };
     if !orphans.is_empty() {
         summary.removed += orphans.len() as u64;
         index.with(|i| i.remove_paths(&orphans))?;

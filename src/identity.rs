@@ -285,8 +285,22 @@ impl Home {
     /// Builds a home from its configured path and alias pairs (`a` ↔ `b`: a path under one is
     /// the same as the path under the other).
     pub fn new(configured: &Path, aliases: &[(PathBuf, PathBuf)]) -> Self {
+        Home::with_realpaths(configured, aliases, &|p| canonicalize(p).ok())
+    }
+
+    /// A home whose filesystem did not answer: known by its configured spelling (and the
+    /// aliases') only, as one that does not exist yet is. Nothing is looked up.
+    pub fn unresolved(configured: &Path, aliases: &[(PathBuf, PathBuf)]) -> Self {
+        Home::with_realpaths(configured, aliases, &|_| None)
+    }
+
+    fn with_realpaths(
+        configured: &Path,
+        aliases: &[(PathBuf, PathBuf)],
+        realpath: &dyn Fn(&Path) -> Option<PathBuf>,
+    ) -> Self {
         let configured = normalize_lexically(configured);
-        let real = canonicalize(&configured).unwrap_or_else(|_| configured.clone());
+        let real = realpath(&configured).unwrap_or_else(|| configured.clone());
         let mut spellings = vec![real.clone()];
         push_unique(&mut spellings, configured.clone());
         // Close the set over the alias pairs; bounded because each pass only adds new paths
@@ -305,7 +319,7 @@ impl Home {
         }
         let mut roots = vec![real.clone()];
         for dir in [SESSIONS_DIR, ARCHIVED_DIR] {
-            if let Ok(dir) = canonicalize(&real.join(dir)) {
+            if let Some(dir) = realpath(&real.join(dir)) {
                 roots.push(dir);
             }
         }
@@ -390,9 +404,14 @@ impl Homes {
     /// One [`Home`] per directory: a home configured twice, by two spellings (a symlink and
     /// its target), is one home whose spellings include both.
     pub fn new(configured: &[PathBuf], aliases: &[(PathBuf, PathBuf)]) -> Self {
+        Homes::of(configured.iter().map(|h| Home::new(h, aliases)), aliases)
+    }
+
+    /// As [`Homes::new`], from homes already resolved (the agent resolves each under a
+    /// deadline, as its filesystem may hang).
+    pub fn of(resolved: impl IntoIterator<Item = Home>, aliases: &[(PathBuf, PathBuf)]) -> Self {
         let mut homes: Vec<Home> = Vec::new();
-        for h in configured {
-            let home = Home::new(h, aliases);
+        for home in resolved {
             match homes.iter_mut().find(|known| known.real == home.real) {
                 Some(known) => {
                     for s in home.spellings {
@@ -410,11 +429,14 @@ impl Homes {
         }
     }
 
-    /// The same configuration resolved again: a home deleted and recreated elsewhere, or
-    /// reached through a retargeted symlink, gets its new realpath.
-    pub fn refreshed(&self) -> Homes {
-        let configured: Vec<PathBuf> = self.homes.iter().map(|h| h.configured.clone()).collect();
-        Homes::new(&configured, &self.aliases)
+    /// Each home as configured.
+    pub fn configured(&self) -> Vec<PathBuf> {
+        self.homes.iter().map(|h| h.configured.clone()).collect()
+    }
+
+    /// The alias pairs the spellings were built from.
+    pub fn aliases(&self) -> &[(PathBuf, PathBuf)] {
+        &self.aliases
     }
 
     /// The home `path` lies under (by any spelling), with the path relative to it.

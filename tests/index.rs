@@ -337,3 +337,36 @@ fn a_page_damaged_after_a_clean_close_is_still_found_and_rebuilt() {
     std::fs::write(&fx.index, &bytes).unwrap();
     assert_rebuilt(&fx, &rs, Some(&original));
 }
+
+/// A walk told to leave a home alone (its filesystem does not answer) touches nothing of
+/// it: its rows stay, even those its unresolved spelling would make orphans, until a walk
+/// that takes it in.
+#[test]
+fn a_home_left_alone_by_a_reconcile_keeps_its_rows() {
+    struct LeaveAlone;
+    impl rolloutd::crawl::DirObserver for LeaveAlone {
+        fn leaves_alone(&self, _home: &rolloutd::identity::Home) -> bool {
+            true
+        }
+    }
+    let fx = Fixture::new();
+    let a = Rollout::new(&tid(9), "2026-11-21T10:00:00.000Z", "/w", "left alone");
+    let path = fx.write_active(&a);
+    let lib = Lib::open(&fx);
+    let limits = rolloutd::rollout::HeadLimits::default();
+    rolloutd::crawl::reconcile(&lib.homes, &lib.index, &limits, &()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    // Known only by a spelling that is not its realpath, as a home that did not answer is.
+    let link = fx.root.join("link-to-home");
+    std::os::unix::fs::symlink(&fx.home, &link).unwrap();
+    let unresolved =
+        rolloutd::identity::Homes::of([rolloutd::identity::Home::unresolved(&link, &[])], &[]);
+    let summary =
+        rolloutd::crawl::reconcile_observed(&unresolved, &lib.index, &limits, &(), &LeaveAlone)
+            .unwrap();
+    assert_eq!(summary.removed, 0, "{summary:?}");
+    assert!(lib.index.file_at(&path).unwrap().is_some());
+    // Taken in again: the file is gone.
+    let summary = rolloutd::crawl::reconcile(&lib.homes, &lib.index, &limits, &()).unwrap();
+    assert_eq!(summary.removed, 1, "{summary:?}");
+}

@@ -1032,3 +1032,175 @@ fn a_fuse_home_whose_daemon_dies_keeps_its_threads_and_says_why() {
     drop(agent);
     drop(fuse);
 }
+
+/// How long an agent started with a hung home may take to send `READY=1`: a few of its
+/// 1 s `server.fs_timeout` (a hung home costs one, then counts as stuck), never the hang.
+const READY_WITH_A_HUNG_HOME: Duration = Duration::from_secs(6);
+
+/// `rolloutd run` on `fx` with a 1 s `server.fs_timeout` and 300 ms polls, spawned now,
+/// and `READY=1` from it within [`READY_WITH_A_HUNG_HOME`] (else the test fails with the log).
+fn start_beside_a_hang(fx: &Fixture) -> Agent {
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s")
+        .env("ROLLOUTD_POLL_INTERVAL", "300ms")
+        .arg("run");
+    let started = std::time::Instant::now();
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.expect_note("READY=1", READY_WITH_A_HUNG_HOME);
+    eprintln!("ready after {:?} with a hung home", started.elapsed());
+    agent
+}
+
+/// The watcher status of the home configured as `home`.
+fn home_status<'v>(status: &'v serde_json::Value, home: &Path) -> &'v serde_json::Value {
+    status["result"]["watcher"]["homes"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| jpath(&h["home"]) == home))
+        .unwrap_or_else(|| panic!("no watcher status for {}: {status}", home.display()))
+}
+
+#[test]
+fn an_agent_started_beside_a_hung_fuse_home_is_ready_and_takes_it_in_once_it_answers() {
+    if !prerequisites("an agent started beside a hung FUSE home", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let (on_fuse, on_local) = (rollout(80), rollout(81));
+    place(&backing, &on_fuse);
+    place(&fx.home, &on_local);
+    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+        return;
+    };
+    fx.extra_homes = vec![fuse.point.clone()];
+    fuse.hang();
+    let agent = start_beside_a_hang(&fx);
+    let resolve = |id: &str| {
+        ask(
+            &agent,
+            "thread/resolve",
+            json!({"threadId": id}),
+            ANSWER_LIMIT,
+        )
+    };
+
+    // The local home was reconciled and is answered as always.
+    let answer = resolve(&on_local.id);
+    assert_eq!(answer["result"]["threadId"], json!(on_local.id), "{answer}");
+    // The hung one is named, by thread and by path.
+    let answer = resolve(&on_fuse.id);
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    assert_eq!(
+        jpath(&answer["error"]["data"]["path"]),
+        fuse.point,
+        "{answer}"
+    );
+    by_path_unresponsive(&agent, &fuse.point, &on_fuse);
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["ready"], true, "{status}");
+    assert_eq!(status["result"]["counts"]["threads"], 1, "{status}");
+    assert!(
+        home_status(&status, &fuse.point)["unresponsiveMs"].is_u64(),
+        "{status}"
+    );
+    assert_eq!(
+        home_status(&status, &fx.home)["unresponsiveMs"],
+        json!(null),
+        "{status}"
+    );
+    // The local home's changes go on.
+    let fresh = rollout(82);
+    place(&fx.home, &fresh);
+    let waited = ask(
+        &agent,
+        "thread/wait",
+        json!({"threadId": fresh.id, "timeoutMs": 5000}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(waited["result"]["threadId"], json!(fresh.id), "{waited}");
+
+    // Once it answers, the watcher takes the home in (indexed, not only found by a walk),
+    // and polls it from then on.
+    fuse.resume();
+    common::agent::eventually("the hung home's thread is indexed once it answers", || {
+        let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+        (status["result"]["counts"]["threads"] == 3
+            && home_status(&status, &fuse.point)["unresponsiveMs"].is_null())
+        .then_some(())
+    });
+    let answer = resolve(&on_fuse.id);
+    assert_eq!(answer["result"]["threadId"], json!(on_fuse.id), "{answer}");
+    let behind = rollout(83);
+    place(&backing, &behind);
+    let waited = ask(
+        &agent,
+        "thread/wait",
+        json!({"threadId": behind.id, "timeoutMs": 8000}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(waited["result"]["threadId"], json!(behind.id), "{waited}");
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["counts"]["threads"], 4, "{status}");
+    drop(agent);
+    drop(fuse);
+}
+
+#[test]
+fn an_agent_started_on_a_hung_fuse_home_alone_is_ready_reloads_and_stops() {
+    if !prerequisites("an agent started on a hung FUSE home alone", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let mut fx = Fixture::new();
+    let backing = fx.root.join("backing");
+    layout(&backing);
+    let r = rollout(85);
+    place(&backing, &r);
+    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+        return;
+    };
+    fx.home = fuse.point.clone();
+    fuse.hang();
+    let mut agent = start_beside_a_hang(&fx);
+
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["ready"], true, "{status}");
+    assert_eq!(status["result"]["counts"]["threads"], 0, "{status}");
+    assert!(
+        home_status(&status, &fuse.point)["unresponsiveMs"].is_u64(),
+        "{status}"
+    );
+    let answer = ask(
+        &agent,
+        "thread/resolve",
+        json!({"threadId": r.id}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+    // A reload re-reads the homes: it must not wedge the agent either.
+    agent.signal(libc::SIGHUP);
+    common::agent::eventually("the reload is done", || {
+        agent.log().contains("config reloaded").then_some(())
+    });
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    assert_eq!(status["result"]["ready"], true, "{status}");
+
+    fuse.resume();
+    common::agent::eventually("the home's thread is indexed once it answers", || {
+        let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+        (status["result"]["counts"]["threads"] == 1).then_some(())
+    });
+
+    // Hung again, a stop stays within its budget.
+    fuse.hang();
+    let (status, took) = agent.stop();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?} with a hung home"
+    );
+    drop(agent);
+    drop(fuse);
+}

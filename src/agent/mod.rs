@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::identity::Homes;
 use crate::index::{Change, Index, IndexError, Journal, ThreadChange};
-use crate::live::{ChangeObserver, Shared};
+use crate::live::{ChangeObserver, HangGuard, Shared};
 use crate::server::{self, socket};
 use crate::watch::{self, WatchOptions};
 
@@ -84,13 +84,22 @@ fn open_readers(writer: &Index) -> Vec<Index> {
         .collect()
 }
 
-/// Runs the agent in the foreground until a stop signal.
-pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
+/// The config as the agent loads it at start: each home's realpath is asked under the
+/// config's `server.fs_timeout` on `hang`'s threads, as a home's filesystem may hang; one
+/// that does not answer is taken as configured.
+pub fn load_config(overrides: &Overrides, hang: &Arc<HangGuard>) -> Result<Config, ConfigError> {
+    Config::load_resolving(overrides, &|path, fs_timeout| {
+        watch::realpath_within(hang, path, fs_timeout)
+    })
+}
+
+/// Runs the agent in the foreground until a stop signal, with `config` as [`load_config`]
+/// loaded it on `hang` (which keeps the homes that did not answer then).
+pub fn run(opts: AgentOptions, config: Config, hang: Arc<HangGuard>) -> Result<(), AgentError> {
     // A file-size limit (RLIMIT_FSIZE) must make an index write fail with EFBIG, which the
     // index reports as degraded, rather than kill the agent with SIGXFSZ.
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let config = Config::load(&opts.overrides)?;
     let (index_path, journal) = index_location(&config.index);
     let _lock = socket::lock_instance(&index_path)?;
     // A socket handed over by systemd/launchd is served as is; ours is never made.
@@ -99,17 +108,17 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         socket::prepare_dir(&opts.socket)?;
     }
     let index = Index::open(&index_path, journal)?;
-    let homes = Homes::new(&config.homes, &config.aliases);
+    hang.set_timeout(opts.server.fs_timeout);
+    let (homes, guarded) = watch::resolve_homes(&hang, &config.homes, &config.aliases, None);
+    hang.set_homes(guarded);
     let auto_repair = Arc::new(AtomicBool::new(config.codex_state.auto_repair));
     let observer = follow_moves(Arc::clone(&auto_repair));
     let readers = open_readers(&index);
-    let shared = Arc::new(
-        Shared::new(homes, index, Some(observer))
-            .with_readers(readers)
-            .with_read_batches(),
-    );
-    shared.hang.set_timeout(opts.server.fs_timeout);
-    shared.hang.set_homes(watch::guarded(&shared.homes()));
+    let mut shared = Shared::new(homes, index, Some(observer))
+        .with_readers(readers)
+        .with_read_batches();
+    shared.hang = hang;
+    let shared = Arc::new(shared);
     let parking = Arc::clone(&shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,12 +242,23 @@ async fn serve(
 }
 
 /// SIGHUP: re-read the config; new homes take effect at once (the watcher sees the
-/// change and re-establishes its watches).
+/// change and re-establishes its watches). A home whose filesystem does not answer costs
+/// the reload `server.fs_timeout` at most once, and keeps its earlier resolution.
 fn reload(shared: &Shared, overrides: &Overrides, auto_repair: &AtomicBool) {
-    match Config::load(overrides) {
+    // Within the running `server.fs_timeout`: a new one takes effect at the next start.
+    let hang = &shared.hang;
+    let loaded = Config::load_resolving(overrides, &|path, _| {
+        watch::realpath_within(hang, path, hang.timeout())
+    });
+    match loaded {
         Ok(config) => {
-            let homes = Homes::new(&config.homes, &config.aliases);
-            shared.hang.set_homes(watch::guarded(&homes));
+            let (homes, guarded) = watch::resolve_homes(
+                &shared.hang,
+                &config.homes,
+                &config.aliases,
+                Some(&shared.homes()),
+            );
+            shared.hang.set_homes(guarded);
             shared.set_homes(homes);
             auto_repair.store(config.codex_state.auto_repair, Ordering::Relaxed);
             tracing::info!(homes = ?config.homes, "config reloaded");

@@ -217,8 +217,12 @@ fn home_watchers(homes: &[HomeWatcher]) -> String {
                 (Some(why), None) => format!("polled: {why}"),
                 _ => h.mode.clone(),
             };
+            let silent = h
+                .unresponsive_ms
+                .map(|ms| format!("; not answering for {}", ms_text(ms / 1000 * 1000)))
+                .unwrap_or_default();
             format!(
-                "\nhome       {} on {}, {how}",
+                "\nhome       {} on {}, {how}{silent}",
                 h.home.display(),
                 h.filesystem
             )

@@ -43,7 +43,10 @@ pub enum ConfigAction {
 
 /// `rolloutd run`: the config decides the log level, watch and server settings.
 pub fn run_agent(overrides: Overrides, socket: PathBuf) -> Result<Answer, Failure> {
-    let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
+    // Loaded once, on the guard the agent keeps: a home that did not answer here is not
+    // waited for again.
+    let hang = std::sync::Arc::new(crate::live::HangGuard::default());
+    let config = crate::agent::load_config(&overrides, &hang).map_err(|e| failure("config", e))?;
     crate::logging::init(&config.log.level);
     let opts = crate::agent::AgentOptions {
         overrides,
@@ -60,7 +63,7 @@ pub fn run_agent(overrides: Overrides, socket: PathBuf) -> Result<Answer, Failur
             fs_timeout: config.server.fs_timeout,
         },
     };
-    crate::agent::run(opts).map_err(|e| failure("agent", e))?;
+    crate::agent::run(opts, config, hang).map_err(|e| failure("agent", e))?;
     Ok(Answer::new(&Stopped { stopped: true }, String::new(), true))
 }
 

@@ -134,33 +134,69 @@ impl HangGuard {
         })
     }
 
+    /// How long `home` (as configured) has had a call stuck on it; `None` while none is.
+    pub fn stuck_for(&self, home: &Path) -> Option<Duration> {
+        self.stuck().get(home).map(|(_, since)| since.elapsed())
+    }
+
     /// Whether `home`'s filesystem answers a listing of its root within the timeout: on a
     /// thread of its own, as the call may never return. One that did not counts as stuck
     /// until it returns, and meanwhile this answers false at once (no second thread).
     pub fn answers(self: &Arc<Self>, home: &GuardedHome) -> bool {
+        let root = home.configured.clone();
+        self.bounded(home, move || reach(&root)).is_some()
+    }
+
+    /// Runs `call`, which reaches `home`'s filesystem, on a thread of its own and waits for
+    /// it at most the timeout. `None` when it did not return by then (the home then counts
+    /// as stuck until it does), or at once when an earlier call on the home is still stuck:
+    /// a home holds at most one blocked thread. Runs inline when no thread can be made.
+    pub fn bounded<T: Send + 'static>(
+        self: &Arc<Self>,
+        home: &GuardedHome,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        self.bounded_within(home, self.timeout(), call)
+    }
+
+    /// As [`HangGuard::bounded`], waiting `within` (the config's `server.fs_timeout` before
+    /// it is applied).
+    pub fn bounded_within<T: Send + 'static>(
+        self: &Arc<Self>,
+        home: &GuardedHome,
+        within: Duration,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
         let exposure = vec![home.clone()];
         if self.stuck_among(&exposure).is_some() {
-            return false;
+            return None;
         }
         let probe = self.probe(exposure);
         let on_thread = Arc::clone(&probe);
-        let root = home.configured.clone();
+        // Taken back to run inline should the thread not start.
+        let job = Arc::new(Mutex::new(Some(call)));
+        let queued = Arc::clone(&job);
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("fs-probe".into())
             .spawn(move || {
-                reach(&root);
-                on_thread.returned();
-                let _ = tx.send(());
+                let call = queued.lock().unwrap_or_else(PoisonError::into_inner).take();
+                if let Some(call) = call {
+                    // Sent first: a waiter that finds it returned takes the answer.
+                    let _ = tx.send(call());
+                    on_thread.returned();
+                }
             });
         if let Err(e) = spawned {
-            tracing::debug!(error = %e, "no thread to probe a home's filesystem");
-            return true;
+            tracing::debug!(error = %e, "no thread to reach a home's filesystem on; calling inline");
+            let call = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+            return call.map(|call| call());
         }
-        match rx.recv_timeout(self.timeout()) {
-            Ok(()) => true,
-            // False when it returned just now.
-            Err(_) => !probe.expired(),
+        match rx.recv_timeout(within) {
+            Ok(out) => Some(out),
+            // It may have returned just now: then its answer is there to take.
+            Err(_) if !probe.expired() => rx.try_recv().ok(),
+            Err(_) => None,
         }
     }
 
@@ -269,6 +305,28 @@ mod tests {
         );
         g.set_homes(vec![home("/l", None)]);
         assert!(g.for_paths([Path::new("/elsewhere")]).is_empty());
+    }
+
+    #[test]
+    fn a_bounded_call_that_hangs_holds_one_thread_until_it_returns() {
+        let g = Arc::new(HangGuard::default());
+        g.set_timeout(Duration::from_millis(50));
+        let h = home("/n", Some("fuse"));
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        assert_eq!(g.bounded(&h, move || blocked.recv().is_ok()), None);
+        assert!(g.stuck_for(&h.configured).is_some());
+        // Stuck: refused at once, without running (no second thread).
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&ran);
+        assert_eq!(g.bounded(&h, move || r.store(true, Ordering::SeqCst)), None);
+        assert!(!ran.load(Ordering::SeqCst));
+        release.send(()).unwrap();
+        let started = Instant::now();
+        while g.stuck_for(&h.configured).is_some() {
+            assert!(started.elapsed() < Duration::from_secs(5), "never returned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(g.bounded(&h, || 7), Some(7));
     }
 
     #[test]

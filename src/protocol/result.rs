@@ -105,4 +105,8 @@ pub struct HomeWatcher {
     pub reason: Option<String>,
     /// How often its directories are polled, when they are.
     pub poll_interval_ms: Option<u64>,
+    /// How long its filesystem has not answered (a call on it is still blocked), while it
+    /// does not: it is left out of the watches and the reconcile meanwhile, and requests
+    /// that need it get `filesystemUnresponsive`. `null` while it answers.
+    pub unresponsive_ms: Option<u64>,
 }

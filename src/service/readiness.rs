@@ -146,7 +146,8 @@ impl Notifier {
     }
 }
 
-/// `1234 threads (1300 files, 120 archived), 3 problems; watching with inotify`.
+/// `1234 threads (1300 files, 120 archived), 3 problems; watching with inotify`, and the
+/// homes whose filesystem does not answer.
 pub fn status_line(shared: &Shared) -> String {
     let watch = shared
         .watch
@@ -158,9 +159,21 @@ pub fn status_line(shared: &Shared) -> String {
     let counts = shared
         .read_query(|q| q.index.counts())
         .unwrap_or_else(|| shared.query(|q| q.index.counts()));
+    let silent: Vec<String> = shared
+        .hang
+        .all()
+        .iter()
+        .filter(|h| shared.hang.stuck_for(&h.configured).is_some())
+        .map(|h| h.configured.display().to_string())
+        .collect();
+    let silent = if silent.is_empty() {
+        String::new()
+    } else {
+        format!("; not answering: {}", silent.join(", "))
+    };
     match counts {
         Ok(c) => format!(
-            "{} threads ({} files, {} archived), {} problems; watching with {watch}",
+            "{} threads ({} files, {} archived), {} problems; watching with {watch}{silent}",
             c.threads, c.files, c.archived, c.problems
         ),
         Err(e) => format!("ready; counts unavailable: {e}"),

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::crawl;
-use crate::identity::{canonicalize, FileId, Homes, Stamp};
+use crate::identity::{canonicalize, FileId, Home, Homes, Stamp};
 use crate::index::PathTable;
-use crate::live::{Shared, WatchInfo};
+use crate::live::{GuardedHome, HangGuard, Shared, WatchInfo};
 use crate::protocol::result::HomeWatcher;
 use policy::{Delayed, LossBurst, RescanBackoff, Settle};
 use poll::DirPoller;
@@ -104,22 +104,110 @@ pub fn filesystem_name(path: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// The homes as the hang guard sees them: queries on those on FUSE or network filesystems
-/// (the ones the watcher polls) run under `server.fs_timeout`.
-pub fn guarded(homes: &Homes) -> Vec<crate::live::GuardedHome> {
-    homes
+/// A home as the hang guard sees it: queries on one on a FUSE or network filesystem (the
+/// ones the watcher polls) run under `server.fs_timeout`.
+fn guarded_home(h: &Home, filesystem: Option<&'static str>) -> GuardedHome {
+    let mut spellings = h.spellings.clone();
+    spellings.extend([h.configured.clone(), h.real.clone()]);
+    GuardedHome {
+        configured: h.configured.clone(),
+        spellings,
+        filesystem,
+    }
+}
+
+/// The configured homes resolved (realpaths, spellings, filesystem), each on a thread of its
+/// own under the guard's deadline: resolving stats the home, and a hung FUSE or network
+/// filesystem never answers. A home that does not answer keeps its `previous` resolution
+/// (else its configured spelling) and counts as one that may hang, so that it is probed,
+/// and left alone, until it answers; a home holds at most one blocked thread.
+pub fn resolve_homes(
+    guard: &Arc<HangGuard>,
+    configured: &[PathBuf],
+    aliases: &[(PathBuf, PathBuf)],
+    previous: Option<&Homes>,
+) -> (Homes, Vec<GuardedHome>) {
+    let mut kinds: Vec<(PathBuf, Option<&'static str>)> = Vec::new();
+    let mut resolved: Vec<Home> = Vec::with_capacity(configured.len());
+    for path in configured {
+        let key = unresolved_guard(path);
+        let was_stuck = guard.stuck_for(&key.configured).is_some();
+        let (p, a) = (path.clone(), aliases.to_vec());
+        let answered = guard.bounded(&key, move || {
+            let home = Home::new(&p, &a);
+            let filesystem = network_filesystem(&home.real);
+            (home, filesystem)
+        });
+        let (home, filesystem) = answered.unwrap_or_else(|| {
+            if was_stuck {
+                tracing::debug!(home = %key.configured.display(), "a home's filesystem still does not answer");
+            } else {
+                tracing::warn!(home = %key.configured.display(), timeout = ?guard.timeout(), "a home's filesystem does not answer; it is left alone until it does");
+            }
+            let home = previous
+                .and_then(|p| p.homes.iter().find(|h| h.configured == key.configured))
+                .cloned()
+                .unwrap_or_else(|| Home::unresolved(path, aliases));
+            (home, key.filesystem)
+        });
+        kinds.push((home.configured.clone(), filesystem));
+        resolved.push(home);
+    }
+    let homes = Homes::of(resolved, aliases);
+    let guarded = homes
         .homes
         .iter()
         .map(|h| {
-            let mut spellings = h.spellings.clone();
-            spellings.extend([h.configured.clone(), h.real.clone()]);
-            crate::live::GuardedHome {
-                configured: h.configured.clone(),
-                spellings,
-                filesystem: network_filesystem(&h.real),
-            }
+            let kind = kinds
+                .iter()
+                .find(|(c, _)| *c == h.configured)
+                .and_then(|(_, k)| *k);
+            guarded_home(h, kind)
         })
-        .collect()
+        .collect();
+    (homes, guarded)
+}
+
+/// `path`'s realpath, asked on the guard's threads within `timeout` (see
+/// [`resolve_homes`]); `None` when it does not exist or its filesystem does not answer.
+pub fn realpath_within(guard: &Arc<HangGuard>, path: &Path, timeout: Duration) -> Option<PathBuf> {
+    let p = path.to_owned();
+    guard
+        .bounded_within(&unresolved_guard(path), timeout, move || {
+            canonicalize(&p).ok()
+        })
+        .flatten()
+}
+
+/// A home before it is resolved, as the guard knows it (by its configured spelling). Should
+/// it not answer, its filesystem is named from the mount table, lexically: it may hang
+/// whatever the table says (a local symlink onto a hung mount), so it is never `None`.
+fn unresolved_guard(path: &Path) -> GuardedHome {
+    let configured = crate::identity::normalize_lexically(path);
+    let filesystem = mount_type_as_spelled(&configured)
+        .and_then(|t| network_kind(&t))
+        .unwrap_or("unknown");
+    GuardedHome {
+        spellings: vec![configured.clone()],
+        configured,
+        filesystem: Some(filesystem),
+    }
+}
+
+/// The [`network_filesystem`] name of a mount table type (`fuse.sshfs`, `nfs4`…).
+fn network_kind(fstype: &str) -> Option<&'static str> {
+    match fstype.split('.').next().unwrap_or(fstype) {
+        "fuse" | "fuseblk" => Some("fuse"),
+        "nfs" | "nfs4" => Some("nfs"),
+        "smb3" | "smbfs" => Some("smb"),
+        "cifs" => Some("cifs"),
+        "9p" => Some("9p"),
+        "afs" => Some("afs"),
+        "ceph" => Some("ceph"),
+        "lustre" => Some("lustre"),
+        "gpfs" => Some("gpfs"),
+        _ => None,
+    }
 }
 
 /// The type of the mount holding `path` (the longest mount point above it) from
@@ -168,7 +256,10 @@ fn unescape_mount(s: &str) -> String {
 /// The identity of every watched root; a change means the watches must be rebuilt. The
 /// birth time is part of it: a root deleted and made again while nothing watched it (its
 /// watch was being set up as it went) can get its old inode number back.
-fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId, i64)>> {
+///
+/// A home in `hung` is not looked at (its entries are `None`): once it answers, its
+/// fingerprint changes, and the watches and a reconcile take it in.
+fn fingerprint(homes: &Homes, hung: &[PathBuf]) -> Vec<Option<(PathBuf, FileId, i64)>> {
     homes
         .homes
         .iter()
@@ -178,9 +269,10 @@ fn fingerprint(homes: &Homes) -> Vec<Option<(PathBuf, FileId, i64)>> {
                 h.configured.join(crate::identity::SESSIONS_DIR),
                 h.configured.join(crate::identity::ARCHIVED_DIR),
             ]
+            .map(|p| (!is_hung(h, hung)).then_some(p))
         })
         .map(|p| {
-            let real = canonicalize(&p).ok()?;
+            let real = canonicalize(&p?).ok()?;
             let stamp = Stamp::of(&real).ok()?;
             Some((real, stamp.id, stamp.btime_ns))
         })
@@ -195,6 +287,12 @@ fn stale_realpath(homes: &Homes) -> bool {
         .homes
         .iter()
         .any(|h| canonicalize(&h.configured).is_ok_and(|real| real != h.real))
+}
+
+/// True when `home` is among the spellings of the homes that do not answer.
+fn is_hung(home: &Home, hung: &[PathBuf]) -> bool {
+    hung.iter()
+        .any(|h| *h == home.configured || *h == home.real)
 }
 
 /// What wakes the watcher thread.
@@ -317,8 +415,16 @@ impl Watch {
             // as its realpath; resolved again here, so a home made again since is watched,
             // and its events matched, where it really is.
             self.refresh_homes();
+            // A home whose filesystem does not answer is left out of the watches, the poller
+            // and the reconcile: once it answers, the root check sees its fingerprint change
+            // and starts this over, taking it in.
+            self.hung = self.silent_homes();
+            if self.hung.is_empty() {
+                // The reconcile below covers whatever was held back.
+                self.held = Held::default();
+            }
             let homes = self.shared.homes();
-            let print = fingerprint(&homes);
+            let print = fingerprint(&homes, &self.hung);
             let (tx, rx) = mpsc::channel();
             // Events of the previous channel are gone with it.
             self.queued.store(0, Ordering::Release);
@@ -353,12 +459,25 @@ impl Watch {
     fn start(&mut self, homes: &Homes, tx: mpsc::Sender<Wake>) -> Option<Watches> {
         let interval = self.opts.poll_interval;
         let mut per_home = Vec::with_capacity(homes.homes.len());
+        let guarded = self.shared.hang.all();
         for home in &homes.homes {
-            let filesystem = filesystem_name(&home.real);
+            let silent = is_hung(home, &self.hung);
+            // Nothing on a home that does not answer is looked at: the mount table, lexically,
+            // names its filesystem, and the guard's view whether it is a network one.
+            let (filesystem, network) = if silent {
+                let kind = guarded
+                    .iter()
+                    .find(|g| g.configured == home.configured)
+                    .and_then(|g| g.filesystem);
+                let name = mount_type_as_spelled(&home.real).unwrap_or_else(|| "unknown".into());
+                (name, kind)
+            } else {
+                (filesystem_name(&home.real), network_filesystem(&home.real))
+            };
             let reason = match (self.opts.mode, &self.force_poll) {
                 (WatchMode::Poll, _) => Some("watch.mode = \"poll\"".to_owned()),
                 (_, Some(reason)) => Some(reason.clone()),
-                (WatchMode::Auto, None) => network_filesystem(&home.real).map(|fs| {
+                (WatchMode::Auto, None) => network.map(|fs| {
                     format!(
                         "{} is on {filesystem} ({fs}), which sends no change events for writes made outside this mount",
                         home.real.display()
@@ -372,6 +491,8 @@ impl Watch {
                 mode: if reason.is_some() { "poll" } else { "events" }.into(),
                 poll_interval_ms: reason.is_some().then_some(interval.as_millis() as u64),
                 reason,
+                // Filled in per status request, from the hang guard.
+                unresponsive_ms: None,
             });
         }
         let polled = per_home.iter().filter(|h| h.reason.is_some()).count();
@@ -404,7 +525,7 @@ impl Watch {
                 .homes
                 .iter()
                 .zip(&per_home)
-                .filter(|(_, w)| w.reason.is_some())
+                .filter(|(h, w)| w.reason.is_some() && !is_hung(h, &self.hung))
             {
                 for dir in [home.sessions_dir(), home.archived_dir()] {
                     let dir = canonicalize(&dir).unwrap_or(dir);
@@ -452,7 +573,7 @@ impl Watch {
             .homes
             .iter()
             .zip(&per_home)
-            .filter(|(_, w)| w.reason.is_none())
+            .filter(|(h, w)| w.reason.is_none() && !is_hung(h, &self.hung))
         {
             let targets = [
                 (home.real.clone(), false),
@@ -527,7 +648,7 @@ impl Watch {
         // A root appearing, going or moving (Codex makes `sessions/` and `archived_sessions/`
         // on first use) is checked at once: until it is watched, what happens in it is seen
         // only by the reconcile that follows.
-        let roots = root_paths(&self.shared.homes());
+        let roots = root_paths(&self.shared.homes(), &self.hung);
         while !self.shared.shutdown.is_cancelled() {
             let rescan_at = (self.rescan_pending && self.hung.is_empty())
                 .then(|| self.backoff.next_allowed())
@@ -650,7 +771,7 @@ impl Watch {
                 next_root_check = now + ROOT_CHECK;
                 let homes = self.shared.homes();
                 if std::mem::take(&mut root_event)
-                    || fingerprint(&homes) != print
+                    || fingerprint(&homes, &[]) != print
                     || stale_realpath(&homes)
                 {
                     tracing::info!("a home or its rollout directories changed identity; re-establishing watches");
@@ -666,17 +787,7 @@ impl Watch {
     /// `server.fs_timeout`; after that, until the stuck probe returns, not at all. When every
     /// home answers again, what was held back is queued again.
     fn probe_homes(&mut self, settle: &mut Settle) {
-        let guard = &self.shared.hang;
-        let hung: Vec<PathBuf> = if guard.any() {
-            guard
-                .all()
-                .into_iter()
-                .filter(|h| !guard.answers(h))
-                .flat_map(|h| h.spellings)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let hung = self.silent_homes();
         match (self.hung.is_empty(), hung.is_empty()) {
             (true, false) => {
                 tracing::warn!(homes = ?hung, "a home's filesystem does not answer; its changes wait until it does, and the other homes' go on");
@@ -699,6 +810,21 @@ impl Watch {
             _ => {}
         }
         self.hung = hung;
+    }
+
+    /// The spellings of the homes that may hang and do not answer now (see
+    /// [`Watch::probe_homes`] for the wait).
+    fn silent_homes(&self) -> Vec<PathBuf> {
+        let guard = &self.shared.hang;
+        if !guard.any() {
+            return Vec::new();
+        }
+        guard
+            .all()
+            .into_iter()
+            .filter(|h| !guard.answers(h))
+            .flat_map(|h| h.spellings)
+            .collect()
     }
 
     /// A settled batch: present paths now; vanished ones after the rename grace; new
@@ -768,7 +894,12 @@ impl Watch {
     /// watch loop then watches, and reconciles, the new location.
     fn refresh_homes(&self) {
         let old = self.shared.homes();
-        let fresh = old.refreshed();
+        let (fresh, guarded) = resolve_homes(
+            &self.shared.hang,
+            &old.configured(),
+            old.aliases(),
+            Some(&old),
+        );
         for (old, new) in old.homes.iter().zip(&fresh.homes) {
             if old.real != new.real {
                 tracing::info!(home = %new.configured.display(), from = %old.real.display(), to = %new.real.display(), "home moved");
@@ -776,7 +907,7 @@ impl Watch {
         }
         // A home retargeted onto (or off) a FUSE or network filesystem changes how its
         // queries are guarded.
-        self.shared.hang.set_homes(guarded(&fresh));
+        self.shared.hang.set_homes(guarded);
         self.shared.set_homes(fresh);
     }
 
@@ -851,10 +982,14 @@ impl Watch {
         for root in crawl::allowed_roots(&homes) {
             self.recheck.push(now, root);
         }
+        let dirs = LeavingAlone {
+            dirs,
+            hung: &self.hung,
+        };
         let result = if is_rescan {
-            self.shared.rescan_observed(dirs)
+            self.shared.rescan_observed(&dirs)
         } else {
-            crawl::reconcile_observed(&homes, &self.shared.index, &self.shared.limits, &(), dirs)
+            crawl::reconcile_observed(&homes, &self.shared.index, &self.shared.limits, &(), &dirs)
         };
         match result {
             Ok(summary) => {
@@ -880,13 +1015,36 @@ impl Watch {
     }
 }
 
+/// A reconcile's observer that also leaves the homes that do not answer alone.
+struct LeavingAlone<'a> {
+    dirs: &'a dyn crawl::DirObserver,
+    hung: &'a [PathBuf],
+}
+
+impl crawl::DirObserver for LeavingAlone<'_> {
+    fn before_listing(&self, dir: &Path) {
+        self.dirs.before_listing(dir);
+    }
+
+    fn not_descending(&self, dir: &Path) {
+        self.dirs.not_descending(dir);
+    }
+
+    fn leaves_alone(&self, home: &Home) -> bool {
+        is_hung(home, self.hung) || self.dirs.leaves_alone(home)
+    }
+}
+
 /// Every spelling of every watched root (existing or not): the homes, their `sessions/` and
-/// `archived_sessions/`.
-fn root_paths(homes: &Homes) -> Vec<PathBuf> {
+/// `archived_sessions/`; those of a home in `hung` as they are spelled, never resolved.
+fn root_paths(homes: &Homes, hung: &[PathBuf]) -> Vec<PathBuf> {
     let mut roots = Vec::new();
     for h in &homes.homes {
+        let silent = is_hung(h, hung);
         for p in [h.real.clone(), h.sessions_dir(), h.archived_dir()] {
-            roots.extend(canonicalize(&p).ok().filter(|c| *c != p));
+            if !silent {
+                roots.extend(canonicalize(&p).ok().filter(|c| *c != p));
+            }
             roots.push(p);
         }
     }
@@ -1070,6 +1228,16 @@ mod tests {
         assert_eq!(held, [PathBuf::from("/net/home/sessions/a")]);
         let rest = hold_back(&[], vec![PathBuf::from("/net/home/x")], &mut held);
         assert_eq!(rest, [PathBuf::from("/net/home/x")]);
+    }
+
+    #[test]
+    fn mount_table_types_name_the_network_filesystems_statfs_would() {
+        assert_eq!(network_kind("fuse.bindfs"), Some("fuse"));
+        assert_eq!(network_kind("fuse.sshfs"), Some("fuse"));
+        assert_eq!(network_kind("nfs4"), Some("nfs"));
+        assert_eq!(network_kind("cifs"), Some("cifs"));
+        assert_eq!(network_kind("ext4"), None);
+        assert_eq!(network_kind("overlay"), None);
     }
 
     #[test]

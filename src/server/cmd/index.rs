@@ -31,11 +31,14 @@ pub async fn status(cx: &Context) -> Answer {
         }
     };
     let counts = counts.map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))?;
-    let watch = shared
+    let mut watch = shared
         .watch
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    for h in &mut watch.homes {
+        h.unresponsive_ms = shared.hang.stuck_for(&h.home).map(|d| d.as_millis() as u64);
+    }
     answer(&AgentStatus {
         ready,
         degraded: degraded.is_some(),
