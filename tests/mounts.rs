@@ -930,6 +930,37 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
     );
     let run = by_default(&["config", "show"]);
     assert!(matches!(run.code, 0 | 2), "{run:?}");
+    // The home local, the index on the hung mount: the index's directory is named.
+    fuse.resume();
+    let local = fx.root.join("local-home");
+    layout(&local);
+    let here = rollout(61);
+    place(&local, &here);
+    let state = fuse.point.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    fuse.hang();
+    let index_on_mount = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rolloutd"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &user)
+            .env("XDG_RUNTIME_DIR", user.join("run"))
+            .env("ROLLOUTD_CLI_TIMEOUT", "3s")
+            .arg("--codex-home")
+            .arg(&local)
+            .arg("--index")
+            .arg(state.join("index.sqlite"))
+            .args(args);
+        common::Run::spawn(c, args)
+    };
+    let run = index_on_mount(&["resolve", &here.id]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("index's directory")
+            && run.stderr.contains(&*state.to_string_lossy())
+            && !run.stderr.contains("Codex home"),
+        "the message does not name the index's directory alone: {run:?}"
+    );
 
     // With the agent: it answers the typed error, or the CLI's own deadline fires first.
     fuse.resume();

@@ -1,9 +1,10 @@
 //! A deadline for query commands. A Codex home on a hung FUSE or network filesystem blocks
 //! any `stat` under it (loading the config canonicalizes every home; answering from the
 //! index stats the files) and such a call cannot be cancelled, so a watchdog thread ends the
-//! process instead: one line naming the home that does not answer, exit 2.
+//! process instead: one line naming the home (or the index's directory) that does not
+//! answer, exit 2.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,9 +18,18 @@ pub const ENV: &str = "ROLLOUTD_CLI_TIMEOUT";
 /// The homes the command looks at, for the message.
 static HOMES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// The directory of the index the command opens, when known.
+static INDEX_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
 /// Names the homes the command will look at (as configured), for the message at expiry.
 pub fn homes(homes: &[PathBuf]) {
     *HOMES.lock().unwrap_or_else(PoisonError::into_inner) = homes.to_vec();
+}
+
+/// Names the index the command opens: its directory may be on a mount that hangs too.
+pub fn index(index: &Path) {
+    *INDEX_DIR.lock().unwrap_or_else(PoisonError::into_inner) =
+        index.parent().map(Path::to_path_buf);
 }
 
 /// The deadline from the environment, else [`DEFAULT`].
@@ -47,12 +57,17 @@ pub fn arm(limit: Duration, json: bool) {
         .name("deadline".into())
         .spawn(move || loop {
             std::thread::sleep(limit);
-            let hung = hung_homes();
+            let homes = HOMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let index = INDEX_DIR.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let mut paths: Vec<(&str, PathBuf)> =
+                homes.into_iter().map(|h| ("Codex home", h)).collect();
+            paths.extend(index.map(|i| ("the index's directory", i)));
+            let hung = unresponsive(paths);
             if hung.is_empty() {
                 continue;
             }
             let message = format!(
-                "gave up after {}: the filesystem of Codex home {} does not respond (a stopped FUSE daemon or a lost network mount?)",
+                "gave up after {}: the filesystem of {} does not respond (a stopped FUSE daemon or a lost network mount?)",
                 humantime::format_duration(limit),
                 hung.join(", ")
             );
@@ -78,34 +93,33 @@ pub fn arm(limit: Duration, json: bool) {
     }
 }
 
-/// The homes that do not respond, each with its filesystem from the mount table: each is
-/// listed on a thread of its own ([`crate::live::reach`]), and those still blocked after a
-/// moment are named.
-fn hung_homes() -> Vec<String> {
-    let homes = HOMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let probes: Vec<_> = homes
+/// The paths (what each is, and where) that do not respond, each with its filesystem from
+/// the mount table: each is listed on a thread of its own ([`crate::live::reach`]), and
+/// those still blocked after a moment are named.
+fn unresponsive(paths: Vec<(&str, PathBuf)>) -> Vec<String> {
+    let probes: Vec<_> = paths
         .into_iter()
-        .map(|home| {
+        .map(|(what, home)| {
             let (tx, rx) = std::sync::mpsc::channel();
             let probe = home.clone();
             let _ = std::thread::Builder::new().spawn(move || {
                 crate::live::reach(&probe);
                 let _ = tx.send(());
             });
-            (home, rx)
+            (what, home, rx)
         })
         .collect();
     let wait_until = std::time::Instant::now() + Duration::from_millis(300);
     probes
         .into_iter()
-        .filter(|(_, rx)| {
+        .filter(|(_, _, rx)| {
             rx.recv_timeout(wait_until.saturating_duration_since(std::time::Instant::now()))
                 .is_err()
         })
-        .map(|(home, _)| {
-            let fs = crate::watch::mount_type_as_spelled(&home)
+        .map(|(what, path, _)| {
+            let fs = crate::watch::mount_type_as_spelled(&path)
                 .unwrap_or_else(|| "unknown filesystem".to_owned());
-            format!("{} ({fs})", home.display())
+            format!("{what} {} ({fs})", path.display())
         })
         .collect()
 }

@@ -353,6 +353,9 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
         Some(home) if overrides.homes.is_empty() => deadline::homes(&[home]),
         _ => deadline::homes(&overrides.homes),
     }
+    if let Some(index) = &overrides.index {
+        deadline::index(index);
+    }
     match cli.command {
         Command::Run {
             watch_mode,
@@ -376,6 +379,7 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
     }
     let config = Config::load(&overrides).map_err(|e| failure("config", e))?;
     deadline::homes(&config.homes);
+    deadline::index(&config.index);
     if let Command::Status = cli.command {
         return status(&socket, &config);
     }
