@@ -930,7 +930,10 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
     );
     let run = by_default(&["config", "show"]);
     assert!(matches!(run.code, 0 | 2), "{run:?}");
-    // The home local, the index on the hung mount: the index's directory is named.
+    // The home local, the index configured on the hung mount: such an index is kept on
+    // local disk (the mount table says FUSE), so the command answers without touching the
+    // mount; reached through a symlink the table cannot place, the mount is stat'ed, and
+    // the deadline names the index's directory.
     fuse.resume();
     let local = fx.root.join("local-home");
     layout(&local);
@@ -938,8 +941,10 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
     place(&local, &here);
     let state = fuse.point.join("state");
     std::fs::create_dir_all(&state).unwrap();
+    let linked_state = fx.root.join("state-link");
+    std::os::unix::fs::symlink(&state, &linked_state).unwrap();
     fuse.hang();
-    let index_on_mount = |args: &[&str]| {
+    let with_index = |index: &Path, args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rolloutd"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -949,15 +954,18 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
             .arg("--codex-home")
             .arg(&local)
             .arg("--index")
-            .arg(state.join("index.sqlite"))
+            .arg(index.join("index.sqlite"))
             .args(args);
         common::Run::spawn(c, args)
     };
-    let run = index_on_mount(&["resolve", &here.id]);
+    let run = with_index(&state, &["--json", "resolve", &here.id]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains(&here.id), "{run:?}");
+    let run = with_index(&linked_state, &["resolve", &here.id]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr.contains("index's directory")
-            && run.stderr.contains(&*state.to_string_lossy())
+            && run.stderr.contains(&*linked_state.to_string_lossy())
             && !run.stderr.contains("Codex home"),
         "the message does not name the index's directory alone: {run:?}"
     );

@@ -45,12 +45,20 @@ pub enum AgentError {
 /// where SQLite's WAL (shared memory, byte-range locks) is unsafe; then a private directory
 /// on local disk. WAL is used only where the index lands on a local filesystem; should the
 /// fallback be remote too, the index keeps a rollback journal.
+///
+/// The mount table is asked first, so an index directory on a mount that hangs (a stopped
+/// FUSE daemon) is left alone rather than stat'ed; only a spelling the table cannot place
+/// (through a symlink) is stat'ed.
 pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
     let on_network = |p: &Path| {
         let dir = p.parent().unwrap_or(Path::new("/"));
-        std::iter::successors(Some(dir), |d| d.parent())
-            .find(|d| d.exists())
-            .and_then(watch::network_filesystem)
+        watch::network_filesystem_as_spelled(&crate::identity::normalize_lexically(dir)).or_else(
+            || {
+                std::iter::successors(Some(dir), |d| d.parent())
+                    .find(|d| d.exists())
+                    .and_then(watch::network_filesystem)
+            },
+        )
     };
     match on_network(configured) {
         Some(fs) => {

@@ -26,10 +26,15 @@ pub fn homes(homes: &[PathBuf]) {
     *HOMES.lock().unwrap_or_else(PoisonError::into_inner) = homes.to_vec();
 }
 
-/// Names the index the command opens: its directory may be on a mount that hangs too.
+/// Names the index the command opens: its directory may be on a mount that hangs too. One
+/// configured on a mount the table names as FUSE or network is kept on local disk instead
+/// ([`crate::agent::index_location`]), so that directory is never opened or probed.
 pub fn index(index: &Path) {
-    *INDEX_DIR.lock().unwrap_or_else(PoisonError::into_inner) =
-        index.parent().map(Path::to_path_buf);
+    let dir = index
+        .parent()
+        .map(crate::identity::normalize_lexically)
+        .filter(|d| crate::watch::network_filesystem_as_spelled(d).is_none());
+    *INDEX_DIR.lock().unwrap_or_else(PoisonError::into_inner) = dir;
 }
 
 /// The deadline from the environment, else [`DEFAULT`].

@@ -194,6 +194,13 @@ fn unresolved_guard(path: &Path) -> GuardedHome {
     }
 }
 
+/// The [`network_filesystem`] name of the mount `path` is on as spelled (the mount table
+/// read, `path` never touched: it may be on a mount that hangs). `None` when it is local,
+/// or when its spelling goes through a symlink onto another mount.
+pub fn network_filesystem_as_spelled(path: &Path) -> Option<&'static str> {
+    mount_type_as_spelled(path).and_then(|t| network_kind(&t))
+}
+
 /// The [`network_filesystem`] name of a mount table type (`fuse.sshfs`, `nfs4`…).
 fn network_kind(fstype: &str) -> Option<&'static str> {
     match fstype.split('.').next().unwrap_or(fstype) {
