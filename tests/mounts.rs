@@ -737,14 +737,22 @@ struct Beside {
     agent: Agent,
 }
 
-fn fuse_beside_local(n: u32, env: &[(&str, &str)]) -> Option<Beside> {
-    let mut fx = Fixture::new();
+/// A fixture, and a bindfs mount (see [`HungFuse`]) of a backing directory holding rollout
+/// `n`; `None` when the host cannot mount.
+fn on_fuse(n: u32) -> Option<(Fixture, PathBuf, HungFuse, Rollout)> {
+    let fx = Fixture::new();
     let backing = fx.root.join("backing");
     layout(&backing);
-    let (on_fuse, on_local) = (rollout(n), rollout(n + 1));
-    place(&backing, &on_fuse);
-    place(&fx.home, &on_local);
+    let r = rollout(n);
+    place(&backing, &r);
     let fuse = HungFuse::mount(&backing, &fx.root.join("fuse"))?;
+    Some((fx, backing, fuse, r))
+}
+
+fn fuse_beside_local(n: u32, env: &[(&str, &str)]) -> Option<Beside> {
+    let (mut fx, backing, fuse, on_fuse) = on_fuse(n)?;
+    let on_local = rollout(n + 1);
+    place(&fx.home, &on_local);
     fx.extra_homes = vec![fuse.point.clone()];
     let mut c = fx.cmd();
     c.env("ROLLOUTD_FS_TIMEOUT", "1s")
@@ -872,12 +880,7 @@ fn the_cli_gives_up_on_a_hung_fuse_home_with_or_without_the_agent() {
         return;
     }
     let _serial = serial();
-    let mut fx = Fixture::new();
-    let backing = fx.root.join("backing");
-    layout(&backing);
-    let r = rollout(60);
-    place(&backing, &r);
-    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+    let Some((mut fx, _, fuse, r)) = on_fuse(60) else {
         return;
     };
     fx.home = fuse.point.clone();
@@ -1104,15 +1107,11 @@ fn an_agent_started_beside_a_hung_fuse_home_is_ready_and_takes_it_in_once_it_ans
         return;
     }
     let _serial = serial();
-    let mut fx = Fixture::new();
-    let backing = fx.root.join("backing");
-    layout(&backing);
-    let (on_fuse, on_local) = (rollout(80), rollout(81));
-    place(&backing, &on_fuse);
-    place(&fx.home, &on_local);
-    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+    let Some((mut fx, backing, fuse, on_fuse)) = on_fuse(80) else {
         return;
     };
+    let on_local = rollout(81);
+    place(&fx.home, &on_local);
     fx.extra_homes = vec![fuse.point.clone()];
     fuse.hang();
     let agent = start_beside_a_hang(&fx);
@@ -1192,12 +1191,7 @@ fn an_agent_started_on_a_hung_fuse_home_alone_is_ready_reloads_and_stops() {
         return;
     }
     let _serial = serial();
-    let mut fx = Fixture::new();
-    let backing = fx.root.join("backing");
-    layout(&backing);
-    let r = rollout(85);
-    place(&backing, &r);
-    let Some(fuse) = HungFuse::mount(&backing, &fx.root.join("fuse")) else {
+    let Some((mut fx, _, fuse, r)) = on_fuse(85) else {
         return;
     };
     fx.home = fuse.point.clone();
