@@ -1237,3 +1237,45 @@ fn an_agent_started_on_a_hung_fuse_home_alone_is_ready_reloads_and_stops() {
     drop(agent);
     drop(fuse);
 }
+
+/// An index reached through a symlink onto a hung mount (the mount table cannot place it):
+/// the agent keeps its index on local disk instead of waiting for the mount, and serves.
+#[test]
+fn an_agent_whose_index_directory_hangs_keeps_its_index_on_local_disk() {
+    if !prerequisites("an index directory on a hung FUSE mount", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let Some((mut fx, _, fuse, _)) = on_fuse(90) else {
+        return;
+    };
+    let here = rollout(91);
+    place(&fx.home, &here);
+    let state = fuse.point.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let linked = fx.root.join("state-link");
+    std::os::unix::fs::symlink(&state, &linked).unwrap();
+    fx.index = linked.join("index.sqlite");
+    fuse.hang();
+    let agent = start_beside_a_hang(&fx);
+    let answer = ask(
+        &agent,
+        "thread/resolve",
+        json!({"threadId": here.id}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(answer["result"]["threadId"], json!(here.id), "{answer}");
+    let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
+    let index = jpath(&status["result"]["index"]);
+    assert!(
+        !index.starts_with(&linked) && !index.starts_with(&fuse.point),
+        "the index stayed behind the hung mount: {status}"
+    );
+    assert!(
+        agent.log().contains("does not answer"),
+        "no log line says why: {}",
+        agent.log()
+    );
+    drop(agent);
+    drop(fuse);
+}

@@ -62,18 +62,47 @@ pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
     };
     match on_network(configured) {
         Some(fs) => {
-            let local = socket::default_path().with_file_name("index.sqlite");
-            tracing::warn!(configured = %configured.display(), fs, local = %local.display(), "index directory is on a network filesystem; keeping the index on local disk");
-            match on_network(&local) {
-                Some(fs) => {
-                    tracing::warn!(local = %local.display(), fs, "the local index directory is on a network filesystem too; using a rollback journal, not WAL");
-                    (local, Journal::Delete)
-                }
-                None => (local, Journal::Wal),
-            }
+            let local = local_index();
+            tracing::warn!(configured = %configured.display(), fs, local = %local.0.display(), "index directory is on a network filesystem; keeping the index on local disk");
+            local
         }
         None => (configured.to_owned(), Journal::Wal),
     }
+}
+
+/// The index on local disk, beside the socket, for when the configured place is not fit.
+fn local_index() -> (PathBuf, Journal) {
+    let local = socket::default_path().with_file_name("index.sqlite");
+    let dir = local.parent().unwrap_or(Path::new("/"));
+    let remote = std::iter::successors(Some(dir), |d| d.parent())
+        .find(|d| d.exists())
+        .and_then(watch::network_filesystem);
+    match remote {
+        Some(fs) => {
+            tracing::warn!(local = %local.display(), fs, "the local index directory is on a network filesystem too; using a rollback journal, not WAL");
+            (local, Journal::Delete)
+        }
+        None => (local, Journal::Wal),
+    }
+}
+
+/// [`index_location`] on the hang guard's threads, within `timeout`: an index directory
+/// whose filesystem does not answer (reached through a symlink onto a hung mount, which the
+/// mount table cannot place) is taken as a network one, and the index kept on local disk.
+fn index_location_within(
+    hang: &Arc<HangGuard>,
+    configured: &Path,
+    timeout: Duration,
+) -> (PathBuf, Journal) {
+    let dir = configured.parent().unwrap_or(Path::new("/"));
+    let asked = configured.to_owned();
+    let key = watch::unresolved_guard(dir);
+    hang.bounded_within(&key, timeout, move || index_location(&asked))
+        .unwrap_or_else(|| {
+            let local = local_index();
+            tracing::warn!(configured = %configured.display(), timeout = ?timeout, local = %local.0.display(), "the index directory's filesystem does not answer; keeping the index on local disk");
+            local
+        })
 }
 
 /// Read-only connections for queries: one per runtime worker, which is where they run.
@@ -108,7 +137,7 @@ pub fn run(opts: AgentOptions, config: Config, hang: Arc<HangGuard>) -> Result<(
     // index reports as degraded, rather than kill the agent with SIGXFSZ.
     // SAFETY: setting a signal to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let (index_path, journal) = index_location(&config.index);
+    let (index_path, journal) = index_location_within(&hang, &config.index, opts.server.fs_timeout);
     let _lock = socket::lock_instance(&index_path)?;
     // A socket handed over by systemd/launchd is served as is; ours is never made.
     let activated = crate::service::activation::take()?;

@@ -179,10 +179,10 @@ pub fn realpath_within(guard: &Arc<HangGuard>, path: &Path, timeout: Duration) -
         .flatten()
 }
 
-/// A home before it is resolved, as the guard knows it (by its configured spelling). Should
+/// A home (or the index's directory) before it is resolved, as the guard knows it (by its configured spelling). Should
 /// it not answer, its filesystem is named from the mount table, lexically: it may hang
 /// whatever the table says (a local symlink onto a hung mount), so it is never `None`.
-fn unresolved_guard(path: &Path) -> GuardedHome {
+pub fn unresolved_guard(path: &Path) -> GuardedHome {
     let configured = crate::identity::normalize_lexically(path);
     let filesystem = mount_type_as_spelled(&configured)
         .and_then(|t| network_kind(&t))
