@@ -50,17 +50,7 @@ pub enum AgentError {
 /// FUSE daemon) is left alone rather than stat'ed; only a spelling the table cannot place
 /// (through a symlink) is stat'ed.
 pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
-    let on_network = |p: &Path| {
-        let dir = p.parent().unwrap_or(Path::new("/"));
-        watch::network_filesystem_as_spelled(&crate::identity::normalize_lexically(dir)).or_else(
-            || {
-                std::iter::successors(Some(dir), |d| d.parent())
-                    .find(|d| d.exists())
-                    .and_then(watch::network_filesystem)
-            },
-        )
-    };
-    match on_network(configured) {
+    match network_dir_of(configured) {
         Some(fs) => {
             let local = local_index();
             tracing::warn!(configured = %configured.display(), fs, local = %local.0.display(), "index directory is on a network filesystem; keeping the index on local disk");
@@ -70,14 +60,21 @@ pub fn index_location(configured: &Path) -> (PathBuf, Journal) {
     }
 }
 
+/// The network or FUSE filesystem the directory of `file` is on (the mount table first, then
+/// `statfs` of its nearest existing ancestor); `None` for a local one.
+fn network_dir_of(file: &Path) -> Option<&'static str> {
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    watch::network_filesystem_as_spelled(&crate::identity::normalize_lexically(dir)).or_else(|| {
+        std::iter::successors(Some(dir), |d| d.parent())
+            .find(|d| d.exists())
+            .and_then(watch::network_filesystem)
+    })
+}
+
 /// The index on local disk, beside the socket, for when the configured place is not fit.
 fn local_index() -> (PathBuf, Journal) {
     let local = socket::default_path().with_file_name("index.sqlite");
-    let dir = local.parent().unwrap_or(Path::new("/"));
-    let remote = std::iter::successors(Some(dir), |d| d.parent())
-        .find(|d| d.exists())
-        .and_then(watch::network_filesystem);
-    match remote {
+    match network_dir_of(&local) {
         Some(fs) => {
             tracing::warn!(local = %local.display(), fs, "the local index directory is on a network filesystem too; using a rollback journal, not WAL");
             (local, Journal::Delete)
