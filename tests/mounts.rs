@@ -829,13 +829,7 @@ fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
     // hold it.
     let fresh = rollout(52);
     place(&local, &fresh);
-    let waited = ask(
-        &agent,
-        "thread/wait",
-        json!({"threadId": fresh.id, "timeoutMs": 5000}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(waited["result"]["threadId"], json!(fresh.id), "{waited}");
+    waits_for(&agent, &fresh, 5000);
     // A page checks every thread against its file: with a home hung, the typed error.
     let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
     assert_eq!(reason(&list), "filesystemUnresponsive", "{list}");
@@ -847,13 +841,7 @@ fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
     common::agent::eventually("the home answers again once its filesystem does", || {
         resolve(&on_fuse.id)["result"].is_object().then_some(())
     });
-    let waited = ask(
-        &agent,
-        "thread/wait",
-        json!({"threadId": behind.id, "timeoutMs": 8000}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(waited["result"]["threadId"], json!(behind.id), "{waited}");
+    waits_for(&agent, &behind, 8000);
     let list = ask(&agent, "thread/list", json!({}), ANSWER_LIMIT);
     assert_eq!(
         list["result"]["threads"].as_array().map(Vec::len),
@@ -864,12 +852,7 @@ fn a_hung_fuse_home_gets_typed_errors_while_the_agent_keeps_answering() {
     // A stop with a query blocked on the hung home stays within its budget (2 s).
     fuse.hang();
     assert_eq!(reason(&resolve(&on_fuse.id)), "filesystemUnresponsive");
-    let (status, took) = agent.stop();
-    assert!(status.success(), "{status}; log:\n{}", agent.log());
-    assert!(
-        took < Duration::from_secs(3),
-        "the stop took {took:?} with a hung home"
-    );
+    stops_within_budget(&mut agent);
     drop(agent);
     drop(fuse);
 }
@@ -1093,6 +1076,27 @@ fn start_beside_a_hang(fx: &Fixture) -> Agent {
     agent
 }
 
+/// A stop with a home hung ends cleanly within its budget (2 s, checked at 3).
+fn stops_within_budget(agent: &mut Agent) {
+    let (status, took) = agent.stop();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?} with a hung home"
+    );
+}
+
+/// `thread/wait` for `r` (written by the caller) answers with its thread within `ms`.
+fn waits_for(agent: &Agent, r: &Rollout, ms: u64) {
+    let waited = ask(
+        agent,
+        "thread/wait",
+        json!({"threadId": r.id, "timeoutMs": ms}),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(waited["result"]["threadId"], json!(r.id), "{waited}");
+}
+
 /// The watcher status of the home configured as `home`.
 fn home_status<'v>(status: &'v serde_json::Value, home: &Path) -> &'v serde_json::Value {
     status["result"]["watcher"]["homes"]
@@ -1151,13 +1155,7 @@ fn an_agent_started_beside_a_hung_fuse_home_is_ready_and_takes_it_in_once_it_ans
     // The local home's changes go on.
     let fresh = rollout(82);
     place(&fx.home, &fresh);
-    let waited = ask(
-        &agent,
-        "thread/wait",
-        json!({"threadId": fresh.id, "timeoutMs": 5000}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(waited["result"]["threadId"], json!(fresh.id), "{waited}");
+    waits_for(&agent, &fresh, 5000);
 
     // Once it answers, the watcher takes the home in (indexed, not only found by a walk),
     // and polls it from then on.
@@ -1172,13 +1170,7 @@ fn an_agent_started_beside_a_hung_fuse_home_is_ready_and_takes_it_in_once_it_ans
     assert_eq!(answer["result"]["threadId"], json!(on_fuse.id), "{answer}");
     let behind = rollout(83);
     place(&backing, &behind);
-    let waited = ask(
-        &agent,
-        "thread/wait",
-        json!({"threadId": behind.id, "timeoutMs": 8000}),
-        ANSWER_LIMIT,
-    );
-    assert_eq!(waited["result"]["threadId"], json!(behind.id), "{waited}");
+    waits_for(&agent, &behind, 8000);
     let status = ask(&agent, "index/status", json!({}), ANSWER_LIMIT);
     assert_eq!(status["result"]["counts"]["threads"], 4, "{status}");
     drop(agent);
@@ -1228,12 +1220,7 @@ fn an_agent_started_on_a_hung_fuse_home_alone_is_ready_reloads_and_stops() {
 
     // Hung again, a stop stays within its budget.
     fuse.hang();
-    let (status, took) = agent.stop();
-    assert!(status.success(), "{status}; log:\n{}", agent.log());
-    assert!(
-        took < Duration::from_secs(3),
-        "the stop took {took:?} with a hung home"
-    );
+    stops_within_budget(&mut agent);
     drop(agent);
     drop(fuse);
 }
