@@ -1266,3 +1266,66 @@ fn an_agent_whose_index_directory_hangs_keeps_its_index_on_local_disk() {
     drop(agent);
     drop(fuse);
 }
+
+/// A resolve of an id the index does not know walks the homes; a walk that blocks (here in a
+/// day directory that is a stopped FUSE mount inside a local home, which the agent cannot
+/// know may hang) must not hold what the watcher needs to index and announce: the writer.
+/// The walk finds nothing, so it never needs the writer at all.
+#[test]
+fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_to_index_and_announce() {
+    if !prerequisites("a walk blocked in a FUSE day directory", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let fx = Fixture::new();
+    let known = rollout(1);
+    place(&fx.home, &known);
+    let backing = fx.root.join("backing");
+    std::fs::create_dir_all(&backing).unwrap();
+    let day = fx.home.join("sessions/2026/10/01");
+    let Some(fuse) = HungFuse::mount(&backing, &day) else {
+        return;
+    };
+    let agent = Agent::start(&fx);
+    fuse.hang();
+
+    let socket = agent.socket.clone();
+    let unknown = tid(999);
+    let walking = std::thread::spawn(move || {
+        let mut raw = common::agent::Raw::connect(&socket);
+        raw.writer
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let params = json!({ "threadId": unknown });
+        raw.send(common::agent::request(1, "thread/resolve", params).as_bytes())
+            .unwrap();
+        raw.line()
+    });
+    // The walk reaches the stopped mount in microseconds and stays there.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut sub = agent.subscribe(None);
+    let new = rollout(2);
+    place(&fx.home, &new);
+    sub.expect("thread/materialized", &new.id);
+    let answer = ask(
+        &agent,
+        "thread/resolve",
+        json!({ "threadId": known.id }),
+        ANSWER_LIMIT,
+    );
+    assert_eq!(answer["result"]["threadId"], json!(known.id), "{answer}");
+    assert!(
+        !walking.is_finished(),
+        "the walk was meant to be blocked in the stopped mount"
+    );
+
+    fuse.resume();
+    let line = walking
+        .join()
+        .unwrap()
+        .expect("the walk's answer once the mount answers");
+    let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reason(&answer), "notFound", "{answer}");
+    drop(agent);
+}

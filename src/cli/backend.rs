@@ -170,11 +170,9 @@ impl Backend {
             }
         }
         match self {
-            Backend::Direct { homes, index } => Ok(direct(&Queries {
-                homes,
-                index,
-                limits: HeadLimits::default(),
-            })?),
+            Backend::Direct { homes, index } => {
+                Ok(direct(&Queries::new(homes, index, HeadLimits::default()))?)
+            }
             Backend::Agent { .. } => Err(failure("agentError", "the agent did not answer")),
         }
     }

@@ -386,11 +386,7 @@ pub fn run(cli: Cli) -> Result<Answer, Failure> {
     if let Command::Codex { command } = cli.command {
         // Codex's state DB is read (and repaired) in process, against a fresh index.
         let (homes, index) = Backend::open_direct(&config)?;
-        let q = crate::query::Queries {
-            homes: &homes,
-            index: &index,
-            limits: crate::rollout::HeadLimits::default(),
-        };
+        let q = crate::query::Queries::new(&homes, &index, crate::rollout::HeadLimits::default());
         return codex::run(command, &q);
     }
     // Said before any answer drawn from the homes: "no threads" from a home that is a

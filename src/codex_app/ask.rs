@@ -121,11 +121,7 @@ impl Rolloutd for Direct {
     }
 
     fn check_resume(&mut self, thread_id: &str, path: &Path) -> Result<CheckResume, String> {
-        let q = Queries {
-            homes: &self.homes,
-            index: &self.index,
-            limits: HeadLimits::default(),
-        };
+        let q = Queries::new(&self.homes, &self.index, HeadLimits::default());
         q.check_resume(thread_id, path).map_err(|e| e.to_string())
     }
 

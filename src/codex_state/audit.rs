@@ -558,14 +558,8 @@ struct Ctx<'a, A> {
 
 impl<A: IndexAccess> Ctx<'_, A> {
     fn resolve_path(&self, path: &Path) -> Result<ThreadRecord, QueryError> {
-        self.index.with(|index| {
-            Queries {
-                homes: self.homes,
-                index,
-                limits: self.limits,
-            }
-            .resolve_path(path)
-        })
+        self.index
+            .with(|index| Queries::new(self.homes, index, self.limits).resolve_path(path))
     }
 
     /// The thread's verified file in this home, preferred first.
@@ -584,14 +578,9 @@ impl<A: IndexAccess> Ctx<'_, A> {
         if !self.index.with(|i| i.is_guest()) {
             return Ok(None);
         }
-        let answer = self.index.with(|index| {
-            Queries {
-                homes: self.homes,
-                index,
-                limits: self.limits,
-            }
-            .resolve_thread(&thread_id)
-        });
+        let answer = self
+            .index
+            .with(|index| Queries::new(self.homes, index, self.limits).resolve_thread(&thread_id));
         match answer {
             Ok(rec)
                 if rec.thread_id == thread_id

@@ -16,7 +16,7 @@ use crate::crawl::{self, ReconcileSummary};
 use crate::identity::Homes;
 use crate::index::{Index, IndexError, ReaderOpener};
 use crate::protocol::{Notification, Rescanned};
-use crate::query::Queries;
+use crate::query::{Queries, Walked, Walks};
 use crate::rollout::HeadLimits;
 
 pub use hang::{reach, Exposure, GuardedHome, HangGuard, Probe};
@@ -87,11 +87,22 @@ pub struct Shared {
     /// hung filesystem must not take a connection the runtime's threads wait for.
     offload_readers: Mutex<Vec<Index>>,
     opener: Option<ReaderOpener>,
+    /// One walk of the homes at a time (see [`Deferred::Walk`]).
+    pub walking: Arc<tokio::sync::Semaphore>,
 }
 
 /// Queries on homes that may hang running at once; past it a query waits for a slot (within
 /// its deadline), so a hang cannot take more threads than this.
 pub const OFFLOADED_MAX: usize = 16;
+
+/// Why a reader handed a query back (see [`Shared::read_query_or`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// It needs the writer (a read-repair).
+    Write,
+    /// It needs a walk of the homes, which must not run on the runtime's threads.
+    Walk,
+}
 
 /// The read-only query connections, shared with the writer's after-write hook.
 #[derive(Default)]
@@ -164,6 +175,7 @@ impl Shared {
             offload: Arc::new(tokio::sync::Semaphore::new(OFFLOADED_MAX)),
             offload_readers: Mutex::default(),
             opener: None,
+            walking: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -223,13 +235,19 @@ impl Shared {
     }
 
     /// Runs `f` on a reader connection. `None` when there is no reader, or when `f` needed
-    /// a write (a read-repair, a walk of the homes): then its answer may lack that repair,
-    /// and the caller runs the query on the writer with [`Shared::query`]. Reads and stats
-    /// only, so it is quick enough to run on the runtime's threads.
+    /// a write or a walk (see [`Shared::read_query_or`]). Reads and stats only, so it is
+    /// quick enough to run on the runtime's threads.
     pub fn read_query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Option<R> {
+        self.read_query_or(f).ok()
+    }
+
+    /// [`Shared::read_query`], saying why it handed the query back: it needed a write (a
+    /// read-repair: its answer may lack it, run it on the writer with [`Shared::query`]), or
+    /// a walk of the homes (run it with [`Shared::offloaded_query`]).
+    pub fn read_query_or<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Result<R, Deferred> {
         let n = self.readers.conns.len();
         if n == 0 {
-            return None;
+            return Err(Deferred::Write);
         }
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         let (at, guard) = (0..n)
@@ -252,21 +270,39 @@ impl Shared {
             self.readers.seen[at].store(before, Ordering::SeqCst);
         }
         let homes = self.homes();
+        let walk_asked = std::cell::Cell::new(false);
         let answer = f(&Queries {
             homes: &homes,
             index: &guard,
             limits: self.limits,
+            walks: Walks::Elsewhere(&walk_asked),
         });
-        if guard.take_refused_write() {
-            return None;
+        match (guard.take_refused_write(), walk_asked.get()) {
+            (false, _) => Ok(answer),
+            (true, false) => Err(Deferred::Write),
+            (true, true) => Err(Deferred::Walk),
         }
-        Some(answer)
+    }
+
+    /// Runs `f` off the runtime's threads (it may block for long): first on a reader
+    /// connection of its own, which may walk the homes (a walk that finds nothing needs no
+    /// writer); when that reader needed a write, on the writer, whose walks reuse what the
+    /// reader's found. The watcher waits for the writer only while files found are indexed.
+    pub fn offloaded_query<R>(&self, f: impl Fn(&Queries<'_>) -> R) -> R {
+        let walked = Walked::default();
+        if let Some(answer) = self.offloaded_read_query(&f, Walks::Sharing(&walked)) {
+            return answer;
+        }
+        self.query_walking(f, Walks::Sharing(&walked))
     }
 
     /// [`Shared::read_query`] on a connection of its own (kept for the next such query, or
-    /// opened), for a query off the runtime's threads that may block for long. `None` as
-    /// there, or when no reader can be had.
-    pub fn offloaded_read_query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> Option<R> {
+    /// opened). `None` as there, or when no reader can be had.
+    fn offloaded_read_query<R>(
+        &self,
+        f: impl FnOnce(&Queries<'_>) -> R,
+        walks: Walks<'_>,
+    ) -> Option<R> {
         let spare = self
             .offload_readers
             .lock()
@@ -287,6 +323,7 @@ impl Shared {
             homes: &homes,
             index: &reader,
             limits: self.limits,
+            walks,
         });
         let refused = reader.take_refused_write();
         let mut spare = self
@@ -301,12 +338,17 @@ impl Shared {
 
     /// Runs `f` with query access: the current homes and the writer connection.
     pub fn query<R>(&self, f: impl FnOnce(&Queries<'_>) -> R) -> R {
+        self.query_walking(f, Walks::Here)
+    }
+
+    fn query_walking<R>(&self, f: impl FnOnce(&Queries<'_>) -> R, walks: Walks<'_>) -> R {
         let homes = self.homes();
         let index = self.writer();
         f(&Queries {
             homes: &homes,
             index: &index,
             limits: self.limits,
+            walks,
         })
     }
 

@@ -58,11 +58,61 @@ pub fn check_request_path(path: &std::path::Path) -> Result<(), QueryError> {
 /// answer.
 pub use crate::index::prefer as preference;
 
-/// The query context: the homes, the index connection, and the head bounds.
+/// The query context: the homes, the index connection, the head bounds, and where a walk of
+/// the homes may run.
 pub struct Queries<'a> {
     pub homes: &'a Homes,
     pub index: &'a Index,
     pub limits: HeadLimits,
+    pub walks: Walks<'a>,
+}
+
+impl<'a> Queries<'a> {
+    /// A context that walks the homes where it runs (the writer, the CLI).
+    pub fn new(homes: &'a Homes, index: &'a Index, limits: HeadLimits) -> Self {
+        Queries {
+            homes,
+            index,
+            limits,
+            walks: Walks::Here,
+        }
+    }
+}
+
+/// Whether a query may walk the homes for a thread the index does not know. A walk lists
+/// every day directory (tens of milliseconds at 50,000 threads), so it must not run where
+/// other requests wait behind it: on the runtime's threads, or holding the writer the
+/// watcher needs.
+#[derive(Clone, Copy)]
+pub enum Walks<'a> {
+    /// Walks, and indexes what it finds.
+    Here,
+    /// Not here (a reader on the runtime's threads): refused as a write is, and noted in the
+    /// cell, so the caller runs the query again where it may walk.
+    Elsewhere(&'a std::cell::Cell<bool>),
+    /// Walks, its finds kept in `Walked` for a later run of the same query: a reader that
+    /// finds nothing answers without the writer; one that finds files hands the query to
+    /// the writer, which indexes them without walking again.
+    Sharing(&'a Walked),
+}
+
+/// What the walks of one query found, by what they looked for.
+#[derive(Default)]
+pub struct Walked(std::cell::RefCell<Vec<(String, Vec<crate::crawl::Candidate>)>>);
+
+impl Walked {
+    fn get_or(
+        &self,
+        needle: &str,
+        walk: impl FnOnce() -> Vec<crate::crawl::Candidate>,
+    ) -> Vec<crate::crawl::Candidate> {
+        if let Some((_, found)) = self.0.borrow().iter().find(|(n, _)| n == needle) {
+            return found.clone();
+        }
+        let found = walk();
+        self.0.borrow_mut().push((needle.to_owned(), found.clone()));
+        found
+    }
 }
 
 pub use crate::protocol::reason::{ErrorReason, PathReason};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PathReason, Queries, QueryError, ThreadRecord};
+use super::{PathReason, Queries, QueryError, ThreadRecord, Walks};
 use crate::crawl::{self, Candidate};
 use crate::identity::{self, FileKind, Stamp};
 use crate::index::IndexedFile;
@@ -193,19 +193,36 @@ impl Queries<'_> {
     }
 
     /// Codex's fallback: walk the homes for rollout names containing `needle`, read and
-    /// index what is found, preferred files first.
+    /// index what is found, preferred files first. Where a walk may run, and whether the
+    /// writer is needed (only when it finds something), is [`Walks`]'s to say.
     fn walk_for(&self, needle: &str) -> Result<Vec<IndexedFile>, QueryError> {
-        self.index.require_writer("walking the homes")?;
-        let roots = crawl::allowed_roots(self.homes);
+        let discover = || {
+            let roots = crawl::allowed_roots(self.homes);
+            // Ids are compared case-insensitively, so names are too (`needle` is lower case).
+            let wanted = |n: &str| n.to_ascii_lowercase().contains(needle);
+            let homes = self.homes.homes.iter();
+            homes
+                .flat_map(|home| crawl::discover(home, &roots, &wanted).0)
+                .collect::<Vec<_>>()
+        };
+        let candidates = match self.walks {
+            Walks::Elsewhere(asked) => {
+                asked.set(true);
+                self.index.require_writer("walking the homes")?;
+                discover()
+            }
+            Walks::Here => discover(),
+            Walks::Sharing(walked) => walked.get_or(needle, discover),
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.index
+            .require_writer("indexing what a walk of the homes found")?;
         let mut found = Vec::new();
-        // Ids are compared case-insensitively, so names are too (`needle` is lower case).
-        let wanted = |n: &str| n.to_ascii_lowercase().contains(needle);
-        for home in &self.homes.homes {
-            let (candidates, _) = crawl::discover(home, &roots, &wanted);
-            for c in candidates {
-                if let Ok(file) = crawl::refresh(self.homes, self.index, &c, &self.limits)? {
-                    found.push(file);
-                }
+        for c in candidates {
+            if let Ok(file) = crawl::refresh(self.homes, self.index, &c, &self.limits)? {
+                found.push(file);
             }
         }
         // The walk's order is the directory's; the answer must not depend on it.

@@ -597,10 +597,10 @@ impl Lib {
     }
 
     pub fn queries(&self) -> rolloutd::query::Queries<'_> {
-        rolloutd::query::Queries {
-            homes: &self.homes,
-            index: &self.index,
-            limits: rolloutd::rollout::HeadLimits::default(),
-        }
+        rolloutd::query::Queries::new(
+            &self.homes,
+            &self.index,
+            rolloutd::rollout::HeadLimits::default(),
+        )
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::live::{Exposure, Shared};
+use crate::live::{Deferred, Exposure, Shared};
 use crate::protocol::error::{INDEX_ERROR, TIMEOUT};
 use crate::protocol::{ClientRequest, ErrorData, ErrorReason, RpcError};
 use crate::query::{Queries, QueryError};
@@ -169,16 +169,25 @@ pub async fn query_at<T: Serialize + Send + 'static>(
     f: impl Fn(&Queries<'_>) -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, RpcError> {
     if exposure.is_empty() {
-        if let Some(answer) = shared.read_query(&f) {
-            return answer.map_err(|e| RpcError::from(&e));
+        match shared.read_query_or(&f) {
+            Ok(answer) => return answer.map_err(|e| RpcError::from(&e)),
+            Err(Deferred::Write) => {
+                let all = shared.hang.all();
+                return offloaded(shared, method, all, move |s| s.query(&f)).await;
+            }
+            // One walk at a time: a flood of unknown ids queues here, as tasks, and leaves
+            // the other core to the watcher and to the requests readers answer.
+            Err(Deferred::Walk) => {
+                let _walking = Arc::clone(&shared.walking)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RpcError::shutting_down())?;
+                let all = shared.hang.all();
+                return offloaded(shared, method, all, move |s| s.offloaded_query(&f)).await;
+            }
         }
-        let all = shared.hang.all();
-        return offloaded(shared, method, all, move |s| s.query(&f)).await;
     }
-    offloaded(shared, method, exposure, move |s| {
-        s.offloaded_read_query(&f).unwrap_or_else(|| s.query(&f))
-    })
-    .await
+    offloaded(shared, method, exposure, move |s| s.offloaded_query(&f)).await
 }
 
 /// Runs `job` on a blocking thread. With homes that can hang exposed: at once
