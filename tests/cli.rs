@@ -414,45 +414,55 @@ fn human_output_and_exit_codes() {
 /// Starts `index` and `resolve` processes at once against `fx`; asserts each exits 0 and
 /// that no index file was moved aside.
 fn run_concurrently(fx: &Fixture, rs: &[Rollout]) {
-    let children: Vec<_> = (0..6)
+    let children: Vec<_> = (0..9)
         .map(|i| {
             let mut c = fx.cmd();
             c.arg("--json");
-            if i % 2 == 0 {
-                c.arg("index");
-            } else {
-                c.arg("resolve").arg(&rs[i].id);
-            }
+            match i % 3 {
+                0 => c.arg("index"),
+                1 => c.arg("resolve").arg(&rs[i].id),
+                _ => c.args(["list", "--limit", "1000"]),
+            };
             c.stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
-            c.spawn().unwrap()
+            (i, c.spawn().unwrap())
         })
         .collect();
-    for child in children {
+    for (i, child) in children {
         let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
             Some(0),
-            "stdout: {} stderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            "stdout: {stdout} stderr: {stderr}"
         );
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        match i % 3 {
+            0 => assert_eq!(json["counts"]["threads"], rs.len(), "{json}"),
+            1 => assert_eq!(json["threadId"], rs[i].id.as_str(), "{json}"),
+            _ => assert_eq!(ids(&json).len(), rs.len(), "{json}"),
+        }
     }
     let out = fx.index();
     assert_eq!(out["counts"]["threads"], rs.len(), "{out}");
     let aside: Vec<_> = std::fs::read_dir(fx.index.parent().unwrap())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("corrupt"))
+        .filter(|n| n.contains("corrupt") || n.contains(".fresh-"))
         .collect();
     assert!(
         aside.is_empty(),
-        "a healthy index was moved aside: {aside:?}"
+        "a healthy index was moved aside, or a fresh build was left behind: {aside:?}"
     );
 }
 
 fn many(fx: &Fixture) -> Vec<Rollout> {
-    let rs: Vec<Rollout> = (0..40)
+    many_n(fx, 40)
+}
+
+fn many_n(fx: &Fixture, n: u32) -> Vec<Rollout> {
+    let rs: Vec<Rollout> = (0..n)
         .map(|i| {
             Rollout::new(
                 &tid(0x100 + i),
@@ -487,8 +497,9 @@ fn concurrent_runs_on_one_existing_index_all_answer() {
 fn concurrent_runs_on_one_fresh_index_all_answer() {
     // Found as a bug: racing schema migrations made one process move the live index aside
     // as "corrupt" and another fail with `disk I/O error`.
+    // Enough threads that the fresh builds of several `index` and `list` runs overlap.
     let fx = Fixture::new();
-    let rs = many(&fx);
+    let rs = many_n(&fx, 400);
     run_concurrently(&fx, &rs);
 }
 
@@ -520,4 +531,42 @@ fn two_homes_are_searched_and_a_missing_home_is_a_warning() {
         ids(&fx.run(&["list"]).json),
         vec![b.id.clone(), a.id.clone()]
     );
+}
+
+/// A first run builds the index under a name of its own (`index.sqlite.fresh-<pid>`) and
+/// then gives it the index's name; one that finds another live process's build answers
+/// from the index as usual, and a build whose process is gone is removed.
+#[test]
+fn a_first_run_beside_another_fresh_build_answers_as_usual_and_abandoned_builds_go() {
+    let fx = Fixture::new();
+    let rs = many(&fx);
+    let dir = fx.index.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let building = |pid: u32| format!("{}.fresh-{pid}", fx.index.display());
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("index.sqlite"))
+            .collect();
+        n.sort();
+        n
+    };
+    // This test's process is alive: its "build" is in progress.
+    let live = building(std::process::id());
+    std::fs::write(&live, b"half a build").unwrap();
+    let listed = fx.run(&["list", "--limit", "1000"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert_eq!(ids(&listed.json).len(), rs.len(), "{listed:?}");
+    assert!(Path::new(&live).exists(), "a live build was removed");
+
+    for f in names() {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    // No process has this id (beyond the kernel's maximum): a build cut short.
+    let gone = building(i32::MAX as u32);
+    std::fs::write(&gone, b"half a build").unwrap();
+    let indexed = fx.index();
+    assert_eq!(indexed["counts"]["threads"], rs.len(), "{indexed}");
+    assert_eq!(names(), ["index.sqlite", "index.sqlite.sealed"]);
 }

@@ -3,7 +3,7 @@
 //! the answers (and the exit statuses) are the same either way. An agent that accepts but
 //! does not answer in time (stopped, or every slot busy) is treated as absent, with a note.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{failure, Failure};
@@ -11,7 +11,7 @@ use crate::client::{Client, ClientError, ANSWER_TIMEOUT, CONNECT_TIMEOUT};
 use crate::config::Config;
 use crate::crawl::{self, Progress, ReconcileSummary};
 use crate::identity::Homes;
-use crate::index::{Counts, Index};
+use crate::index::{Counts, Index, Journal};
 use crate::protocol::request::{
     NoParams, PathResolveParams, PathSameParams, ThreadCheckResumeParams, ThreadListParams,
     ThreadResolveParams,
@@ -31,12 +31,25 @@ pub enum Backend {
     Agent { client: Client, config: Config },
     /// No agent (or one serving other homes): the index file, read and repaired in process.
     Direct { homes: Homes, index: Index },
+    /// As `Direct`, before there is any index: a first reconcile (`index`, `list`) builds it
+    /// fresh, where no other process waits on it (see [`Index::begin_fresh`]); any other
+    /// first use opens it as usual.
+    Unbuilt {
+        socket: PathBuf,
+        config: Config,
+        index_path: PathBuf,
+    },
 }
 
 impl Backend {
     /// Uses the agent at `socket` when it answers and serves `config`'s homes and index;
     /// otherwise opens the index itself.
     pub fn open(socket: &Path, config: &Config) -> Result<Backend, Failure> {
+        Backend::open_as(socket, config, true)
+    }
+
+    /// [`Backend::open`]; `Unbuilt` only when `may_be_unbuilt`.
+    fn open_as(socket: &Path, config: &Config, may_be_unbuilt: bool) -> Result<Backend, Failure> {
         let (index_path, journal) = crate::agent::index_location(&config.index);
         if let Some(client) = matching_agent(socket, config, &index_path) {
             return Ok(Backend::Agent {
@@ -44,8 +57,70 @@ impl Backend {
                 config: config.clone(),
             });
         }
+        let unbuilt =
+            may_be_unbuilt && journal == Journal::Wal && index_path.symlink_metadata().is_err();
+        if unbuilt && crate::server::socket::index_owner(&index_path).is_none() {
+            return Ok(Backend::Unbuilt {
+                socket: socket.to_owned(),
+                config: config.clone(),
+                index_path,
+            });
+        }
         let (homes, index) = open_at(config, &index_path, journal)?;
         Ok(Backend::Direct { homes, index })
+    }
+
+    /// For an [`Backend::Unbuilt`] index, builds it fresh and returns the summary of the
+    /// reconcile that did; then (or when the build could not be made the index, because
+    /// another process made one meanwhile) opens the index as [`Backend::open`] would.
+    /// `None` when nothing was built here.
+    fn build_fresh(
+        &mut self,
+        progress: &dyn Progress,
+    ) -> Result<Option<ReconcileSummary>, Failure> {
+        let Backend::Unbuilt {
+            socket,
+            config,
+            index_path,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let homes = Homes::new(&config.homes, &config.aliases);
+        let mut built = None;
+        match Index::begin_fresh(index_path) {
+            Ok(Some(build)) => {
+                let summary =
+                    crawl::reconcile(&homes, build.index(), &HeadLimits::default(), progress)
+                        .map_err(|e| failure("indexError", e))?;
+                match build.publish() {
+                    Ok(true) => built = Some(summary),
+                    Ok(false) => {
+                        tracing::debug!("another process made the index meanwhile; using it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a fresh build could not be made the index; reconciling into it as usual")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "no fresh build; reconciling as usual"),
+        }
+        let (socket, config) = (socket.clone(), config.clone());
+        *self = Backend::open_as(&socket, &config, false)?;
+        Ok(built)
+    }
+
+    /// For an [`Backend::Unbuilt`] index, opens it as usual.
+    fn open_unbuilt(&mut self) -> Result<(), Failure> {
+        if let Backend::Unbuilt {
+            config, index_path, ..
+        } = self
+        {
+            let (homes, index) = open_at(config, index_path, Journal::Wal)?;
+            *self = Backend::Direct { homes, index };
+        }
+        Ok(())
     }
 
     /// The homes and the index file, without asking any agent.
@@ -59,6 +134,12 @@ impl Backend {
         &mut self,
         progress: &dyn Progress,
     ) -> Result<(ReconcileSummary, Counts), Failure> {
+        if let Some(summary) = self.build_fresh(progress)? {
+            if let Backend::Direct { index, .. } = self {
+                let counts = index.counts().map_err(|e| failure("indexError", e))?;
+                return Ok((summary, counts));
+            }
+        }
         match self {
             Backend::Agent { client, .. } => {
                 // A full reconcile of a large home takes longer than a query.
@@ -83,6 +164,7 @@ impl Backend {
                 let counts = index.counts().map_err(|e| failure("indexError", e))?;
                 Ok((summary, counts))
             }
+            Backend::Unbuilt { .. } => Err(failure("indexError", "the index was not opened")),
         }
     }
 
@@ -139,6 +221,9 @@ impl Backend {
     /// Without an agent, brings the index up to date first; a guest leaves that to the
     /// agent that owns the index.
     fn catch_up(&mut self) -> Result<(), Failure> {
+        if self.build_fresh(&())?.is_some() {
+            return Ok(());
+        }
         if let Backend::Direct { homes, index } = self {
             if index.is_guest() {
                 return Ok(());
@@ -169,11 +254,14 @@ impl Backend {
                 other => return other.map_err(agent_failure),
             }
         }
+        self.open_unbuilt()?;
         match self {
             Backend::Direct { homes, index } => {
                 Ok(direct(&Queries::new(homes, index, HeadLimits::default()))?)
             }
-            Backend::Agent { .. } => Err(failure("agentError", "the agent did not answer")),
+            Backend::Agent { .. } | Backend::Unbuilt { .. } => {
+                Err(failure("agentError", "the agent did not answer"))
+            }
         }
     }
 }

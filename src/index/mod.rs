@@ -6,12 +6,14 @@
 //! filesystem is the truth, so nothing is lost.
 
 mod change;
+mod fresh;
 mod schema;
 mod seal;
 
 pub use change::{
     problem_change, thread_change, thread_changes, Change, ChangeSink, ProblemChange, ThreadChange,
 };
+pub use fresh::FreshBuild;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -300,7 +302,12 @@ impl Index {
             }
             Err(schema::SchemaError::Sql(e)) => return Err(e.into()),
         }
-        Ok(Index {
+        Ok(Index::writer(conn, path, journal == Journal::Wal, sealed))
+    }
+
+    /// The writer over `conn`, open on `path` with its schema up to date.
+    fn writer(conn: Connection, path: &Path, wal: bool, sealed_at_open: bool) -> Index {
+        Index {
             conn,
             path: path.to_owned(),
             degraded: Default::default(),
@@ -310,9 +317,9 @@ impl Index {
             writes: None,
             batch: std::cell::Cell::new(None),
             before_write: None,
-            wal: journal == Journal::Wal,
-            sealed_at_open: sealed,
-        })
+            wal,
+            sealed_at_open,
+        }
     }
 
     /// Sends every committed write's changes to `sink`, in commit order.
@@ -670,7 +677,13 @@ impl Index {
             self.conn.execute_batch("PRAGMA temp_store=FILE")?;
             // The rows are still in the WAL; copying them back overlaps the index builds
             // instead of following them in the closing checkpoint.
-            let copying = self.wal.then(|| checkpoint_beside(&self.path)).flatten();
+            // Without a WAL (a fresh build) the rows are in the main file: their writeback
+            // starts now, beside the builds, rather than all in the closing sync.
+            let copying = if self.wal {
+                checkpoint_beside(&self.path)
+            } else {
+                sync_beside(&self.path)
+            };
             let built = (|| {
                 let tx = rusqlite::Transaction::new_unchecked(
                     &self.conn,
@@ -1090,6 +1103,22 @@ fn checkpoint_beside(path: &Path) -> Option<std::thread::JoinHandle<()>> {
         });
     spawned
         .map_err(|e| tracing::debug!(error = %e, "no thread for the background checkpoint"))
+        .ok()
+}
+
+/// Syncs the index file at `path` on a thread of its own (see [`Index::end_bulk_load`]);
+/// only logged when it fails: the closing sync writes whatever it left.
+fn sync_beside(path: &Path) -> Option<std::thread::JoinHandle<()>> {
+    let path = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("rolloutd-sync".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+                tracing::debug!(error = %e, "background sync failed");
+            }
+        });
+    spawned
+        .map_err(|e| tracing::debug!(error = %e, "no thread for the background sync"))
         .ok()
 }
 
