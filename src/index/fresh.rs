@@ -96,6 +96,17 @@ impl FreshBuild {
         let Some(mut index) = self.index.take() else {
             return Ok(false);
         };
+        // Closed, however this ends, without a seal of its own name: a published build's seal
+        // is left for the index's name.
+        index.mode = Mode::Reader;
+        if index.write_failed.get() {
+            // Rolled back, but incomplete: built as usual instead, it fails as it would.
+            return Err(err(
+                &self.dest,
+                "publishing a fresh build",
+                "a write failed while it was built (a full disk?)",
+            ));
+        }
         let into_wal = || -> rusqlite::Result<String> {
             index
                 .conn
@@ -112,8 +123,6 @@ impl FreshBuild {
                 format!("journal mode {journal}, not wal"),
             ));
         }
-        // Closed without a seal of its own name: the seal is left for the index's.
-        index.mode = Mode::Reader;
         drop(index);
         let synced = std::fs::File::open(&self.building).and_then(|f| f.sync_all());
         synced.map_err(|e| err(&self.dest, "syncing a fresh build", e))?;
@@ -155,8 +164,13 @@ fn remove_with_companions(path: &Path) {
     }
 }
 
-/// Whether another live process is building `dest`; builds whose process is gone (cut
-/// short by a crash or a signal) are removed.
+/// Removes the builds of `dest` whose process is gone (cut short by a crash or a signal).
+pub(super) fn remove_abandoned_builds(dest: &Path) {
+    other_live_build(dest);
+}
+
+/// Whether another live process is building `dest`; builds whose process is gone are
+/// removed.
 fn other_live_build(dest: &Path) -> bool {
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
         return false;
@@ -312,6 +326,34 @@ mod tests {
         assert_eq!(
             files_in(dir.path()),
             ["index.sqlite", "index.sqlite.sealed"]
+        );
+    }
+
+    #[test]
+    fn an_abandoned_build_is_removed_by_any_open_of_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("index.sqlite");
+        drop(Index::open(&dest, Journal::Wal).unwrap());
+        let gone = suffixed(&dest, &format!("{BUILDING}{}", i32::MAX));
+        std::fs::write(&gone, b"half a build").unwrap();
+        drop(Index::open(&dest, Journal::Wal).unwrap());
+        assert!(!gone.exists());
+    }
+
+    #[test]
+    fn a_build_in_which_a_write_failed_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("index.sqlite");
+        let build = Index::begin_fresh(&dest)
+            .unwrap()
+            .expect("nothing there yet");
+        build.index().set_degraded(Some("no space left".into()));
+        build.index().set_degraded(None);
+        assert!(build.publish().is_err());
+        assert!(
+            files_in(dir.path()).is_empty(),
+            "{:?}",
+            files_in(dir.path())
         );
     }
 

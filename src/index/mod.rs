@@ -197,6 +197,9 @@ pub struct Index {
     wal: bool,
     /// On the writer: opened on a seal, without the full check (see `seal`).
     sealed_at_open: bool,
+    /// A write failed for want of resources since the open (even if later ones succeeded):
+    /// what this connection wrote may be incomplete.
+    write_failed: std::cell::Cell<bool>,
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -234,6 +237,7 @@ impl Index {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             create_private_dir(parent).map_err(|e| err(path, "creating its directory", e))?;
         }
+        fresh::remove_abandoned_builds(path);
         // A busy or locked database is another process at work (a concurrent CLI run, the
         // agent): wait for it, boundedly. Only real damage moves the file aside.
         let mut attempts = 0;
@@ -319,6 +323,7 @@ impl Index {
             before_write: None,
             wal,
             sealed_at_open,
+            write_failed: std::cell::Cell::new(false),
         }
     }
 
@@ -409,6 +414,7 @@ impl Index {
             before_write: None,
             wal: journal.eq_ignore_ascii_case("wal"),
             sealed_at_open: false,
+            write_failed: std::cell::Cell::new(false),
         })
     }
 
@@ -495,6 +501,9 @@ impl Index {
     }
 
     fn set_degraded(&self, reason: Option<String>) {
+        if reason.is_some() {
+            self.write_failed.set(true);
+        }
         let mut slot = self
             .degraded
             .lock()
