@@ -681,6 +681,43 @@ fn run(o: &Options, root: &Path) -> Result<(), String> {
         Some(p50 <= Duration::from_millis(50) && p99 <= Duration::from_millis(200)),
     );
 
+    // The same while other clients resolve ids nobody has: each such resolve walks every
+    // home (Codex's fallback, the "directory walk" anchor), and the watcher must not wait for
+    // those walks.
+    println!("new rollout → resolvable, beside a flood of unknown ids…");
+    let (flood, floods) = (4u32, unknown_id_flood(&world.socket, 4));
+    let started = Instant::now();
+    let mut times = Vec::new();
+    let mut failed = None;
+    for _ in 0..samples.min(20) as usize * o.runs {
+        serial += 1;
+        match event_to_resolvable(o.shape, &world.home, serial, None, &mut sub, &mut conn) {
+            Ok(t) => times.push(t),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let answered = floods.stop()? as f64 / started.elapsed().as_secs_f64();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let (p50, p99) = (percentile(&mut times, 50.0), percentile(&mut times, 99.0));
+    report.row(
+        &format!("new rollout on disk → `thread/resolve` answers, while {flood} clients resolve unknown ids (a walk each)"),
+        format!(
+            "p50 {}, p99 {}; {answered:.0} unknown ids answered/s",
+            fmt(p50),
+            fmt(p99)
+        ),
+        "".into(),
+        "".into(),
+        "p99 ≤ 200 ms",
+        Some(p99 <= Duration::from_millis(200)),
+    );
+
     // A 10 GiB rollout: the head read alone, in process, and its event → resolvable.
     println!("a 10 GiB rollout…");
     let mut heads = Vec::new();
@@ -1060,6 +1097,51 @@ fn event_to_resolvable(
     }
     conn.resolve(&id)?;
     Ok(t.elapsed())
+}
+
+/// Clients resolving ids that no rollout has, one after another, until stopped.
+struct Flood {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Result<u64, String>>>,
+}
+
+fn unknown_id_flood(socket: &Path, clients: u32) -> Flood {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = (0..clients)
+        .map(|k| {
+            let (socket, stop) = (socket.to_owned(), Arc::clone(&stop));
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut c = Conn::connect(&socket).map_err(|e| format!("connecting: {e}"))?;
+                c.set_read_timeout(EVENT_DEADLINE)
+                    .map_err(|e| e.to_string())?;
+                let mut answered = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("fee1dead-{k:04x}-7000-8000-{answered:012x}");
+                    match c.call("thread/resolve", &format!(r#"{{"threadId":"{id}"}}"#)) {
+                        Err(e) if e.contains("notFound") => answered += 1,
+                        Ok(line) => return Err(format!("an unknown id resolved: {line}")),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(answered)
+            })
+        })
+        .collect();
+    Flood { stop, clients }
+}
+
+impl Flood {
+    /// Stops the clients; how many unknown ids they had answered.
+    fn stop(self) -> Result<u64, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut answered = 0;
+        for c in self.clients {
+            answered += c
+                .join()
+                .map_err(|_| "a flood client panicked".to_owned())??;
+        }
+        Ok(answered)
+    }
 }
 
 /// The CPU model and count, from /proc/cpuinfo (no host names).
