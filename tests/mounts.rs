@@ -1329,3 +1329,112 @@ fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_to_index_and_announce() 
     assert_eq!(reason(&answer), "notFound", "{answer}");
     drop(agent);
 }
+
+/// A local home whose `archived_sessions/` is a FUSE mount (archives kept on a NAS): the
+/// home is polled like a home on FUSE, since a write behind that mount sends no event.
+#[test]
+fn a_local_home_with_its_archive_on_fuse_is_polled_and_sees_a_writer_behind_the_mount() {
+    if !prerequisites("an archive directory on FUSE", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let fx = Fixture::new();
+    layout(&fx.home);
+    let mut mounts = Mounts::default();
+    let backing = fx.root.join("nas");
+    std::fs::create_dir_all(&backing).unwrap();
+    let archive = fx.home.join("archived_sessions");
+    let mut c = Command::new("bindfs");
+    c.arg(&backing).arg(&archive);
+    if let Err(why) = mounts.mount(c, &archive) {
+        prerequisite_missing(&format!("cannot mount bindfs (is /dev/fuse there?): {why}"));
+        return;
+    }
+    let local = rollout(1);
+    place(&fx.home, &local);
+
+    let agent = Agent::start_with(&fx, &["--poll-interval", "300ms"]);
+    let status = agent.status();
+    let home = &status["watcher"]["homes"][0];
+    assert_eq!(home["mode"], "poll", "{status}");
+    assert!(
+        home["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("archived_sessions") && r.contains("fuse")),
+        "the reason names the archive's mount: {status}"
+    );
+
+    let mut sub = agent.subscribe(None);
+    let behind = rollout(2);
+    std::fs::write(backing.join(behind.file_name()), behind.jsonl()).unwrap();
+    sub.expect("thread/materialized", &behind.id);
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": behind.id}))
+        .unwrap();
+    assert_eq!(rec["archived"], true, "{rec}");
+    assert!(
+        jpath(&rec["canonicalPath"]).starts_with(&archive),
+        "resolved through the mount: {rec}"
+    );
+    let rec = agent
+        .call("thread/resolve", json!({"threadId": local.id}))
+        .unwrap();
+    assert_eq!(rec["archived"], false, "{rec}");
+    drop(agent);
+}
+
+/// The same archive on a FUSE mount that hangs: the agent answers what needs it with
+/// `filesystemUnresponsive` within `server.fs_timeout` and the rest as usual, and the CLI
+/// gives up naming that directory, instead of either waiting for the mount forever.
+#[test]
+fn a_hung_archive_mount_in_a_local_home_gets_typed_errors_and_the_cli_gives_up() {
+    if !prerequisites("a hung archive directory on FUSE", &["bindfs"]) {
+        return;
+    }
+    let _serial = serial();
+    let fx = Fixture::new();
+    layout(&fx.home);
+    let backing = fx.root.join("nas");
+    std::fs::create_dir_all(&backing).unwrap();
+    let archived = rollout(71);
+    std::fs::write(backing.join(archived.file_name()), archived.jsonl()).unwrap();
+    let archive = fx.home.join("archived_sessions");
+    let Some(fuse) = HungFuse::mount(&backing, &archive) else {
+        return;
+    };
+    let local = rollout(72);
+    place(&fx.home, &local);
+    fx.index();
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "1s").arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
+    fuse.hang();
+
+    let resolve = |id: &str| {
+        ask(
+            &agent,
+            "thread/resolve",
+            json!({ "threadId": id }),
+            ANSWER_LIMIT,
+        )
+    };
+    let answer = resolve(&local.id);
+    assert_eq!(answer["result"]["threadId"], json!(local.id), "{answer}");
+    for id in [archived.id.clone(), tid(999)] {
+        let answer = resolve(&id);
+        assert_eq!(reason(&answer), "filesystemUnresponsive", "{id}: {answer}");
+    }
+    stops_within_budget(&mut agent);
+
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_CLI_TIMEOUT", "3s");
+    let args = ["resolve", &tid(999)];
+    c.args(args);
+    let run = common::Run::spawn(c, &args);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("archived_sessions") && run.stderr.contains("does not respond"),
+        "{run:?}"
+    );
+}

@@ -64,8 +64,15 @@ pub fn arm(limit: Duration, json: bool) {
             std::thread::sleep(limit);
             let homes = HOMES.lock().unwrap_or_else(PoisonError::into_inner).clone();
             let index = INDEX_DIR.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            let mut paths: Vec<(&str, PathBuf)> =
-                homes.into_iter().map(|h| ("Codex home", h)).collect();
+            // A home's rollout directories too: one may be a mount of its own (archives kept
+            // on a NAS), which a listing of the home does not reach.
+            let mut paths: Vec<(&str, PathBuf)> = Vec::new();
+            for h in homes {
+                let dirs = [crate::identity::SESSIONS_DIR, crate::identity::ARCHIVED_DIR];
+                let dirs = dirs.map(|d| ("Codex rollout directory", h.join(d)));
+                paths.push(("Codex home", h));
+                paths.extend(dirs);
+            }
             paths.extend(index.map(|i| ("the index's directory", i)));
             let hung = unresponsive(paths);
             if hung.is_empty() {
@@ -115,13 +122,27 @@ fn unresponsive(paths: Vec<(&str, PathBuf)>) -> Vec<String> {
         })
         .collect();
     let wait_until = std::time::Instant::now() + Duration::from_millis(300);
-    probes
+    let hung: Vec<(&str, PathBuf)> = probes
         .into_iter()
         .filter(|(_, _, rx)| {
             rx.recv_timeout(wait_until.saturating_duration_since(std::time::Instant::now()))
                 .is_err()
         })
-        .map(|(what, path, _)| {
+        .map(|(what, path, _)| (what, path))
+        .collect();
+    // A directory inside a hung one is not named again.
+    let named: Vec<(&str, PathBuf)> = hung
+        .iter()
+        .filter(|(_, p)| {
+            !hung
+                .iter()
+                .any(|(_, above)| above != p && p.starts_with(above))
+        })
+        .cloned()
+        .collect();
+    named
+        .into_iter()
+        .map(|(what, path)| {
             let fs = crate::watch::mount_type_as_spelled(&path)
                 .unwrap_or_else(|| "unknown filesystem".to_owned());
             format!("{what} {} ({fs})", path.display())

@@ -96,6 +96,16 @@ pub fn network_filesystem(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// The network or FUSE filesystem a home's rollouts are on, and where: the home's own, else
+/// that of its `sessions/` or `archived_sessions/` (a mount there, or a symlink onto one:
+/// archives kept on a NAS). Such a home is polled, and its queries bounded, like a home on
+/// one: a write behind that mount sends no event, and the mount can hang.
+pub fn rollouts_network_filesystem(home: &Home) -> Option<(PathBuf, &'static str)> {
+    [home.real.clone(), home.sessions_dir(), home.archived_dir()]
+        .into_iter()
+        .find_map(|dir| network_filesystem(&dir).map(|fs| (dir, fs)))
+}
+
 /// The filesystem type `path` is on, as the mount table names it (`ext4`, `overlay`,
 /// `fuse.bindfs`, `nfs4`…), else from the `statfs` magic; `unknown` when neither says.
 pub fn filesystem_name(path: &Path) -> String {
@@ -135,7 +145,7 @@ pub fn resolve_homes(
         let (p, a) = (path.clone(), aliases.to_vec());
         let answered = guard.bounded(&key, move || {
             let home = Home::new(&p, &a);
-            let filesystem = network_filesystem(&home.real);
+            let filesystem = rollouts_network_filesystem(&home).map(|(_, fs)| fs);
             (home, filesystem)
         });
         let (home, filesystem) = answered.unwrap_or_else(|| {
@@ -477,17 +487,26 @@ impl Watch {
                     .find(|g| g.configured == home.configured)
                     .and_then(|g| g.filesystem);
                 let name = mount_type_as_spelled(&home.real).unwrap_or_else(|| "unknown".into());
-                (name, kind)
+                (name, kind.map(|fs| (home.real.clone(), fs)))
             } else {
-                (filesystem_name(&home.real), network_filesystem(&home.real))
+                (
+                    filesystem_name(&home.real),
+                    rollouts_network_filesystem(home),
+                )
             };
             let reason = match (self.opts.mode, &self.force_poll) {
                 (WatchMode::Poll, _) => Some("watch.mode = \"poll\"".to_owned()),
                 (_, Some(reason)) => Some(reason.clone()),
-                (WatchMode::Auto, None) => network.map(|fs| {
+                (WatchMode::Auto, None) => network.map(|(dir, fs)| {
+                    // Named without touching a silent home (its own `filesystem` is known).
+                    let on = if dir == home.real {
+                        filesystem.clone()
+                    } else {
+                        filesystem_name(&dir)
+                    };
                     format!(
-                        "{} is on {filesystem} ({fs}), which sends no change events for writes made outside this mount",
-                        home.real.display()
+                        "{} is on {on} ({fs}), which sends no change events for writes made outside this mount",
+                        dir.display()
                     )
                 }),
                 (WatchMode::Events, None) => None,
