@@ -41,7 +41,7 @@ const RECHECK: Duration = Duration::from_millis(1000);
 /// When a waiting `thread/wait` walks the homes again for a thread the index still does not
 /// know, with no event about it. The watcher (or the poller) announces a rollout as it
 /// appears, so such a walk only guards against a change it missed; yet it lists every day
-/// directory (about 50 ms at 50,000 threads, 0.5 s at 500,000), so a client waiting long
+/// directory (about 50 ms at 50,000 threads, 0.4 s at 500,000), so a client waiting long
 /// must not repeat it every second. After the first walk: 1 s, then twice as long each
 /// time, up to a minute.
 #[derive(Debug)]
