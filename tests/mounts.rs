@@ -1270,9 +1270,10 @@ fn an_agent_whose_index_directory_hangs_keeps_its_index_on_local_disk() {
 /// A resolve of an id the index does not know walks the homes; a walk that blocks (here in a
 /// day directory that is a stopped FUSE mount inside a local home, which the agent cannot
 /// know may hang) must not hold what the watcher needs to index and announce: the writer.
-/// The walk finds nothing, so it never needs the writer at all.
+/// The walk finds nothing, so it never needs the writer at all. It and the walks queued
+/// behind it give up with `filesystemUnresponsive` after 10 × `server.fs_timeout`.
 #[test]
-fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_to_index_and_announce() {
+fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_and_walks_give_up_in_time() {
     if !prerequisites("a walk blocked in a FUSE day directory", &["bindfs"]) {
         return;
     }
@@ -1286,17 +1287,19 @@ fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_to_index_and_announce() 
     let Some(fuse) = HungFuse::mount(&backing, &day) else {
         return;
     };
-    let agent = Agent::start(&fx);
+    let mut c = fx.cmd();
+    c.env("ROLLOUTD_FS_TIMEOUT", "300ms").arg("run");
+    let mut agent = Agent::spawn_command(c, fx.socket(), fx.root.join("agent.log"));
+    agent.wait_ready();
     fuse.hang();
 
     let socket = agent.socket.clone();
-    let unknown = tid(999);
     let walking = std::thread::spawn(move || {
         let mut raw = common::agent::Raw::connect(&socket);
         raw.writer
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        let params = json!({ "threadId": unknown });
+        let params = json!({ "threadId": tid(999) });
         raw.send(common::agent::request(1, "thread/resolve", params).as_bytes())
             .unwrap();
         raw.line()
@@ -1308,26 +1311,32 @@ fn a_walk_blocked_inside_a_home_leaves_the_watcher_free_to_index_and_announce() 
     let new = rollout(2);
     place(&fx.home, &new);
     sub.expect("thread/materialized", &new.id);
-    let answer = ask(
-        &agent,
-        "thread/resolve",
-        json!({ "threadId": known.id }),
-        ANSWER_LIMIT,
-    );
+    let resolve = |id: &str| {
+        ask(
+            &agent,
+            "thread/resolve",
+            json!({ "threadId": id }),
+            ANSWER_LIMIT,
+        )
+    };
+    let answer = resolve(&known.id);
     assert_eq!(answer["result"]["threadId"], json!(known.id), "{answer}");
     assert!(
         !walking.is_finished(),
         "the walk was meant to be blocked in the stopped mount"
     );
 
-    fuse.resume();
-    let line = walking
-        .join()
-        .unwrap()
-        .expect("the walk's answer once the mount answers");
+    // The walk gives up at its deadline (3 s), and one queued behind it at its own.
+    let queued = resolve(&tid(998));
+    assert_eq!(reason(&queued), "filesystemUnresponsive", "{queued}");
+    let line = walking.join().unwrap().expect("the walk's answer");
     let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reason(&answer), "filesystemUnresponsive", "{answer}");
+
+    fuse.resume();
+    let answer = resolve(&tid(997));
     assert_eq!(reason(&answer), "notFound", "{answer}");
-    drop(agent);
+    stops_within_budget(&mut agent);
 }
 
 /// A local home whose `archived_sessions/` is a FUSE mount (archives kept on a NAS): the

@@ -142,6 +142,11 @@ impl At {
     }
 }
 
+/// A walk of the homes is given `server.fs_timeout` times this (20 s by default), queue
+/// included: far beyond a healthy walk (0.4 s at 500,000 threads), so only a directory that
+/// stopped answering reaches it.
+const WALK_DEADLINE_FACTOR: u32 = 10;
+
 /// Serializes a result.
 pub fn answer<T: Serialize>(v: &T) -> Answer {
     serde_json::value::to_raw_value(v).map_err(|e| RpcError::new(INDEX_ERROR, e.to_string()))
@@ -176,14 +181,37 @@ pub async fn query_at<T: Serialize + Send + 'static>(
                 return offloaded(shared, method, all, move |s| s.query(&f)).await;
             }
             // One walk at a time: a flood of unknown ids queues here, as tasks, and leaves
-            // the other core to the watcher and to the requests readers answer.
+            // the other core to the watcher and to the requests readers answer. The walk
+            // holds its slot until it returns, even past its requester's deadline: one
+            // blocked in a directory that does not answer (a mount inside a home) then holds
+            // up the walks after it, which each give up at their own deadline.
             Err(Deferred::Walk) => {
-                let _walking = Arc::clone(&shared.walking)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| RpcError::shutting_down())?;
+                let limit = shared.hang.timeout() * WALK_DEADLINE_FACTOR;
+                let deadline = tokio::time::Instant::now() + limit;
+                let stuck = || {
+                    unresponsive(
+                        Path::new(""),
+                        limit,
+                        format!(
+                            "{method}: a walk of the homes (for an id the index does not know) has not finished within {} ms; a directory inside a home may not be answering (a mount there)",
+                            limit.as_millis()
+                        ),
+                    )
+                };
+                let slot = Arc::clone(&shared.walking).acquire_owned();
+                let walking = match tokio::time::timeout_at(deadline, slot).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(RpcError::shutting_down()),
+                    Err(_) => return Err(stuck()),
+                };
                 let all = shared.hang.all();
-                return offloaded(shared, method, all, move |s| s.offloaded_query(&f)).await;
+                let walked = offloaded(shared, method, all, move |s| {
+                    let _walking = walking;
+                    s.offloaded_query(&f)
+                });
+                return tokio::time::timeout_at(deadline, walked)
+                    .await
+                    .unwrap_or_else(|_| Err(stuck()));
             }
         }
     }
