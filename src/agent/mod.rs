@@ -102,12 +102,22 @@ fn index_location_within(
         })
 }
 
-/// Read-only connections for queries: one per runtime worker, which is where they run.
-const READERS: usize = 2;
+/// The runtime's workers, where requests are read, answered from a reader and written:
+/// one on a machine of two CPUs or fewer, else two. On two vCPUs a second worker only added
+/// wake-ups across the cores that the clients (and the watcher) need: with one, the agent's
+/// CPU per `thread/resolve` under 8 clients fell from 27.5 to 21.2 µs at 50,000 threads,
+/// with the same throughput and a lower `thread/list` p99 (BENCHMARKS.md, round 6).
+fn runtime_workers() -> usize {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        0..=2 => 1,
+        _ => 2,
+    }
+}
 
-/// Opens the query readers; without them (a failure is logged) queries use the writer.
+/// Opens the query readers, one per runtime worker (which is where they run); without them
+/// (a failure is logged) queries use the writer.
 fn open_readers(writer: &Index) -> Vec<Index> {
-    (0..READERS)
+    (0..runtime_workers())
         .map_while(|_| match writer.open_reader_beside() {
             Ok(r) => Some(r),
             Err(e) => {
@@ -155,7 +165,7 @@ pub fn run(opts: AgentOptions, config: Config, hang: Arc<HangGuard>) -> Result<(
     let shared = Arc::new(shared);
     let parking = Arc::clone(&shared);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(runtime_workers())
         // The requests a worker answers share a reader's snapshot until a write passes it;
         // one a write passed ends before the worker waits (and on the writer's commit).
         .on_thread_park(move || parking.end_outdated_read_batches())

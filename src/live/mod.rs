@@ -52,6 +52,11 @@ pub struct Shared {
     /// the writer so they close first: only a writer closing last checkpoints and removes
     /// the WAL file, leaving the index one self-contained file after a clean stop.
     readers: Arc<Readers>,
+    /// Read-only connections for queries off the runtime's threads (walks, counts, queries on
+    /// homes that may hang), apart from the runtime's: one stuck in a hung filesystem must
+    /// not take a connection the runtime's threads wait for. Before the writer too.
+    offload_readers: Mutex<Vec<Index>>,
+    opener: Option<ReaderOpener>,
     next_reader: AtomicUsize,
     /// The writer's count of write transactions (odd while one runs): a reader keeps its
     /// snapshot across requests only while this has not moved (see
@@ -83,10 +88,6 @@ pub struct Shared {
     pub hang: Arc<HangGuard>,
     /// Threads queries on such homes may hold at once, stuck or not.
     pub offload: Arc<tokio::sync::Semaphore>,
-    /// Read-only connections for those queries, apart from the runtime's: one stuck in a
-    /// hung filesystem must not take a connection the runtime's threads wait for.
-    offload_readers: Mutex<Vec<Index>>,
-    opener: Option<ReaderOpener>,
     /// One walk of the homes at a time (see [`Deferred::Walk`]).
     pub walking: Arc<tokio::sync::Semaphore>,
 }

@@ -155,10 +155,9 @@ pub fn status_line(shared: &Shared) -> String {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .backend
         .clone();
-    // A reader, when there is one: the writer may be busy with a crawl batch.
-    let counts = shared
-        .read_query(|q| q.index.counts())
-        .unwrap_or_else(|| shared.query(|q| q.index.counts()));
+    // A reader of its own, when there is one: the writer may be busy with a crawl batch, and
+    // the runtime's readers are for requests.
+    let counts = shared.offloaded_query(|q| q.index.counts());
     let silent: Vec<String> = shared
         .hang
         .all()
